@@ -1,0 +1,49 @@
+"""Random flips, applied to the input and the target alike (spec step 1)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from genesis_jax.deform._random import Stream, randint, seed_from_key, uniform
+
+# Which cube axis each of the three choices flips; None is the official code's channel-axis no-op.
+_CHOICE_AXES = {"original": (None, 0, 1), "xyz": (0, 1, 2)}
+
+
+def flip_choices(key: jax.Array, *, flip_rate: float = 0.4, max_flips: int = 3) -> jax.Array:
+    """The picks of the official flip loop: int32 (max_flips,), -1 where the loop had stopped.
+
+    The loop is "while U < flip_rate and fewer than max_flips flips: pick one of three
+    choices", so the number of picks is the count of leading draws below flip_rate.
+    """
+    seed = seed_from_key(key)
+    index = jnp.arange(max_flips)
+    goes_on = uniform(seed, Stream.FLIP_CONTINUE, index) < flip_rate
+    picked = jnp.cumprod(goes_on.astype(jnp.int32)) == 1
+    choice = randint(seed, Stream.FLIP_CHOICE, index, 0, 2)
+    return jnp.where(picked, choice, -1)
+
+
+def flip_axes_mask(choices: jax.Array, flip_axes: str = "original") -> jax.Array:
+    """bool (3,): whether X, Y, Z end up flipped (flips commute, so only parity counts)."""
+    axis_of_choice = _CHOICE_AXES[flip_axes]
+    flipped = []
+    for axis in range(3):
+        hits = sum(((choices == c) for c, a in enumerate(axis_of_choice) if a == axis),
+                   jnp.zeros(choices.shape, bool))
+        flipped.append(jnp.sum(hits) % 2 == 1)
+    return jnp.stack(flipped)
+
+
+def apply_flips(cube: jax.Array, axes_mask: jax.Array) -> jax.Array:
+    for axis in range(3):
+        cube = jnp.where(axes_mask[axis], jnp.flip(cube, axis), cube)
+    return cube
+
+
+def flip(key: jax.Array, x: jax.Array, y: jax.Array, *, flip_rate: float = 0.4,
+         max_flips: int = 3, flip_axes: str = "original") -> tuple[jax.Array, jax.Array]:
+    """Flip input x and target y with the same random flips; returns (x, y)."""
+    mask = flip_axes_mask(flip_choices(key, flip_rate=flip_rate, max_flips=max_flips), flip_axes)
+    return apply_flips(x, mask), apply_flips(y, mask)

@@ -1,0 +1,99 @@
+"""In-painting and out-painting (spec step 4).
+
+In-paint: while U < 0.95 (at most 5 times) a box of U[0, 1) noise is painted in; box
+size per axis uniform in [dim // 6, dim // 3], corner in [3, dim - size - 3].
+Out-paint: the whole cube becomes U[0, 1) noise, then one window and, while U < 0.95,
+up to 4 more are restored from the cube; window size per axis is dim minus a uniform
+integer in [3 * dim // 7, 4 * dim // 7], corner in [3, dim - size - 3].
+
+All boxes are drawn at once and combined as a union of masks. Overlapping in-paint
+boxes are painted twice in the original; the noise is i.i.d. either way, so one noise
+field covers all boxes with the same distribution.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from genesis_jax.deform._random import Stream, randint, seed_from_key, uniform
+
+_MARGIN = 3
+_SIZE_STREAMS = (Stream.PAINT_SIZE_X, Stream.PAINT_SIZE_Y, Stream.PAINT_SIZE_Z)
+_CORNER_STREAMS = (Stream.PAINT_CORNER_X, Stream.PAINT_CORNER_Y, Stream.PAINT_CORNER_Z)
+
+
+def check_paint_shape(shape) -> None:
+    """Painting needs room for its 3-voxel margins: every dim >= 14 (out-paint is the tightest)."""
+    if len(shape) != 3 or min(shape) < 14:
+        raise ValueError(f"Genesis deformations need a 3D cube with every dim >= 14, got shape {tuple(shape)}")
+
+
+def inpaint_size_range(dim: int) -> tuple[int, int]:
+    return dim // 6, dim // 3
+
+
+def outpaint_size_range(dim: int) -> tuple[int, int]:
+    return dim - 4 * dim // 7, dim - 3 * dim // 7
+
+
+def paint_boxes(key: jax.Array, shape, size_ranges, max_boxes: int, first_always: bool,
+                continue_rate: float = 0.95):
+    """Random boxes: (active bool (max_boxes,), corner int32 (max_boxes, 3), size int32 (max_boxes, 3)).
+
+    Box k is active when the continuation draws 0..k all passed (draw 0 is skipped when
+    first_always, as for the out-paint window that is always restored).
+    """
+    seed = seed_from_key(key)
+    index = jnp.arange(max_boxes)
+    goes_on = uniform(seed, Stream.PAINT_CONTINUE, index) < continue_rate
+    if first_always:
+        goes_on = goes_on.at[0].set(True)
+    active = jnp.cumprod(goes_on.astype(jnp.int32)) == 1
+    size = jnp.stack([randint(seed, s, index, lo, hi) for s, (lo, hi) in zip(_SIZE_STREAMS, size_ranges)], -1)
+    corner = jnp.stack([
+        randint(seed, s, index, _MARGIN, dim - size[:, axis] - _MARGIN)
+        for axis, (s, dim) in enumerate(zip(_CORNER_STREAMS, shape))
+    ], -1)
+    return active, corner, size
+
+
+def boxes_mask(active, corner, size, shape) -> jax.Array:
+    """bool (X, Y, Z): union of the active boxes."""
+    per_axis = []
+    for axis, dim in enumerate(shape):
+        coord = jnp.arange(dim)[None, :]
+        per_axis.append((coord >= corner[:, axis, None]) & (coord < corner[:, axis, None] + size[:, axis, None]))
+    in_box = per_axis[0][:, :, None, None] & per_axis[1][:, None, :, None] & per_axis[2][:, None, None, :]
+    return jnp.any(in_box & active[:, None, None, None], axis=0)
+
+
+def inpaint_mask(key, shape, *, max_boxes: int = 5, continue_rate: float = 0.95) -> jax.Array:
+    check_paint_shape(shape)
+    boxes = paint_boxes(key, shape, [inpaint_size_range(d) for d in shape], max_boxes, False, continue_rate)
+    return boxes_mask(*boxes, shape)
+
+
+def outpaint_mask(key, shape, *, max_windows: int = 5, continue_rate: float = 0.95) -> jax.Array:
+    """bool (X, Y, Z): voxels restored from the cube (True) versus left as noise."""
+    check_paint_shape(shape)
+    boxes = paint_boxes(key, shape, [outpaint_size_range(d) for d in shape], max_windows, True, continue_rate)
+    return boxes_mask(*boxes, shape)
+
+
+def noise_like(key: jax.Array, x: jax.Array) -> jax.Array:
+    """U[0, 1) noise of x's shape and dtype."""
+    seed = seed_from_key(jax.random.fold_in(key, Stream.NOISE))
+    return uniform(seed, Stream.NOISE, jnp.arange(x.size)).reshape(x.shape).astype(x.dtype)
+
+
+def inpaint(key: jax.Array, x: jax.Array, *, max_boxes: int = 5, continue_rate: float = 0.95) -> jax.Array:
+    """Fill 0..max_boxes random boxes of cube x with uniform noise."""
+    mask = inpaint_mask(key, x.shape, max_boxes=max_boxes, continue_rate=continue_rate)
+    return jnp.where(mask, noise_like(key, x), x)
+
+
+def outpaint(key: jax.Array, x: jax.Array, *, max_windows: int = 5, continue_rate: float = 0.95) -> jax.Array:
+    """Replace cube x by noise except 1..max_windows random windows."""
+    mask = outpaint_mask(key, x.shape, max_windows=max_windows, continue_rate=continue_rate)
+    return jnp.where(mask, x, noise_like(key, x))
