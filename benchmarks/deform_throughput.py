@@ -1,0 +1,137 @@
+"""Cubes/s of the jitted genesis_batch versus the per-cube NumPy reference, in one run.
+
+    python benchmarks/deform_throughput.py --batch-sizes 6 64 256 --json results.json
+
+Both sides corrupt the same random 64x64x32 cubes with the default DeformConfig on
+this machine, one after the other. JAX: compiled and warmed up first, then `repeats`
+timed calls with fresh keys, each ending in block_until_ready; the median is reported.
+Reference: `reference_cubes` cubes through benchmarks/reference_numpy.py one at a time.
+With --stages it also times each deformation alone (applied to every cube) to show
+where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_numpy import ReferencePipeline  # noqa: E402
+
+from genesis_jax.deform import (  # noqa: E402
+    DeformConfig, flip, genesis_batch, inpaint, local_pixel_shuffle, nonlinear_intensity, outpaint)
+
+
+def time_calls(fn, make_args, repeats: int) -> list[float]:
+    jax.block_until_ready(fn(*make_args(-1)))  # compile + warm up
+    jax.block_until_ready(fn(*make_args(-2)))
+    times = []
+    for i in range(repeats):
+        args = make_args(i)
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_jax(batch: int, shape, repeats: int, cfg: DeformConfig) -> dict:
+    cubes = jax.random.uniform(jax.random.key(0), (batch, *shape), jnp.float32)
+    times = time_calls(lambda k, c: genesis_batch(k, c, cfg), lambda i: (jax.random.key(1000 + i), cubes), repeats)
+    median = statistics.median(times)
+    return {"batch": batch, "median_s": median, "cubes_per_s": batch / median, "ms_per_cube": 1e3 * median / batch}
+
+
+def bench_stages(batch: int, shape, repeats: int) -> dict:
+    cubes = jax.random.uniform(jax.random.key(0), (batch, *shape), jnp.float32)
+    stages = {
+        "flip": lambda k, x: flip(k, x, x)[0],
+        "local_pixel_shuffle": local_pixel_shuffle,
+        "nonlinear_intensity": nonlinear_intensity,
+        "inpaint": inpaint,
+        "outpaint": outpaint,
+    }
+    out = {}
+    for name, fn in stages.items():
+        batched = jax.jit(jax.vmap(fn))
+        times = time_calls(batched, lambda i: (jax.random.split(jax.random.key(2000 + i), batch), cubes), repeats)
+        out[name] = 1e3 * statistics.median(times) / batch
+    return out
+
+
+def bench_reference(n_cubes: int, shape) -> dict:
+    cubes = np.random.default_rng(0).random((n_cubes, *shape), dtype=np.float32)
+    pipeline = ReferencePipeline(seed=0)
+    start = time.perf_counter()
+    for cube in cubes:
+        pipeline.pair(cube)
+    elapsed = time.perf_counter() - start
+    return {"cubes": n_cubes, "seconds": elapsed, "cubes_per_s": n_cubes / elapsed, "ms_per_cube": 1e3 * elapsed / n_cubes}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[6, 64, 256])
+    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--reference-cubes", type=int, default=20, help="0 skips the reference")
+    parser.add_argument("--stages", action="store_true", help="also time each deformation alone")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    shape = tuple(args.shape)
+
+    device = jax.devices()[0]
+    result = {
+        "benchmark": "deform_throughput",
+        "shape": shape,
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "jax": jax.__version__,
+        "host": {"machine": platform.machine(), "python": platform.python_version()},
+        "jax_runs": [],
+    }
+    print(f"genesis_batch on {result['backend']} ({result['device']}), cubes {shape}, jax {jax.__version__}", flush=True)
+    if args.reference_cubes:
+        result["reference"] = bench_reference(args.reference_cubes, shape)
+        ref = result["reference"]
+        print(f"reference NumPy loop: {ref['cubes_per_s']:.1f} cubes/s ({ref['ms_per_cube']:.1f} ms/cube, "
+              f"{ref['cubes']} cubes)", flush=True)
+    for batch in args.batch_sizes:
+        run = bench_jax(batch, shape, args.repeats, DeformConfig())
+        if "reference" in result:
+            run["speedup_vs_reference"] = run["cubes_per_s"] / result["reference"]["cubes_per_s"]
+        result["jax_runs"].append(run)
+        print(f"  batch {batch}: {run['cubes_per_s']:.1f} cubes/s ({run['ms_per_cube']:.2f} ms/cube)", flush=True)
+    if args.stages:
+        result["stage_ms_per_cube"] = bench_stages(max(args.batch_sizes), shape, args.repeats)
+
+    print()
+    print("| implementation | batch | cubes/s | ms/cube | vs reference |")
+    print("|---|---:|---:|---:|---:|")
+    if "reference" in result:
+        ref = result["reference"]
+        print(f"| NumPy reference (per cube) | 1 | {ref['cubes_per_s']:.1f} | {ref['ms_per_cube']:.2f} | 1.0x |")
+    for run in result["jax_runs"]:
+        speedup = f"{run['speedup_vs_reference']:.1f}x" if "speedup_vs_reference" in run else "-"
+        print(f"| genesis_batch ({result['backend']}) | {run['batch']} | {run['cubes_per_s']:.1f} | "
+              f"{run['ms_per_cube']:.3f} | {speedup} |")
+    if "stage_ms_per_cube" in result:
+        print("\nper stage, applied to every cube (ms/cube): " +
+              ", ".join(f"{k} {v:.3f}" for k, v in result["stage_ms_per_cube"].items()))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
