@@ -130,7 +130,7 @@ def _unpack3(p: jax.Array):
 def shuffle_sources(corner, size, block_key, shape, rounds: int = 12) -> jax.Array:
     """int32 (X*Y*Z,): flat index of the voxel each output voxel is read from."""
     dim_x, dim_y, dim_z = shape
-    last = last_writer(corner, size, shape).reshape(-1)
+    last = materialize(last_writer(corner, size, shape).reshape(-1))  # read by several gathers
     covered = last >= 0
     block = jnp.maximum(last, 0)
     # Per-voxel lookups of block data: 1-D gathers are ~10x faster than row or column
