@@ -11,7 +11,7 @@ from jax import lax
 from genesis_jax.deform.config import DeformConfig
 from genesis_jax.deform.flip import flip
 from genesis_jax.deform.intensity import nonlinear_intensity
-from genesis_jax.deform.paint import check_paint_shape, inpaint_mask, noise_like, outpaint_mask
+from genesis_jax.deform.paint import check_paint_shape, inpaint, outpaint
 from genesis_jax.deform.shuffle import local_pixel_shuffle
 
 
@@ -28,25 +28,16 @@ def genesis_pair(key: jax.Array, cube: jax.Array, cfg: DeformConfig = DeformConf
         jax.random.uniform(k_stage, (4,)) < jnp.array([cfg.local_rate, cfg.nonlinear_rate, cfg.paint_rate, cfg.inpaint_rate]))
 
     x, target = flip(k_flip, cube, cube, flip_rate=cfg.flip_rate, max_flips=cfg.max_flips, flip_axes=cfg.flip_axes)
+    in_paint = functools.partial(inpaint, max_boxes=cfg.inpaint_max_boxes, continue_rate=cfg.paint_continue_rate)
+    out_paint = functools.partial(outpaint, max_windows=cfg.outpaint_max_windows, continue_rate=cfg.paint_continue_rate)
     # lax.cond: a real branch when this runs per cube (lax.map), a select under vmap.
     x = lax.cond(use_shuffle, lambda v: local_pixel_shuffle(k_shuffle, v, n_blocks=cfg.local_blocks,
                                                             rounds=cfg.shuffle_rounds), lambda v: v, x)
     x = lax.cond(use_intensity, lambda v: nonlinear_intensity(k_intensity, v, table_size=cfg.bezier_table_size),
                  lambda v: v, x)
-    x = lax.cond(use_paint, lambda v: lax.cond(use_inpaint, functools.partial(_inpaint, cfg=cfg),
-                                                         functools.partial(_outpaint, cfg=cfg), k_paint, v),
+    x = lax.cond(use_paint, lambda v: lax.cond(use_inpaint, in_paint, out_paint, k_paint, v),
                  lambda v: v, x)
     return x, target
-
-
-def _inpaint(key, x, cfg):
-    mask = inpaint_mask(key, x.shape, max_boxes=cfg.inpaint_max_boxes, continue_rate=cfg.paint_continue_rate)
-    return jnp.where(mask, noise_like(key, x), x)
-
-
-def _outpaint(key, x, cfg):
-    mask = outpaint_mask(key, x.shape, max_windows=cfg.outpaint_max_windows, continue_rate=cfg.paint_continue_rate)
-    return jnp.where(mask, x, noise_like(key, x))
 
 
 def example_keys(key: jax.Array, n: int, offset: int | jax.Array = 0) -> jax.Array:
