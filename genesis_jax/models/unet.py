@@ -1,0 +1,208 @@
+"""The Models Genesis 3D U-Net (official PyTorch UNet3D) in Flax NNX, channel-last.
+
+Architecture (GUIDE.md section 3), with w = width (32 in the official model):
+  encoder  1 -> w -> 2w, pool | 2w -> 2w -> 4w, pool | 4w -> 4w -> 8w, pool | 8w -> 8w -> 16w
+  decoder  up 16w, cat 8w -> 8w -> 8w | up 8w, cat 4w -> 4w -> 4w | up 4w, cat 2w -> 2w -> 2w
+  head     1x1x1 conv 2w -> n_class, sigmoid
+Every conv is 3x3x3 (padding 1, bias) + BatchNorm + ReLU; concatenation order is
+[upsampled, skip]. Submodule names follow the PyTorch state_dict keys
+(down_tr64.ops.0.conv1 -> down_tr64.ops0.conv1) so that weight import/export is a rename.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+BN_MODES = ("batch", "running")
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over all axes but the channel axis, with PyTorch's semantics.
+
+    mode "batch": always normalise with the batch statistics (the official
+    ContBatchNorm3d, in training and evaluation alike) while updating the running
+    statistics in training. mode "running": standard BatchNorm, batch statistics in
+    training and running statistics in evaluation (`model.eval()`).
+    Running statistics follow torch: new = (1 - momentum) * old + momentum * batch, with
+    the unbiased batch variance. Statistics are computed in float32 whatever the
+    compute dtype. Under jit with the batch sharded, the means are over the global batch.
+    """
+
+    def __init__(self, channels: int, mode: str = "batch", *, momentum: float = 0.1, epsilon: float = 1e-5):
+        if mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {mode!r}")
+        self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((channels,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((channels,), jnp.float32))
+        self.mode = mode
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.use_running_average = False  # toggled by model.train() / model.eval()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        if self.mode == "running" and self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x32, axis=axes)
+            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+            if not self.use_running_average:
+                count = x.size // x.shape[-1]
+                unbiased = var * (count / max(count - 1, 1))
+                self.mean[...] = (1 - self.momentum) * self.mean[...] + self.momentum * mean
+                self.var[...] = (1 - self.momentum) * self.var[...] + self.momentum * unbiased
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
+
+
+class LUConv(nnx.Module):
+    """3x3x3 conv (padding 1, bias) + BatchNorm + ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, bn_mode: str, dtype, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3, 3), padding=((1, 1),) * 3, dtype=dtype,
+                              param_dtype=jnp.float32, rngs=rngs)
+        self.bn1 = BatchNorm(out_ch, bn_mode)
+
+    def __call__(self, x):
+        return jax.nn.relu(self.bn1(self.conv1(x)))
+
+
+class ConvTranspose2x(nnx.Module):
+    """ConvTranspose3d with kernel 2, stride 2, computed as a 1x1x1 conv to 8 * C_out
+    channels and a depth-to-space reshape (GUIDE.md section 4): the same arithmetic as
+    lax.conv_transpose without XLA's slow lhs-dilated gradient.
+
+    kernel[a, b, c, i, o] is torch's weight[i, o, a, b, c]: input voxel (x, y, z) and
+    channel i feed output voxel (2x + a, 2y + b, 2z + c) and channel o.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, dtype, rngs: nnx.Rngs):
+        bound = 1.0 / jnp.sqrt(out_ch * 8)  # torch's default init for ConvTranspose3d
+        self.kernel = nnx.Param(jax.random.uniform(rngs.params(), (2, 2, 2, in_ch, out_ch), jnp.float32, -bound, bound))
+        self.bias = nnx.Param(jax.random.uniform(rngs.params(), (out_ch,), jnp.float32, -bound, bound))
+        self.dtype = dtype
+
+    def __call__(self, x):
+        return conv_transpose_2x(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                                 self.bias[...].astype(self.dtype))
+
+
+def conv_transpose_2x(x, kernel, bias):
+    """The fast form: one matmul to (2, 2, 2, C_out) per voxel, then depth-to-space."""
+    n, dx, dy, dz, _ = x.shape
+    y = jnp.einsum("nxyzi,abcio->nxaybzco", x, kernel)
+    return y.reshape(n, 2 * dx, 2 * dy, 2 * dz, kernel.shape[-1]) + bias
+
+
+def conv_transpose_reference(x, kernel, bias):
+    """The same layer through lax.conv_transpose (XLA's lhs-dilated path), for tests
+    and the benchmark."""
+    # lax.conv_transpose correlates the dilated input; torch's transposed conv needs the flipped kernel.
+    y = jax.lax.conv_transpose(x, jnp.flip(kernel, (0, 1, 2)), strides=(2, 2, 2), padding="VALID",
+                               dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), transpose_kernel=False)
+    return y + bias
+
+
+class DownTransition(nnx.Module):
+    def __init__(self, in_ch: int, depth: int, width: int, bn_mode, dtype, rngs):
+        out1 = width * 2 ** depth
+        self.ops0 = LUConv(in_ch, out1, bn_mode, dtype, rngs)
+        self.ops1 = LUConv(out1, 2 * out1, bn_mode, dtype, rngs)
+
+    def __call__(self, x):
+        return self.ops1(self.ops0(x))
+
+
+class UpTransition(nnx.Module):
+    def __init__(self, in_ch: int, out_ch: int, depth: int, width: int, bn_mode, dtype, rngs):
+        mid = width * 2 ** (depth + 1)
+        self.up_conv = ConvTranspose2x(in_ch, out_ch, dtype, rngs)
+        self.ops0 = LUConv(out_ch + out_ch // 2, mid, bn_mode, dtype, rngs)
+        self.ops1 = LUConv(mid, mid, bn_mode, dtype, rngs)
+
+    def __call__(self, x, skip):
+        return self.ops1(self.ops0(jnp.concatenate([self.up_conv(x), skip.astype(x.dtype)], axis=-1)))
+
+
+class OutputTransition(nnx.Module):
+    def __init__(self, in_ch: int, n_class: int, dtype, rngs):
+        self.final_conv = nnx.Conv(in_ch, n_class, (1, 1, 1), dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+    def __call__(self, x):
+        return jax.nn.sigmoid(self.final_conv(x).astype(jnp.float32))
+
+
+def _encode(net, x):
+    """The encoder shared by UNet3D and GenesisClassifier (both hold down_tr64..512)."""
+    if x.ndim != 5 or any(d % 8 for d in x.shape[1:4]):
+        raise ValueError(f"UNet3D expects (N, X, Y, Z, C) with X, Y, Z divisible by 8, got {x.shape}")
+    x = x.astype(net.dtype)
+    skip64 = net.down_tr64(x)
+    skip128 = net.down_tr128(max_pool2(skip64))
+    skip256 = net.down_tr256(max_pool2(skip128))
+    return net.down_tr512(max_pool2(skip256)), (skip64, skip128, skip256)
+
+
+def max_pool2(x):
+    n, dx, dy, dz, c = x.shape
+    return x.reshape(n, dx // 2, 2, dy // 2, 2, dz // 2, 2, c).max(axis=(2, 4, 6))
+
+
+class UNet3D(nnx.Module):
+    """Input (N, X, Y, Z, 1), X, Y, Z divisible by 8; output sigmoid probabilities
+    (N, X, Y, Z, n_class) in float32. width=32 is the official model (19,073,665 parameters)."""
+
+    def __init__(self, n_class: int = 1, width: int = 32, bn_mode: str = "batch", dtype=jnp.float32,
+                 *, rngs: nnx.Rngs):
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+        w = width
+        self.n_class, self.width, self.bn_mode, self.dtype = n_class, width, bn_mode, dtype
+        self.down_tr64 = DownTransition(1, 0, w, bn_mode, dtype, rngs)
+        self.down_tr128 = DownTransition(2 * w, 1, w, bn_mode, dtype, rngs)
+        self.down_tr256 = DownTransition(4 * w, 2, w, bn_mode, dtype, rngs)
+        self.down_tr512 = DownTransition(8 * w, 3, w, bn_mode, dtype, rngs)
+        self.up_tr256 = UpTransition(16 * w, 16 * w, 2, w, bn_mode, dtype, rngs)
+        self.up_tr128 = UpTransition(8 * w, 8 * w, 1, w, bn_mode, dtype, rngs)
+        self.up_tr64 = UpTransition(4 * w, 4 * w, 0, w, bn_mode, dtype, rngs)
+        self.out_tr = OutputTransition(2 * w, n_class, dtype, rngs)
+
+    def encode(self, x):
+        """(bottleneck (N, X/8, Y/8, Z/8, 16w), skips at full, 1/2 and 1/4 resolution)."""
+        return _encode(self, x)
+
+    def __call__(self, x):
+        bottleneck, (skip64, skip128, skip256) = self.encode(x)
+        x = self.up_tr256(bottleneck, skip256)
+        x = self.up_tr128(x, skip128)
+        x = self.up_tr64(x, skip64)
+        return self.out_tr(x)
+
+
+class GenesisClassifier(nnx.Module):
+    """The official TargetNet: the U-Net encoder, global average pooling of the 16w
+    (512) channel bottleneck, Dense 1024, ReLU, Dense n_class. Returns logits.
+
+    The encoder modules are the given UNet3D's (its weights, e.g. pre-trained ones);
+    the decoder is not kept.
+    """
+
+    def __init__(self, unet: UNet3D, n_class: int = 1, *, rngs: nnx.Rngs):
+        self.down_tr64, self.down_tr128 = unet.down_tr64, unet.down_tr128
+        self.down_tr256, self.down_tr512 = unet.down_tr256, unet.down_tr512
+        self.dtype = unet.dtype
+        self.dense_1 = nnx.Linear(16 * unet.width, 1024, dtype=unet.dtype, rngs=rngs)
+        self.dense_2 = nnx.Linear(1024, n_class, dtype=unet.dtype, rngs=rngs)
+
+    def __call__(self, x):
+        bottleneck, _ = _encode(self, x)
+        features = jnp.mean(bottleneck.astype(jnp.float32), axis=(1, 2, 3))
+        return self.dense_2(jax.nn.relu(self.dense_1(features.astype(self.dtype)))).astype(jnp.float32)
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

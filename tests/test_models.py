@@ -1,0 +1,97 @@
+"""UNet3D: architecture, fast transposed conv, BatchNorm modes, bf16, classifier head."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from genesis_jax.models import GenesisClassifier, UNet3D, count_params
+from genesis_jax.models.unet import ConvTranspose2x, conv_transpose_2x, conv_transpose_reference
+
+
+def test_official_model_has_19073665_parameters():
+    model = nnx.eval_shape(lambda: UNet3D(rngs=nnx.Rngs(0)))
+    assert count_params(model) == 19_073_665
+
+
+def test_fast_transposed_conv_equals_lax_conv_transpose_with_gradient():
+    layer = ConvTranspose2x(16, 8, jnp.float32, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 4, 6, 2, 16))
+    kernel, bias = layer.kernel[...], layer.bias[...]
+    np.testing.assert_allclose(layer(x), conv_transpose_reference(x, kernel, bias), atol=1e-5)
+
+    def fast_loss(x, k):
+        return jnp.sum(jnp.sin(conv_transpose_2x(x, k, bias)))
+
+    def slow_loss(x, k):
+        return jnp.sum(jnp.sin(conv_transpose_reference(x, k, bias)))
+
+    fast = jax.grad(fast_loss, argnums=(0, 1))(x, kernel)
+    slow = jax.grad(slow_loss, argnums=(0, 1))(x, kernel)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_output_shape_range_and_shape_check():
+    model = UNet3D(n_class=2, width=4, rngs=nnx.Rngs(0))
+    y = model(jax.random.uniform(jax.random.key(0), (2, 16, 24, 8, 1)))
+    assert y.shape == (2, 16, 24, 8, 2) and y.dtype == jnp.float32
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model(jnp.zeros((1, 12, 16, 8, 1)))
+    with pytest.raises(ValueError, match="bn_mode"):
+        UNet3D(width=4, bn_mode="sync", rngs=nnx.Rngs(0))
+
+
+def test_batch_mode_uses_batch_statistics_in_eval_running_mode_does_not():
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 8, 1))
+    for mode, eval_uses_batch in (("batch", True), ("running", False)):
+        model = UNet3D(width=4, bn_mode=mode, rngs=nnx.Rngs(0))
+        model.train()
+        train_out = model(x)
+        model.eval()
+        mean_before = np.asarray(model.down_tr64.ops0.bn1.mean[...])
+        eval_out = model(x)
+        np.testing.assert_array_equal(mean_before, model.down_tr64.ops0.bn1.mean[...])  # eval never updates
+        # "batch" mode in eval computes exactly what training computed for the same batch.
+        assert np.allclose(train_out, eval_out, atol=1e-6) == eval_uses_batch, mode
+
+
+def test_running_statistics_update_like_torch():
+    """momentum 0.1 and the unbiased variance, as torch's BatchNorm."""
+    from genesis_jax.models import BatchNorm
+    bn = BatchNorm(3)
+    x = jax.random.normal(jax.random.key(0), (4, 5, 3)) * 2.0 + 1.0
+    bn(x)
+    flat = np.asarray(x).reshape(-1, 3)
+    np.testing.assert_allclose(bn.mean[...], 0.1 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+
+
+def test_bf16_computes_in_bf16_with_fp32_params_and_stats():
+    model = UNet3D(width=4, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    ref = UNet3D(width=4, rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 8, 1))
+    y, y_ref = model(x), ref(x)
+    assert y.dtype == jnp.float32  # sigmoid output in fp32
+    for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)) + jax.tree.leaves(nnx.state(model, nnx.BatchStat)):
+        assert leaf.dtype == jnp.float32
+    assert float(jnp.abs(y - y_ref).max()) < 0.05  # bf16 rounding, same weights
+    model.eval()  # tracing must not update the running statistics
+    jaxpr = str(jax.make_jaxpr(lambda v: model(v))(x))
+    assert "bf16" in jaxpr and "conv_general_dilated" in jaxpr
+
+
+def test_classifier_uses_the_unet_encoder_weights():
+    unet = UNet3D(width=4, rngs=nnx.Rngs(0))
+    clf = GenesisClassifier(unet, n_class=3, rngs=nnx.Rngs(1))
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 8, 1))
+    logits = clf(x)
+    assert logits.shape == (2, 3)
+    assert clf.down_tr64.ops0.conv1.kernel is unet.down_tr64.ops0.conv1.kernel
+    assert clf.dense_1.kernel.shape == (64, 1024)
+    bottleneck, _ = unet.encode(x)
+    features = jnp.mean(bottleneck, axis=(1, 2, 3))
+    expected = clf.dense_2(jax.nn.relu(clf.dense_1(features)))
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
