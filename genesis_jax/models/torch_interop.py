@@ -116,7 +116,7 @@ def pytorch_state_dict(model: UNet3D) -> dict:
     for p, var in nnx.to_flat_state(nnx.state(model)):
         array = np.asarray(jax.device_get(var.get_value()), np.float32)
         axes = _axes(p, to_jax=False)
-        out[torch_key(p)] = torch.from_numpy(np.ascontiguousarray(array.transpose(axes) if axes else array))
+        out[torch_key(p)] = torch.from_numpy(np.array(array.transpose(axes) if axes else array, order="C"))
         if str(p[-1]) == "var":
             out[torch_key(p)[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
     return out
