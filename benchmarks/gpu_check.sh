@@ -17,11 +17,19 @@ PY
 
 if python -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 1)"; then
   BATCHES="64 256 1024 4096"; REF=10
+  STEP_ARGS="--batch 32 64 --width 32 --dtype bfloat16 --steps 10 --warmup 3"
 else
   echo "no GPU: running the CPU-sized variant of the checks"
   BATCHES="6 64"; REF=5
+  STEP_ARGS="--batch 2 --width 4 --shape 32 32 16 --dtype float32 --steps 2 --warmup 1"
 fi
+BACKEND=$(python -c 'import jax; print(jax.default_backend())')
 
 echo "== 1. Genesis deformations: genesis_batch cubes/s vs the NumPy reference (issue 2; goal >= 200k cubes/s on one H100)"
 python benchmarks/deform_throughput.py --batch-sizes $BATCHES --reference-cubes $REF --stages \
-  --json "$OUT/deform_throughput_$(python -c 'import jax; print(jax.default_backend())').json"
+  --json "$OUT/deform_throughput_$BACKEND.json"
+
+echo "== 2. Train step: JAX bf16 samples/s + MFU vs PyTorch (bf16 autocast, channels_last_3d), fast vs lax transposed conv (issue 3; goal >= 50% MFU, >= 1.5x PyTorch on one H100)"
+TORCH_FLAG=""
+python -c "import torch" 2>/dev/null && TORCH_FLAG="--torch" || echo "(torch not importable: PyTorch side skipped)"
+python benchmarks/train_step.py $STEP_ARGS $TORCH_FLAG --json "$OUT/train_step_$BACKEND.json"

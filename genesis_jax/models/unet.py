@@ -80,15 +80,16 @@ class ConvTranspose2x(nnx.Module):
     channel i feed output voxel (2x + a, 2y + b, 2z + c) and channel o.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, dtype, rngs: nnx.Rngs):
+    def __init__(self, in_ch: int, out_ch: int, dtype, rngs: nnx.Rngs, *, fast: bool = True):
         bound = 1.0 / jnp.sqrt(out_ch * 8)  # torch's default init for ConvTranspose3d
         self.kernel = nnx.Param(jax.random.uniform(rngs.params(), (2, 2, 2, in_ch, out_ch), jnp.float32, -bound, bound))
         self.bias = nnx.Param(jax.random.uniform(rngs.params(), (out_ch,), jnp.float32, -bound, bound))
         self.dtype = dtype
+        self.fast = fast
 
     def __call__(self, x):
-        return conv_transpose_2x(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                                 self.bias[...].astype(self.dtype))
+        upsample = conv_transpose_2x if self.fast else conv_transpose_reference
+        return upsample(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.bias[...].astype(self.dtype))
 
 
 def conv_transpose_2x(x, kernel, bias):
@@ -118,9 +119,9 @@ class DownTransition(nnx.Module):
 
 
 class UpTransition(nnx.Module):
-    def __init__(self, in_ch: int, out_ch: int, depth: int, width: int, bn_mode, dtype, rngs):
+    def __init__(self, in_ch: int, out_ch: int, depth: int, width: int, bn_mode, dtype, rngs, fast_upconv=True):
         mid = width * 2 ** (depth + 1)
-        self.up_conv = ConvTranspose2x(in_ch, out_ch, dtype, rngs)
+        self.up_conv = ConvTranspose2x(in_ch, out_ch, dtype, rngs, fast=fast_upconv)
         self.ops0 = LUConv(out_ch + out_ch // 2, mid, bn_mode, dtype, rngs)
         self.ops1 = LUConv(mid, mid, bn_mode, dtype, rngs)
 
@@ -154,10 +155,12 @@ def max_pool2(x):
 
 class UNet3D(nnx.Module):
     """Input (N, X, Y, Z, 1), X, Y, Z divisible by 8; output sigmoid probabilities
-    (N, X, Y, Z, n_class) in float32. width=32 is the official model (19,073,665 parameters)."""
+    (N, X, Y, Z, n_class) in float32. width=32 is the official model (19,073,665 parameters).
+    fast_upconv=False computes the transposed convs with lax.conv_transpose (the slow
+    XLA path, kept for benchmarks and tests)."""
 
     def __init__(self, n_class: int = 1, width: int = 32, bn_mode: str = "batch", dtype=jnp.float32,
-                 *, rngs: nnx.Rngs):
+                 *, rngs: nnx.Rngs, fast_upconv: bool = True):
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
         w = width
@@ -166,9 +169,9 @@ class UNet3D(nnx.Module):
         self.down_tr128 = DownTransition(2 * w, 1, w, bn_mode, dtype, rngs)
         self.down_tr256 = DownTransition(4 * w, 2, w, bn_mode, dtype, rngs)
         self.down_tr512 = DownTransition(8 * w, 3, w, bn_mode, dtype, rngs)
-        self.up_tr256 = UpTransition(16 * w, 16 * w, 2, w, bn_mode, dtype, rngs)
-        self.up_tr128 = UpTransition(8 * w, 8 * w, 1, w, bn_mode, dtype, rngs)
-        self.up_tr64 = UpTransition(4 * w, 4 * w, 0, w, bn_mode, dtype, rngs)
+        self.up_tr256 = UpTransition(16 * w, 16 * w, 2, w, bn_mode, dtype, rngs, fast_upconv)
+        self.up_tr128 = UpTransition(8 * w, 8 * w, 1, w, bn_mode, dtype, rngs, fast_upconv)
+        self.up_tr64 = UpTransition(4 * w, 4 * w, 0, w, bn_mode, dtype, rngs, fast_upconv)
         self.out_tr = OutputTransition(2 * w, n_class, dtype, rngs)
 
     def encode(self, x):

@@ -1,5 +1,6 @@
-"""A PyTorch UNet3D written from GUIDE.md section 3, with the official module names,
-to test weight interop against. `always_batch_stats` reproduces ContBatchNorm3d."""
+"""A PyTorch UNet3D written from GUIDE.md section 3, with the official module names: the
+counterpart for the interop tests and the PyTorch side of benchmarks/train_step.py.
+`always_batch_stats` reproduces ContBatchNorm3d."""
 
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,190 @@
+"""Samples/s and MFU of the jitted Genesis train step (forward, MSE, backward, SGD momentum,
+state donated), the fast versus the naive transposed conv, and optionally the same step in
+PyTorch, in one run on one device.
+
+    python benchmarks/train_step.py --batch 32 --width 32 --dtype bfloat16 --torch --json out.json
+
+MFU uses 732.7 GFLOP per 64x64x32 training sample at width 32 (GUIDE.md section 4);
+other widths or shapes use XLA's cost analysis of the compiled step. Peak: bf16 dense of
+the device (H100/H200: 989 TFLOP/s), or --peak-tflops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from genesis_jax.models import UNet3D  # noqa: E402
+from genesis_jax.models.unet import conv_transpose_2x, conv_transpose_reference  # noqa: E402
+from genesis_jax.step import init_train_state, make_train_step, sgd  # noqa: E402
+
+PAPER_FLOPS_PER_SAMPLE = 732.7e9  # width 32, 64x64x32
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
+
+
+def peak_tflops(device) -> float | None:
+    kind = getattr(device, "device_kind", "")
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), None)
+
+
+def xla_flops(compiled) -> float | None:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    return float(analysis["flops"]) if analysis and "flops" in analysis else None
+
+
+def timed(fn, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True) -> dict:
+    model = UNet3D(width=width, dtype=dtype, rngs=nnx.Rngs(0), fast_upconv=fast_upconv)
+    graphdef, state = init_train_state(model, sgd())
+    step = make_train_step(graphdef)
+    cubes = jax.random.uniform(jax.random.key(0), (batch, *shape), jnp.float32)
+    start = time.perf_counter()
+    compiled = step.lower(state, cubes, cubes).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run():
+        holder["state"], loss = compiled(holder["state"], cubes, cubes)
+        return loss
+
+    median = statistics.median(timed(run, steps, warmup))
+    paper = width == 32 and tuple(shape) == (64, 64, 32)
+    flops = PAPER_FLOPS_PER_SAMPLE if paper else (xla_flops(compiled) or 0.0) / batch
+    return {"batch": batch, "width": width, "dtype": jnp.dtype(dtype).name, "fast_upconv": fast_upconv,
+            "compile_s": compile_s, "median_step_s": median, "samples_per_s": batch / median,
+            "flops_per_sample": flops, "flops_source": "paper" if paper else "xla_cost_analysis"}
+
+
+def bench_upconv(batch, width, shape, dtype, steps, warmup) -> list[dict]:
+    """Forward + gradient of each decoder transposed conv, fast form versus lax.conv_transpose."""
+    rows = []
+    for level, (channels, div) in enumerate(((16 * width, 8), (8 * width, 4), (4 * width, 2))):
+        x = jax.random.normal(jax.random.key(level), (batch, *(d // div for d in shape), channels), dtype)
+        k = jax.random.normal(jax.random.key(10 + level), (2, 2, 2, channels, channels), dtype) * 0.05
+        b = jnp.zeros((channels,), dtype)
+        row = {"input": list(x.shape)}
+        for name, fn in (("fast", conv_transpose_2x), ("lax", conv_transpose_reference)):
+            grad = jax.jit(jax.grad(lambda x, k, fn=fn: jnp.sum(fn(x, k, b).astype(jnp.float32)), argnums=(0, 1)))
+            row[f"{name}_ms"] = 1e3 * statistics.median(timed(lambda: grad(x, k), steps, warmup))
+        row["speedup"] = row["lax_ms"] / row["fast_ms"]
+        rows.append(row)
+    return rows
+
+
+def bench_torch_step(batch, width, shape, dtype, steps, warmup) -> dict:
+    import torch
+    from torch_unet import TorchUNet3D
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = TorchUNet3D(width=width).to(device).to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    x = torch.rand(batch, 1, *shape, device=device).to(memory_format=torch.channels_last_3d)
+    use_bf16 = jnp.dtype(dtype) == jnp.bfloat16
+
+    def run():
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = torch.mean((model(x).float() - x) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return loss
+
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        run()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"batch": batch, "width": width, "device": device, "torch": torch.__version__,
+            "autocast_bf16": use_bf16, "median_step_s": median, "samples_per_s": batch / median}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, nargs="+", default=[2])
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--naive-step", action="store_true", help="also time the whole step with lax.conv_transpose")
+    parser.add_argument("--no-upconv", action="store_true", help="skip the transposed-conv micro-benchmark")
+    parser.add_argument("--torch", action="store_true", help="also time the same step in PyTorch")
+    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: bf16 dense of H100/H200)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    shape, dtype = tuple(args.shape), jnp.dtype(args.dtype)
+    device = jax.devices()[0]
+    peak = args.peak_tflops or peak_tflops(device)
+    result = {"benchmark": "train_step", "backend": jax.default_backend(),
+              "device": getattr(device, "device_kind", str(device)), "jax": jax.__version__,
+              "shape": shape, "peak_tflops": peak, "steps": [], "torch_steps": []}
+    print(f"train step on {result['backend']} ({result['device']}), width {args.width}, {dtype.name}, cubes {shape}",
+          flush=True)
+    for batch in args.batch:
+        variants = [True, False] if args.naive_step else [True]
+        for fast in variants:
+            row = bench_jax_step(batch, args.width, shape, dtype, args.steps, args.warmup, fast_upconv=fast)
+            if peak:
+                row["mfu"] = row["samples_per_s"] * row["flops_per_sample"] / (peak * 1e12)
+            result["steps"].append(row)
+            print(f"  jax batch {batch} ({'fast' if fast else 'lax'} upconv): {row['samples_per_s']:.1f} samples/s"
+                  + (f", MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "")
+                  + f" (compile {row['compile_s']:.0f} s)", flush=True)
+        if args.torch:
+            trow = bench_torch_step(batch, args.width, shape, dtype, args.steps, args.warmup)
+            result["torch_steps"].append(trow)
+            print(f"  torch batch {batch}: {trow['samples_per_s']:.1f} samples/s", flush=True)
+    if not args.no_upconv:
+        result["upconv"] = bench_upconv(args.batch[0], args.width, shape, dtype, args.steps, args.warmup)
+
+    print("\n| framework | batch | upconv | samples/s | ms/step | MFU |")
+    print("|---|---:|---|---:|---:|---:|")
+    for row in result["steps"]:
+        mfu = f"{100 * row['mfu']:.1f}%" if "mfu" in row else "-"
+        print(f"| JAX ({row['dtype']}) | {row['batch']} | {'fast' if row['fast_upconv'] else 'lax'} | "
+              f"{row['samples_per_s']:.1f} | {1e3 * row['median_step_s']:.1f} | {mfu} |")
+    for row in result["torch_steps"]:
+        print(f"| PyTorch {row['torch']} ({'bf16 autocast' if row['autocast_bf16'] else 'fp32'}) | {row['batch']} | "
+              f"ConvTranspose3d | {row['samples_per_s']:.1f} | {1e3 * row['median_step_s']:.1f} | - |")
+    for jrow, trow in zip(result["steps"][:: 2 if args.naive_step else 1], result["torch_steps"]):
+        print(f"JAX / PyTorch at batch {jrow['batch']}: {jrow['samples_per_s'] / trow['samples_per_s']:.2f}x")
+    if "upconv" in result:
+        print("\ntransposed conv, forward + gradient (ms): " + "; ".join(
+            f"{tuple(r['input'])}: fast {r['fast_ms']:.2f}, lax {r['lax_ms']:.2f} ({r['speedup']:.1f}x)"
+            for r in result["upconv"]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
