@@ -1,0 +1,173 @@
+"""Cube stores (TensorStore zarr v3) and the batch sources that feed training.
+
+A store is a zarr v3 array (N, 64, 64, 32) float32, one chunk per cube (zstd), whose
+attributes record where the cubes came from (`genesis` key: sources, spacing, window,
+filter, seed, package version). Writers build it in a temporary directory beside the
+target and rename it into place at the end, so a failed run leaves nothing behind.
+
+Batch sources serve, for a global step, this process's share of the global batch:
+deterministic in (seed, step), independent of how many processes ask, and reading
+only the cubes of that batch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorstore as ts
+
+from genesis_jax.data.sampler import SamplerConfig, accept_corners, check_volume_fits, cut, draw_corners, filter_table
+
+ATTRIBUTES_KEY = "genesis"
+
+
+def _spec(path: Path, cube_shape, attributes=None, create=False) -> dict:
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+    if create:
+        spec.update(create=True, delete_existing=True, metadata={
+            "shape": [0, *cube_shape],
+            "data_type": "float32",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, *cube_shape]}},
+            "chunk_key_encoding": {"name": "default"},
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                       {"name": "zstd", "configuration": {"level": 3, "checksum": False}}],
+            "fill_value": 0.0,
+            "attributes": {ATTRIBUTES_KEY: attributes or {}},
+        })
+    return spec
+
+
+class CubeStoreWriter:
+    """Append cubes, then `commit(attributes)` renames the finished store into place.
+
+    Used as a context manager: leaving the block with an exception removes the
+    temporary store and leaves `path` untouched.
+    """
+
+    def __init__(self, path, cube_shape=(64, 64, 32)):
+        self.path = Path(path)
+        self.cube_shape = tuple(cube_shape)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        self.array = ts.open(_spec(self.tmp, self.cube_shape, create=True)).result()
+        self.count = 0
+
+    def append(self, cubes: np.ndarray) -> None:
+        if len(cubes) == 0:
+            return
+        if cubes.shape[1:] != self.cube_shape:
+            raise ValueError(f"cubes of shape {cubes.shape[1:]} do not fit a store of {self.cube_shape}")
+        new_count = self.count + len(cubes)
+        self.array = self.array.resize(exclusive_max=[new_count, *self.cube_shape], expand_only=True).result()
+        self.array[self.count:new_count].write(np.asarray(cubes, np.float32)).result()
+        self.count = new_count
+
+    def commit(self, attributes: dict) -> Path:
+        """Record the attributes, then move the store to its final path (replacing one there)."""
+        meta_path = self.tmp / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+        meta.setdefault("attributes", {})[ATTRIBUTES_KEY] = {**attributes, "cubes": self.count}
+        meta_path.write_text(json.dumps(meta, indent=2))
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.tmp.rename(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None or self.tmp.exists():
+            self.abort()
+        return False
+
+
+def open_store(path):
+    """(TensorStore, attributes) of a cube store; ValueError with the path if it is not one."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise ValueError(f"{path}: not a cube store (no zarr.json); create one with python -m genesis_jax.prepare")
+    array = ts.open(_spec(path, None)).result()
+    meta = json.loads((path / "zarr.json").read_text())
+    return array, meta.get("attributes", {}).get(ATTRIBUTES_KEY, {})
+
+
+def global_indices(step: int, global_batch: int, n: int, seed: int) -> np.ndarray:
+    """The cube indices of global batch `step`: epochs are seeded permutations of range(n),
+    and step s takes positions [s * B, (s + 1) * B) of their concatenation."""
+    positions = step * global_batch + np.arange(global_batch)
+    epochs = positions // n
+    out = np.empty(global_batch, np.int64)
+    for epoch in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
+        where = epochs == epoch
+        out[where] = perm[positions[where] % n]
+    return out
+
+
+def process_slice(global_batch: int, process_index: int, process_count: int) -> slice:
+    if global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} does not split over {process_count} processes")
+    per = global_batch // process_count
+    return slice(process_index * per, (process_index + 1) * per)
+
+
+class StoreBatches:
+    """Batches from a cube store; reads only the requested cubes."""
+
+    def __init__(self, path, seed: int = 0):
+        self.array, self.attributes = open_store(path)
+        self.size = int(self.array.shape[0])
+        if self.size == 0:
+            raise ValueError(f"{path}: the cube store is empty")
+        self.seed = seed
+        self.cube_shape = tuple(int(d) for d in self.array.shape[1:])
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        unique, inverse = np.unique(indices, return_inverse=True)
+        return self.array[unique].read().result()[inverse]
+
+    def batch(self, step: int, global_batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+        """(global_batch / process_count, X, Y, Z) float32: this process's part of step's batch."""
+        indices = global_indices(step, global_batch, self.size, self.seed)
+        return self.read(indices[process_slice(global_batch, process_index, process_count)])
+
+
+class VolumeBatches:
+    """On-the-fly batches: cubes cut straight from volumes in [0, 1] held in memory.
+
+    Example i of step s comes from a generator seeded by (seed, s, i): a volume chosen
+    uniformly, then crops tried until the filter accepts one (at most tries_per_cube).
+    When no try passes, the first crop is used and counted in `fallbacks`.
+    """
+
+    def __init__(self, volumes: list[np.ndarray], cfg: SamplerConfig = SamplerConfig(), seed: int = 0):
+        if not volumes:
+            raise ValueError("no volumes to sample from")
+        for volume in volumes:
+            check_volume_fits(volume.shape, cfg)
+        self.volumes, self.cfg, self.seed = volumes, cfg, seed
+        self.tables = [filter_table(v, cfg) for v in volumes]  # once: every cube's filter is 8 lookups
+        self.cube_shape = cfg.crop
+        self.fallbacks = 0
+
+    def cube(self, step: int, index: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step, index])
+        which = int(rng.integers(len(self.volumes)))
+        volume = self.volumes[which]
+        corners = draw_corners(volume.shape, self.cfg, rng, self.cfg.tries_per_cube)
+        ok = np.flatnonzero(accept_corners(self.tables[which], corners, self.cfg))
+        if len(ok) == 0:
+            self.fallbacks += 1
+        return cut(volume, corners[ok[:1] if len(ok) else [0]], self.cfg.crop)[0]
+
+    def batch(self, step: int, global_batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+        mine = range(global_batch)[process_slice(global_batch, process_index, process_count)]
+        return np.stack([self.cube(step, i) for i in mine]).astype(np.float32)

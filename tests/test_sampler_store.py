@@ -1,0 +1,193 @@
+"""The cube sampler equals the spec's loops; stores and batch sources are deterministic,
+split over processes, and read only what they serve."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genesis_jax.data import CubeStoreWriter, SamplerConfig, StoreBatches, VolumeBatches, open_store, sample_cubes
+from genesis_jax.data.sampler import (accept_corners, borders_for, corner_ranges, draw_corners, filter_table,
+                                      lung_weights)
+
+SMALL = SamplerConfig(crop=(8, 8, 6), cubes_per_volume=5, tries_per_cube=20, border=(2, 2, 1))
+
+
+def loop_lung_score(crop, threshold, depth):
+    """The original filter, literally: a 4-deep loop over (d, x, y, k)."""
+    total = 0.0
+    for d in range(depth):
+        for i in range(crop.shape[0]):
+            for j in range(crop.shape[1]):
+                k_found = 2
+                for k in range(3):
+                    if crop[i, j, d + k] >= threshold:
+                        k_found = k
+                        break
+                total += 1.0 - k_found / 2.0
+    return total
+
+
+def loop_sampler(volume, cfg, rng):
+    """Sequential tries, as the original: draw a corner, cut, judge, until enough."""
+    kept, tries = [], 0
+    corners = draw_corners(volume.shape, cfg, rng, cfg.cubes_per_volume * cfg.tries_per_cube)
+    for x, y, z in corners:
+        tries += 1
+        crop = volume[x:x + cfg.window[0], y:y + cfg.window[1], z:z + cfg.window[2]]
+        if cfg.filter == "lung":
+            ok = loop_lung_score(crop, cfg.lung_threshold, cfg.crop[2]) <= cfg.lung_max_share * np.prod(cfg.crop)
+        elif cfg.filter == "foreground":
+            ok = (crop[..., : cfg.crop[2]] >= cfg.foreground_threshold).mean() >= cfg.min_foreground
+        else:
+            ok = True
+        if ok:
+            kept.append(crop[..., : cfg.crop[2]])
+            if len(kept) == cfg.cubes_per_volume:
+                break
+    return np.stack(kept) if kept else np.zeros((0, *cfg.crop)), tries
+
+
+def lungish_volume(seed, shape=(24, 22, 20)):
+    """Half-air, half-tissue blocks: some crops pass the lung filter, some do not."""
+    rng = np.random.default_rng(seed)
+    volume = rng.random(shape).astype(np.float32) * 0.3  # air-like (< 0.425)
+    volume[: shape[0] // 2] += 0.5                        # dense half
+    return volume
+
+
+@pytest.mark.parametrize("filt", ["lung", "foreground", "none"])
+def test_vectorised_sampler_equals_the_loop(filt):
+    cfg = SamplerConfig(crop=(8, 8, 6), cubes_per_volume=5, tries_per_cube=20, border=(2, 2, 1), filter=filt,
+                        lung_max_share=0.4, min_foreground=0.4)
+    judged = []
+    for seed in range(4):
+        volume = lungish_volume(seed)
+        corners = draw_corners(volume.shape, cfg, np.random.default_rng(seed), 100)
+        judged.extend(accept_corners(filter_table(volume, cfg), corners, cfg))
+        ours, our_tries = sample_cubes(volume, cfg, np.random.default_rng(seed))
+        ref, ref_tries = loop_sampler(volume, cfg, np.random.default_rng(seed))
+        np.testing.assert_array_equal(ours, ref)
+        assert our_tries == ref_tries
+    if filt != "none":  # the volumes exercise both outcomes of the filter
+        assert 0.05 < np.mean(judged) < 0.95, np.mean(judged)
+
+
+def test_lung_scores_equal_the_loop_for_every_corner():
+    cfg = SamplerConfig(crop=(8, 8, 6), border=(0, 0, 0))
+    volume = lungish_volume(7)
+    corners = draw_corners(volume.shape, cfg, np.random.default_rng(0), 40)
+    from genesis_jax.data.sampler import box_sums
+    sums = box_sums(filter_table(volume, cfg), corners, cfg.crop)
+    for (x, y, z), total in zip(corners, sums):
+        crop = volume[x:x + 8, y:y + 8, z:z + 9]
+        assert total == loop_lung_score(crop, cfg.lung_threshold, 6)
+    assert lung_weights(volume, cfg.lung_threshold).shape == (24, 22, 18)
+
+
+def test_deterministic_for_a_seed():
+    volume = lungish_volume(1)
+    cfg = SamplerConfig(crop=(8, 8, 6), cubes_per_volume=5, border=(2, 2, 1), filter="none")
+    a, _ = sample_cubes(volume, cfg, np.random.default_rng(3))
+    b, _ = sample_cubes(volume, cfg, np.random.default_rng(3))
+    c, _ = sample_cubes(volume, cfg, np.random.default_rng(4))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_auto_borders_fit_the_sample_and_keep_luna_borders_on_large_volumes():
+    cfg = SamplerConfig()
+    assert borders_for((233, 167, 191), cfg) == (42, 25, 30)
+    assert borders_for((512, 512, 300), cfg) == (100, 100, 30)  # LUNA16-sized: the original borders
+    for low, high in corner_ranges((233, 167, 191), cfg):
+        assert 0 <= low <= high
+    with pytest.raises(ValueError, match="smaller than one 64x64x35 crop"):
+        sample_cubes(np.zeros((60, 80, 80), np.float32), cfg, np.random.default_rng(0))
+
+
+def test_filter_that_rejects_everything_gives_no_cubes_and_reports_tries():
+    dense = np.full((24, 22, 20), 0.9, np.float32)
+    cubes, tries = sample_cubes(dense, SamplerConfig(crop=(8, 8, 6), border=(0, 0, 0), cubes_per_volume=3,
+                                                     tries_per_cube=10), np.random.default_rng(0))
+    assert cubes.shape == (0, 8, 8, 6) and tries == 30
+
+
+# ---------------------------------------------------------------- stores
+
+def make_store(path, n=10, shape=(8, 8, 6)):
+    cubes = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, *shape), np.float32)
+    with CubeStoreWriter(path, shape) as writer:
+        writer.append(cubes[: n // 2])
+        writer.append(cubes[n // 2:])
+        writer.commit({"seed": 5, "sources": ["a"]})
+    return cubes
+
+
+def test_store_roundtrip_attributes_and_chunking(tmp_path):
+    cubes = make_store(tmp_path / "s.zarr")
+    array, attributes = open_store(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(array.read().result(), cubes)
+    assert attributes == {"seed": 5, "sources": ["a"], "cubes": 10}
+    assert list(array.chunk_layout.read_chunk.shape) == [1, 8, 8, 6]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with CubeStoreWriter(tmp_path / "s.zarr", (8, 8, 6)) as writer:
+            writer.append(np.zeros((2, 8, 8, 6), np.float32))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_batches_are_deterministic_epoch_permutations_split_over_processes(tmp_path):
+    make_store(tmp_path / "s.zarr", n=10)
+    source = StoreBatches(tmp_path / "s.zarr", seed=1)
+    # 5 steps of 4 = 2 epochs: each epoch serves every cube exactly once.
+    served = np.concatenate([source.batch(step, 4)[:, 0, 0, 0] for step in range(5)])
+    assert sorted(served[:10]) == list(range(10)) and sorted(served[10:]) == list(range(10))
+    np.testing.assert_array_equal(StoreBatches(tmp_path / "s.zarr", seed=1).batch(3, 4), source.batch(3, 4))
+    assert not np.array_equal(StoreBatches(tmp_path / "s.zarr", seed=2).batch(0, 4), source.batch(0, 4))
+    halves = [source.batch(2, 4, process_index=p, process_count=2) for p in range(2)]
+    np.testing.assert_array_equal(np.concatenate(halves), source.batch(2, 4))
+    with pytest.raises(ValueError, match="does not split"):
+        source.batch(0, 4, process_count=3)
+
+
+def test_store_reads_only_the_requested_cubes(tmp_path, monkeypatch):
+    make_store(tmp_path / "s.zarr", n=10)
+    source = StoreBatches(tmp_path / "s.zarr")
+    asked = []
+    original = source.read
+    monkeypatch.setattr(source, "read", lambda idx: asked.append(len(idx)) or original(idx))
+    source.batch(0, 4)
+    assert asked == [4]
+
+
+def test_on_the_fly_batches(tmp_path):
+    volumes = [lungish_volume(0), lungish_volume(1)]
+    cfg = SamplerConfig(crop=(8, 8, 6), border=(2, 2, 1), filter="foreground", min_foreground=0.4)
+    source = VolumeBatches(volumes, cfg, seed=3)
+    a = source.batch(7, 4)
+    assert a.shape == (4, 8, 8, 6) and a.dtype == np.float32
+    np.testing.assert_array_equal(VolumeBatches(volumes, cfg, seed=3).batch(7, 4), a)
+    np.testing.assert_array_equal(np.concatenate([source.batch(7, 4, p, 2) for p in range(2)]), a)
+    assert not np.array_equal(source.batch(8, 4), a)
+    assert ((a >= cfg.foreground_threshold).mean(axis=(1, 2, 3)) >= 0.4).all()
+
+
+SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_ct.nii.gz"
+
+
+@pytest.mark.skipif(not SHARED_CT.exists(), reason=f"shared chest CT not found at {SHARED_CT}")
+def test_prepare_on_the_shared_chest_ct(tmp_path, capsys):
+    from genesis_jax.prepare import run
+    assert run([str(SHARED_CT), "--out", str(tmp_path / "c.zarr"), "--filter", "foreground", "--seed", "3"]) == 0
+    array, attributes = open_store(tmp_path / "c.zarr")
+    assert array.shape == (32, 64, 64, 32)
+    cubes = array.read().result()
+    assert 0.0 <= cubes.min() and cubes.max() <= 1.0
+    source = attributes["sources"][0]
+    assert source["shape"] == [233, 167, 191] and source["border"] == [42, 25, 30] and source["cubes"] == 32
+    assert attributes["filter"] == "foreground" and attributes["seed"] == 3 and attributes["version"]
+    assert "32 cubes written" in capsys.readouterr().out
