@@ -7,7 +7,7 @@ import pytest
 
 sitk = pytest.importorskip("SimpleITK")
 
-from genesis_jax.data import VolumeError, find_inputs, read_volume, sample_path  # noqa: E402
+from genesis_jax.data import find_inputs, read_volume, sample_path  # noqa: E402
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_ct.nii.gz"
 needs_shared = pytest.mark.skipif(not SHARED_CT.exists(), reason=f"shared chest CT not found at {SHARED_CT}")
@@ -24,7 +24,7 @@ def ct_crop():
 
 def write_dicom_series(image, directory: Path, series_uid=None, shuffle_names=True):
     """One CT slice per file, stored unsigned with RescaleIntercept -1024, names out of order."""
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
