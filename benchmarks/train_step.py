@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from genesis_jax.models import UNet3D  # noqa: E402
 from genesis_jax.models.unet import conv_transpose_2x, conv_transpose_reference  # noqa: E402
-from genesis_jax.step import init_train_state, make_train_step, sgd  # noqa: E402
+from genesis_jax.step import init_train_state, make_train_step  # noqa: E402
 
 PAPER_FLOPS_PER_SAMPLE = 732.7e9  # width 32, 64x64x32
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
@@ -57,16 +57,17 @@ def timed(fn, steps: int, warmup: int) -> list[float]:
 
 def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True) -> dict:
     model = UNet3D(width=width, dtype=dtype, rngs=nnx.Rngs(0), fast_upconv=fast_upconv)
-    graphdef, state = init_train_state(model, sgd())
+    graphdef, state = init_train_state(model)
     step = make_train_step(graphdef)
     cubes = jax.random.uniform(jax.random.key(0), (batch, *shape), jnp.float32)
+    lr = jnp.float32(1.0)
     start = time.perf_counter()
-    compiled = step.lower(state, cubes, cubes).compile()
+    compiled = step.lower(state, cubes, cubes, lr).compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
     def run():
-        holder["state"], loss = compiled(holder["state"], cubes, cubes)
+        holder["state"], loss = compiled(holder["state"], cubes, cubes, lr)
         return loss
 
     median = statistics.median(timed(run, steps, warmup))

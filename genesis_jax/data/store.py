@@ -120,13 +120,14 @@ def process_slice(global_batch: int, process_index: int, process_count: int) -> 
 
 
 class StoreBatches:
-    """Batches from a cube store; reads only the requested cubes."""
+    """Batches from a cube store (or the subset `indices` of it); reads only the requested cubes."""
 
-    def __init__(self, path, seed: int = 0):
+    def __init__(self, path, seed: int = 0, indices=None):
         self.array, self.attributes = open_store(path)
-        self.size = int(self.array.shape[0])
+        self.indices = np.arange(int(self.array.shape[0])) if indices is None else np.asarray(indices)
+        self.size = len(self.indices)
         if self.size == 0:
-            raise ValueError(f"{path}: the cube store is empty")
+            raise ValueError(f"{path}: no cubes to serve (the store or the selected subset is empty)")
         self.seed = seed
         self.cube_shape = tuple(int(d) for d in self.array.shape[1:])
 
@@ -136,8 +137,8 @@ class StoreBatches:
 
     def batch(self, step: int, global_batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
         """(global_batch / process_count, X, Y, Z) float32: this process's part of step's batch."""
-        indices = global_indices(step, global_batch, self.size, self.seed)
-        return self.read(indices[process_slice(global_batch, process_index, process_count)])
+        positions = global_indices(step, global_batch, self.size, self.seed)
+        return self.read(self.indices[positions[process_slice(global_batch, process_index, process_count)]])
 
 
 class VolumeBatches:

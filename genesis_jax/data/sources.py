@@ -1,0 +1,73 @@
+"""Training and validation data for a run, from the config's `data` section."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from genesis_jax.data.sampler import SamplerConfig
+from genesis_jax.data.store import StoreBatches, VolumeBatches, open_store
+from genesis_jax.data.volumes import find_inputs, hu_window, percentile_window, read_volume
+
+_VALIDATION_SEED_OFFSET = 1_000_003
+
+
+@dataclasses.dataclass
+class RunData:
+    train: object               # .batch(step, global_batch, process_index, process_count) -> np.ndarray
+    validation: np.ndarray      # frozen validation cubes (n, X, Y, Z)
+    train_cubes: int | None     # cubes in the training split (None: sampled on the fly)
+    description: str
+    digest: str                 # sha256 of the data's defining files
+
+
+def _sha256(paths) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            digest.update(str(f.name).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def _unit(volume, modality):
+    return percentile_window(volume.array)[0] if modality == "mr" else hu_window(volume.array)
+
+
+def load_run_data(data, seed: int) -> RunData:
+    cube_shape = tuple(int(d) for d in data.cube_shape)
+    if data.source == "store":
+        if not data.store:
+            raise ValueError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
+        array, _ = open_store(data.store)
+        n = int(array.shape[0])
+        if tuple(array.shape[1:]) != cube_shape:
+            raise ValueError(f"{data.store}: cubes are {tuple(array.shape[1:])}, the config wants {cube_shape}")
+        n_val = max(1, int(round(n * data.val_fraction)))
+        if n - n_val < 1:
+            raise ValueError(f"{data.store}: {n} cubes are too few to hold out {n_val} for validation")
+        order = np.random.default_rng([seed, _VALIDATION_SEED_OFFSET]).permutation(n)
+        train = StoreBatches(data.store, seed, indices=np.sort(order[n_val:]))
+        validation = StoreBatches(data.store, seed).read(np.sort(order[:n_val]))
+        return RunData(train, validation, n - n_val, f"cube store {data.store} ({n} cubes, {n_val} for validation)",
+                       _sha256([Path(data.store) / "zarr.json"]))
+    if data.source == "sample":
+        from genesis_jax.data import sample_path
+        paths = [sample_path()]
+    elif data.source == "volumes":
+        if not data.volumes:
+            raise ValueError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
+        paths = find_inputs([p for p in data.volumes.split(",") if p])
+    else:
+        raise ValueError(f"data.source must be 'sample', 'store' or 'volumes', got {data.source!r}")
+    volumes = [_unit(read_volume(p), data.modality) for p in paths]
+    cfg = SamplerConfig(crop=cube_shape, filter=data.filter)
+    train = VolumeBatches(volumes, cfg, seed)
+    validation = VolumeBatches(volumes, cfg, seed + _VALIDATION_SEED_OFFSET).batch(0, int(data.val_cubes))
+    names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+    return RunData(train, validation, None, f"{len(paths)} volume(s) sampled on the fly ({data.filter} filter): {names}",
+                   _sha256(paths))

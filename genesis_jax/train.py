@@ -1,0 +1,100 @@
+"""python -m genesis_jax.train [--config=demo|genesis_chest_ct|multi_device|PATH] [--workdir=DIR]
+[--config.FIELD=VALUE ...] [--distributed]
+
+With no flags: the demo config on the embedded chest CT sample, in a new directory under
+./runs/ that is printed first. Running the same command with the same --workdir resumes
+from its latest checkpoint. SIGTERM saves a checkpoint at the next step and exits 0.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from absl import flags
+from ml_collections import config_flags
+
+from genesis_jax.configs import config_path
+
+
+
+def _define_flags():
+    """Defined on first use, not at import: ml_collections reads the --config.* overrides
+    from sys.argv when the flag is defined, and a bad one must become a clean error."""
+    if "config" in flags.FLAGS:
+        return
+    config_flags.DEFINE_config_file("config", config_path("demo"), "training config: a name or a path",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "run directory (default: runs/<config>-<time>)")
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process GPU/TPU; see launch/)")
+
+
+def _resolve_config_names(argv: list[str]) -> list[str]:
+    out = []
+    for arg in argv:
+        if arg.startswith("--config="):
+            arg = "--config=" + config_path(arg.split("=", 1)[1])
+        out.append(arg)
+    return out
+
+
+def parse(argv: list[str]):
+    """(config, workdir, distributed) from argv; one clear line and exit 2 on a bad flag."""
+    argv = _resolve_config_names(argv)
+    for arg in argv:
+        if arg.startswith("--config=") and not Path(arg.split("=", 1)[1].split(":")[0]).is_file():
+            print(f"error: bad flag: no config {arg.split('=', 1)[1]!r} (names: demo, genesis_chest_ct, "
+                  f"multi_device, or a path to a config file)", file=sys.stderr)
+            sys.exit(2)
+    sys.argv[:] = argv
+    try:
+        _define_flags()
+        flags.FLAGS(argv)
+        config = flags.FLAGS.config
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config lacks
+        print(f"error: unknown config field {str(e).strip(chr(34))} in an override", file=sys.stderr)
+        sys.exit(2)
+    except (flags.Error, OSError, TypeError, ValueError) as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        print(f"error: bad flag: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
+        sys.exit(2)
+    config_file = flags.FLAGS["config"].config_filename.split(":")[0]
+    workdir = flags.FLAGS.workdir or str(Path("runs") / f"{Path(config_file).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return config, workdir, flags.FLAGS.distributed
+
+
+def main(argv=None) -> int:
+    config, workdir, distributed = parse(list(sys.argv if argv is None else argv))
+    import jax
+    if distributed:
+        jax.distributed.initialize()
+    from genesis_jax.trainer import TrainingDiverged, train, validate_config
+    try:
+        validate_config(config)
+    except (ValueError, TypeError) as e:
+        print(f"error: bad config: {e}", file=sys.stderr)
+        return 2
+    if jax.process_index() == 0:
+        print(f"run directory: {workdir}", flush=True)
+    try:
+        summary = train(config, workdir)
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not summary.get("preempted") and jax.process_index() == 0:
+        vals = summary["val_losses"]
+        if vals:
+            print(f"done: step {summary['end_step']}, validation loss {vals[0][1]:.5f} (step {vals[0][0]}) -> "
+                  f"{vals[-1][1]:.5f} (step {vals[-1][0]}), best {summary['best_val']:.5f} at step "
+                  f"{summary['best_step']}; run directory {workdir}")
+        if summary.get("pytorch_export"):
+            print(f"best weights for PyTorch: {summary['pytorch_export']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The pre-training loop: sharded jitted step, frozen validation, schedule, checkpoints, logs.
+
+Everything random is a function of (seed, step, example): the corruption of example i
+at step s uses fold_in(fold_in(root, s), i) and the data source serves step s
+deterministically, so a resumed run repeats exactly what the uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+import genesis_jax
+from genesis_jax import sharding
+from genesis_jax.checkpoint import Checkpointer, abstract_like
+from genesis_jax.data.sources import load_run_data
+from genesis_jax.deform import DeformConfig, genesis_batch
+from genesis_jax.metrics import MetricWriter, restoration_grid
+from genesis_jax.models import UNet3D
+from genesis_jax.step import apply_gradients, init_train_state, model_from_state, restoration_loss
+
+_VALIDATION_KEY = 2**31 - 1  # fold_in tag of the frozen validation corruptions
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Schedule:
+    """Host-side state of the learning-rate schedule and early stopping (checkpointed)."""
+
+    learning_rate: float
+    best_val: float = math.inf
+    best_step: int = -1
+    last_drop_step: int = 0
+    stopped_early: bool = False
+
+    def after_eval(self, step: int, val_loss: float, cfg, steps_per_epoch: int) -> bool:
+        """Update on a validation result at `step`; True when this is the best so far."""
+        improved = val_loss < self.best_val
+        if improved:
+            self.best_val, self.best_step = val_loss, step
+        flat_epochs = (step - max(self.best_step, 0)) / steps_per_epoch
+        if cfg.schedule.kind == "plateau":
+            since_drop = (step - max(self.best_step, self.last_drop_step)) / steps_per_epoch
+            if not improved and since_drop >= cfg.schedule.plateau_epochs:
+                self.learning_rate *= cfg.schedule.gamma
+                self.last_drop_step = step
+        if flat_epochs >= cfg.early_stopping_patience:
+            self.stopped_early = True
+        return improved
+
+    def lr_at(self, step: int, cfg, steps_per_epoch: int) -> float:
+        if cfg.schedule.kind == "step":
+            epoch = step // steps_per_epoch
+            return cfg.optimizer.learning_rate * cfg.schedule.gamma ** (epoch // cfg.schedule.step_epochs)
+        return self.learning_rate
+
+
+def _dtype(name: str):
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {name!r}")
+    return jnp.dtype(name)
+
+
+def validate_config(cfg) -> None:
+    """Fail before any work on values the run could not use."""
+    if cfg.schedule.kind not in ("step", "plateau"):
+        raise ValueError(f"schedule.kind must be 'step' or 'plateau', got {cfg.schedule.kind!r}")
+    for name in ("batch_size", "total_steps", "log_every"):
+        if cfg[name] < 1:
+            raise ValueError(f"{name} must be >= 1, got {cfg[name]}")
+    for name in ("steps_per_epoch", "eval_every", "checkpoint_every"):
+        if cfg[name] < 0:
+            raise ValueError(f"{name} must be >= 0 (0: once per epoch), got {cfg[name]}")
+    _dtype(cfg.model.dtype)
+    DeformConfig(**cfg.deform)
+    if cfg.data.source not in ("sample", "store", "volumes"):
+        raise ValueError(f"data.source must be 'sample', 'store' or 'volumes', got {cfg.data.source!r}")
+    if cfg.data.source == "store" and not cfg.data.store:
+        raise ValueError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
+    if cfg.data.source == "volumes" and not cfg.data.volumes:
+        raise ValueError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
+    if any(d % 8 for d in cfg.data.cube_shape):
+        raise ValueError(f"data.cube_shape {tuple(cfg.data.cube_shape)}: every dim must be divisible by 8")
+
+
+class Preemption:
+    """SIGTERM sets a flag; the loop saves at the next step boundary and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def reached(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils  # every process must agree to stop at the same step
+        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
+
+
+def write_run_info(workdir: Path, cfg, data, mesh) -> None:
+    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    info = {
+        "genesis_jax": genesis_jax.__version__, "jax": jax.__version__, "python": platform.python_version(),
+        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(), "mesh": dict(mesh.shape), "seed": cfg.seed,
+        "data": data.description, "data_sha256": data.digest,
+    }
+    (workdir / "run_info.json").write_text(json.dumps(info, indent=2))
+
+
+def train(cfg, workdir) -> dict:
+    """Run (or resume) the pre-training described by cfg in workdir; returns a summary."""
+    validate_config(cfg)
+    workdir = Path(workdir)
+    mesh = sharding.make_mesh(jax.devices()[: cfg.num_devices] if cfg.num_devices else None)
+    sharding.check_batch_size(cfg.batch_size, mesh)
+    data = load_run_data(cfg.data, cfg.seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = cfg.steps_per_epoch or max(1, (data.train_cubes or cfg.batch_size) // cfg.batch_size)
+    eval_every = cfg.eval_every or steps_per_epoch
+    checkpoint_every = cfg.checkpoint_every or steps_per_epoch
+    if jax.process_index() == 0:
+        write_run_info(workdir, cfg, data, mesh)
+
+    deform_cfg = DeformConfig(**cfg.deform)
+    model = UNet3D(width=cfg.model.width, bn_mode=cfg.model.bn_mode, dtype=_dtype(cfg.model.dtype),
+                   rngs=nnx.Rngs(cfg.seed))
+    graphdef, state = init_train_state(model, cfg.optimizer.momentum)
+    state = sharding.replicate(state, mesh)
+    root_key = jax.random.key(cfg.seed)
+    replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+
+    def step_fn(state, cubes, step, learning_rate):
+        corrupted, target = genesis_batch(jax.random.fold_in(root_key, step), cubes, deform_cfg)
+        state, loss = apply_gradients(graphdef, state, corrupted, target, learning_rate, cfg.optimizer.momentum)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
+        return state, {"loss": loss, "params_finite": finite}
+
+    def eval_fn(state, corrupted, target):
+        model = model_from_state(graphdef, state)
+        model.eval()
+        return restoration_loss(model, corrupted, target), model(corrupted[: cfg.images, ..., None])[..., 0]
+
+    train_step = jax.jit(step_fn, in_shardings=(replicated, batched, None, None),
+                         out_shardings=(replicated, replicated), donate_argnums=0)
+    eval_step = jax.jit(eval_fn, in_shardings=(replicated, batched, batched), out_shardings=(replicated, replicated))
+
+    # Frozen validation: corrupted once with fixed keys, so every evaluation compares like with like.
+    n_val = len(data.validation) - len(data.validation) % mesh.size
+    if n_val == 0:
+        raise ValueError(f"{len(data.validation)} validation cubes do not split over {mesh.size} devices")
+    val_clean = jax.device_put(jnp.asarray(data.validation[:n_val]), batched)
+    val_corrupted, val_target = jax.device_put(
+        genesis_batch(jax.random.fold_in(root_key, _VALIDATION_KEY), val_clean, deform_cfg), batched)
+
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
+    schedule = Schedule(cfg.optimizer.learning_rate)
+    start_step = 0
+    restored = checkpointer.restore_latest(abstract_like(state))
+    if restored is not None:
+        state, meta = restored
+        start_step = meta["step"]
+        schedule = Schedule(**meta["schedule"])
+        print(f"resumed from step {start_step} in {workdir / 'checkpoints'}", flush=True)
+
+    def meta(step):
+        return {"step": step, "seed": cfg.seed, "data_cursor": step, "schedule": dataclasses.asdict(schedule)}
+
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    preemption = Preemption()
+    pending = []  # (step, metrics on device) not yet checked for NaN
+    summary = {"workdir": str(workdir), "start_step": start_step, "val_losses": [], "train_losses": []}
+
+    def check_losses():
+        """Fetch pending metrics; stop at the first non-finite loss or parameters, naming the step
+        (checked before every save, so no checkpoint holds a diverged state)."""
+        fetched = jax.device_get([metrics for _, metrics in pending])
+        for (step, _), metrics in zip(pending, fetched):
+            if not (np.isfinite(metrics["loss"]) and metrics["params_finite"]):
+                checkpointer.wait()
+                what = f"loss became {metrics['loss']}" if not np.isfinite(metrics["loss"]) else \
+                    "parameters became non-finite"
+                raise TrainingDiverged(f"{what} at step {step}; the last good checkpoint is in "
+                                       f"{workdir / 'checkpoints' / 'latest'} (lower the learning rate?)")
+        pending.clear()
+        return [float(m["loss"]) for m in fetched]
+
+    process_rows = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    bar = tqdm(total=cfg.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0, mininterval=1.0)
+    window_start, window_steps = time.perf_counter(), 0
+    step = start_step
+    try:
+        while step < cfg.total_steps:
+            lr = schedule.lr_at(step, cfg, steps_per_epoch)
+            local = data.train.batch(step, cfg.batch_size, **process_rows)
+            state, metrics = train_step(state, sharding.global_batch(local, mesh), step, jnp.float32(lr))
+            step += 1  # from here on, `step` counts completed steps (checkpoints are numbered so)
+            pending.append((step, metrics))
+            window_steps += 1
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == cfg.total_steps:
+                values = check_losses()
+                elapsed = time.perf_counter() - window_start
+                samples_per_s = window_steps * cfg.batch_size / max(elapsed, 1e-9)
+                summary["train_losses"].extend(zip(range(step - len(values), step), values))
+                writer.scalars(step, {"train/loss": float(np.mean(values)), "train/learning_rate": lr,
+                                      "train/samples_per_s": samples_per_s})
+                bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lr:.3g}", samples_s=f"{samples_per_s:.1f}")
+                window_start, window_steps = time.perf_counter(), 0
+
+            if step % eval_every == 0 or step == cfg.total_steps:
+                val_loss, restored_images = eval_step(state, val_corrupted, val_target)
+                val_loss = float(val_loss)
+                improved = schedule.after_eval(step, val_loss, cfg, steps_per_epoch)
+                summary["val_losses"].append((step, val_loss))
+                writer.scalars(step, {"val/loss": val_loss, "val/best": schedule.best_val})
+                writer.image(step, "val/restoration", restoration_grid(
+                    np.asarray(val_corrupted[: cfg.images]), np.asarray(val_target[: cfg.images]),
+                    np.asarray(restored_images)))
+                tqdm.write(f"step {step}: val loss {val_loss:.5f}{' (best)' if improved else ''}, lr {lr:.3g}")
+                if improved:
+                    check_losses()
+                    checkpointer.save_best(step, state, meta(step))
+
+            preempted = preemption.reached()
+            if step % checkpoint_every == 0 or preempted or schedule.stopped_early or step == cfg.total_steps:
+                check_losses()
+                checkpointer.save(step, state, meta(step))
+            if preempted:
+                checkpointer.wait()
+                print(f"SIGTERM: saved the checkpoint of step {step} in {workdir / 'checkpoints'}; exiting "
+                      f"(run the same command to resume)", flush=True)
+                summary.update(preempted=True, end_step=step)
+                return summary
+            if schedule.stopped_early:
+                tqdm.write(f"early stopping at step {step}: no better validation loss for "
+                           f"{cfg.early_stopping_patience} epochs (best {schedule.best_val:.5f} at step "
+                           f"{schedule.best_step})")
+                break
+    finally:
+        bar.close()
+        writer.close()
+        checkpointer.wait()
+        preemption.restore()
+
+    summary.update(end_step=step, best_val=schedule.best_val, best_step=schedule.best_step, preempted=False)
+    if cfg.export_pytorch and jax.process_index() == 0:
+        summary["pytorch_export"] = export_best(checkpointer, graphdef, state, workdir)
+    checkpointer.close()
+    return summary
+
+
+def load_checkpoint(cfg, workdir, best: bool = False):
+    """(UNet3D, meta) from a run directory's latest (or best) checkpoint, on this host's devices."""
+    model = UNet3D(width=cfg.model.width, bn_mode=cfg.model.bn_mode, dtype=_dtype(cfg.model.dtype),
+                   rngs=nnx.Rngs(0))
+    graphdef, state = init_train_state(model, cfg.optimizer.momentum)
+    state = sharding.replicate(state, sharding.make_mesh())
+    checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=cfg.keep_checkpoints)
+    try:
+        restored = (checkpointer.restore_best if best else checkpointer.restore_latest)(abstract_like(state))
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise ValueError(f"{workdir}: no checkpoint found")
+    return model_from_state(graphdef, restored[0]), restored[1]
+
+
+def export_best(checkpointer, graphdef, state, workdir: Path) -> str | None:
+    """Write the best weights as a PyTorch checkpoint; skipped (with a note) without torch."""
+    try:
+        from genesis_jax.models import save_pytorch_checkpoint
+        import torch  # noqa: F401
+    except ImportError:
+        print("note: torch is not installed; skipping the PyTorch export (pip install 'genesis-jax[torch]')")
+        return None
+    best = checkpointer.restore_best(abstract_like(state))
+    path = workdir / "genesis_unet3d_best.pt"
+    save_pytorch_checkpoint(model_from_state(graphdef, best[0] if best else state), path)
+    return str(path)
