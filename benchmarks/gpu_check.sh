@@ -18,10 +18,12 @@ PY
 if python -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 1)"; then
   BATCHES="64 256 1024 4096"; REF=10
   STEP_ARGS="--batch 32 64 --width 32 --dtype bfloat16 --steps 10 --warmup 3"
+  E2E_ARGS="--batch 32 --width 32 --dtype bfloat16 --steps 10 --warmup 3"
 else
   echo "no GPU: running the CPU-sized variant of the checks"
   BATCHES="6 64"; REF=5
   STEP_ARGS="--batch 2 --width 4 --shape 32 32 16 --dtype float32 --steps 2 --warmup 1"
+  E2E_ARGS="--batch 2 --width 4 --shape 32 32 16 --steps 3 --warmup 1"
 fi
 BACKEND=$(python -c 'import jax; print(jax.default_backend())')
 
@@ -33,3 +35,6 @@ echo "== 2. Train step: JAX bf16 samples/s + MFU vs PyTorch (bf16 autocast, chan
 TORCH_FLAG=""
 python -c "import torch" 2>/dev/null && TORCH_FLAG="--torch" || echo "(torch not importable: PyTorch side skipped)"
 python benchmarks/train_step.py $STEP_ARGS $TORCH_FLAG --json "$OUT/train_step_$BACKEND.json"
+
+echo "== 3. End to end: host data + transfer + on-device deformation + step vs the step alone (issue 5; goal: deformation + data overhead < 5% of the step on GPU)"
+python benchmarks/end_to_end.py $E2E_ARGS --json "$OUT/end_to_end_$BACKEND.json"

@@ -117,6 +117,22 @@ class Preemption:
         return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
 
 
+def make_pretrain_step(graphdef, root_key, deform_cfg: DeformConfig, momentum: float, mesh):
+    """jit(step)(state, cubes, step, learning_rate) -> (state, metrics): corrupt the clean
+    batch on device (example i of step s with fold_in(fold_in(root, s), i)), then one SGD
+    step. State replicated and donated, batch split over 'data'."""
+
+    def step_fn(state, cubes, step, learning_rate):
+        corrupted, target = genesis_batch(jax.random.fold_in(root_key, step), cubes, deform_cfg)
+        state, loss = apply_gradients(graphdef, state, corrupted, target, learning_rate, momentum)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
+        return state, {"loss": loss, "params_finite": finite}
+
+    replicated = sharding.replicated(mesh)
+    return jax.jit(step_fn, in_shardings=(replicated, sharding.batch_sharded(mesh), None, None),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+
 def write_run_info(workdir: Path, cfg, data, mesh) -> None:
     (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
     info = {
@@ -150,19 +166,12 @@ def train(cfg, workdir) -> dict:
     root_key = jax.random.key(cfg.seed)
     replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
 
-    def step_fn(state, cubes, step, learning_rate):
-        corrupted, target = genesis_batch(jax.random.fold_in(root_key, step), cubes, deform_cfg)
-        state, loss = apply_gradients(graphdef, state, corrupted, target, learning_rate, cfg.optimizer.momentum)
-        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
-        return state, {"loss": loss, "params_finite": finite}
-
     def eval_fn(state, corrupted, target):
         model = model_from_state(graphdef, state)
         model.eval()
         return restoration_loss(model, corrupted, target), model(corrupted[: cfg.images, ..., None])[..., 0]
 
-    train_step = jax.jit(step_fn, in_shardings=(replicated, batched, None, None),
-                         out_shardings=(replicated, replicated), donate_argnums=0)
+    train_step = make_pretrain_step(graphdef, root_key, deform_cfg, cfg.optimizer.momentum, mesh)
     eval_step = jax.jit(eval_fn, in_shardings=(replicated, batched, batched), out_shardings=(replicated, replicated))
 
     # Frozen validation: corrupted once with fixed keys, so every evaluation compares like with like.

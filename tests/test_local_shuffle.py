@@ -13,11 +13,15 @@ from genesis_jax.deform.shuffle import block_permutation, block_plan
 
 
 def loop_shuffle(cube, corner, size, block_key, rounds):
-    """The spec, literally: blocks in order, read from the unshuffled cube, permuted, written."""
+    """The spec, literally: blocks in order, read from the unshuffled cube, permuted, written.
+    (Each block's permutation of its slots is evaluated up front, all blocks in one call.)"""
     out = cube.copy()
-    for (cx, cy, cz), (sx, sy, sz), key in zip(corner, size, block_key):
+    n_max = int(np.prod(size, axis=1).max())
+    perms = np.asarray(jax.jit(jax.vmap(lambda k, n: block_permutation(k, jnp.arange(n_max), n, rounds)))(
+        jnp.asarray(block_key), jnp.asarray(np.prod(size, axis=1), jnp.int32)))
+    for (cx, cy, cz), (sx, sy, sz), perm in zip(corner, size, perms):
         n = sx * sy * sz
-        target = np.asarray(block_permutation(jnp.uint32(key), jnp.arange(n), jnp.int32(n), rounds))
+        target = perm[:n]
         box = (slice(cx, cx + sx), slice(cy, cy + sy), slice(cz, cz + sz))
         window = cube[box].flatten(order="F")  # slot = lx + sx * (ly + sy * lz)
         out[box] = window[target].reshape((sx, sy, sz), order="F")

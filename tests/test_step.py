@@ -41,6 +41,7 @@ def test_sgd_momentum_matches_torch_semantics():
     x = jax.random.uniform(jax.random.key(3), (2, 16, 16, 8))
     p0 = jax.tree.map(np.asarray, state.params)
 
+    @jax.jit
     def grads_at(params, stats):
         m = nnx.merge(graphdef, params, stats)
         m.train()

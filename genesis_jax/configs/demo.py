@@ -13,12 +13,12 @@ from genesis_jax.configs.base import base_config
 def get_config():
     c = base_config()
     c.batch_size = 8
-    c.total_steps = 300
+    c.total_steps = 200
     c.steps_per_epoch = 25
     c.eval_every = 25
     c.checkpoint_every = 50
     c.log_every = 5
-    c.schedule.step_epochs = 8
+    c.schedule.step_epochs = 4
     c.early_stopping_patience = 50
     c.model.width = 4
     c.data.source = "sample"
