@@ -27,7 +27,7 @@ def _define_flags():
     config_flags.DEFINE_config_file("config", config_path("demo"), "training config: a name or a path",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "run directory (default: runs/<config>-<time>)")
-    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process GPU/TPU; see launch/)")
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process GPU/TPU runs)")
 
 
 def _resolve_config_names(argv: list[str]) -> list[str]:

@@ -167,3 +167,28 @@ def test_prepare_skip_bad_goes_on_and_lists_every_skipped_file(bad_cases, tmp_pa
         assert path in printed
     array, attributes = open_store(out)
     assert array.shape == (32, 64, 64, 32) and len(attributes["skipped"]) == len(bad)
+
+
+def test_resample_keeps_the_physical_extent_and_values(ct_crop):
+    from genesis_jax.data import resample
+    volume = read_volume_from_image(ct_crop)
+    coarse = resample(volume, (3.0, 3.0, 3.0))
+    assert coarse.array.shape == (40, 36, 24) and coarse.spacing == (3.0, 3.0, 3.0)
+    # Linear resampling to half resolution: mean HU within 2%, values within the input range.
+    assert abs(coarse.array.mean() - volume.array.mean()) < 0.02 * abs(volume.array.mean())
+    assert coarse.array.min() >= volume.array.min() and coarse.array.max() <= volume.array.max()
+    assert resample(volume, (1.5, 1.5, 1.5)) is volume
+
+
+def read_volume_from_image(image):
+    from genesis_jax.data import Volume
+    return Volume(sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32), image.GetSpacing(), "crop")
+
+
+def test_windows_scale_to_unit_range():
+    from genesis_jax.data import hu_window, percentile_window
+    hu = np.array([-2000.0, -1000.0, 0.0, 1000.0, 3000.0], np.float32)
+    np.testing.assert_allclose(hu_window(hu), [0.0, 0.0, 0.5, 1.0, 1.0])
+    mr = np.linspace(0.0, 400.0, 1001, dtype=np.float32)
+    unit, (low, high) = percentile_window(mr)
+    assert unit.min() == 0.0 and unit.max() == 1.0 and 0.0 < low < 4.0 and 396.0 < high < 400.0

@@ -3,7 +3,7 @@ the chest CT recipe with a global batch that scales with the device count.
 
     python -m genesis_jax.train --config=multi_device --config.data.store=/data/cubes.zarr \\
         --config.batch_size=256 --workdir=runs/pod
-    # several processes: add --distributed (jax.distributed.initialize, see launch/)
+    # several processes: add --distributed (calls jax.distributed.initialize in each)
 
 The learning rate is the paper's; with much larger batches consider lowering it.
 """
