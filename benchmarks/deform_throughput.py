@@ -14,7 +14,6 @@ with lax.map on CPU, vmapped elsewhere, as genesis_batch does) to show where the
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402
 from reference_numpy import ReferencePipeline  # noqa: E402
 
 from genesis_jax.deform import (  # noqa: E402
@@ -136,10 +136,7 @@ def main(argv=None) -> dict:
     if "stage_ms_per_cube" in result:
         print("\nper stage, applied to every cube (ms/cube): " +
               ", ".join(f"{k} {v:.3f}" for k, v in result["stage_ms_per_cube"].items()))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -14,15 +14,17 @@ the device runs step s). Overheads are relative to the step alone.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import timed, write_json  # noqa: E402
 
 from genesis_jax import sharding
 from genesis_jax.data import SamplerConfig, VolumeBatches
@@ -38,18 +40,6 @@ def synthetic_volume(shape=(256, 256, 160), seed=0) -> np.ndarray:
     coarse = rng.random(tuple(s // 16 for s in shape)).astype(np.float32)
     volume = coarse.repeat(16, 0).repeat(16, 1).repeat(16, 2)
     return np.clip(volume + 0.05 * rng.standard_normal(shape, dtype=np.float32), 0.0, 1.0)
-
-
-def run_loop(fn, steps: int, warmup: int) -> float:
-    """Median seconds per step over `steps` (after warm-up), each window ending in a block."""
-    for i in range(warmup):
-        jax.block_until_ready(fn(i))
-    times = []
-    for i in range(steps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(warmup + i))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None) -> dict:
@@ -93,7 +83,7 @@ def main(argv=None) -> dict:
     rows = {}
     for name, fn in (("step alone", step_alone), ("deform + step", deform_and_step), ("full loop", full_loop)):
         holder["s"] = sharding.replicate(jax.tree.map(jnp.copy, state0), mesh)
-        seconds = run_loop(fn, args.steps, args.warmup)
+        seconds = statistics.median(timed(fn, args.steps, args.warmup))
         rows[name] = {"median_step_s": seconds, "samples_per_s": args.batch / seconds}
     base = rows["step alone"]["median_step_s"]
     for row in rows.values():
@@ -109,10 +99,7 @@ def main(argv=None) -> dict:
     for name, row in rows.items():
         print(f"| {name} | {row['samples_per_s']:.1f} | {1e3 * row['median_step_s']:.1f} | "
               f"{100 * row['overhead_vs_step']:+.1f}% |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -9,12 +9,15 @@ SamplerConfig (32 cubes per volume, 50 tries per cube, auto borders) for each se
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402
 
 from genesis_jax.data import SamplerConfig, hu_window, read_volume, sample_cubes
 from genesis_jax.data.sampler import FILTERS, borders_for
@@ -48,9 +51,7 @@ def main(argv=None) -> dict:
         result["filters"][name] = row
         print(f"| {name} | {cubes:.1f} ({min(row['cubes'])}-{max(row['cubes'])}) | "
               f"{statistics.mean(row['tries']):.0f} | {seconds:.3f} | {row['cubes_per_s']:.0f} |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return result
 
 

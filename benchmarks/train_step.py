@@ -12,7 +12,6 @@ the device (H100/H200: 989 TFLOP/s), or --peak-tflops.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,6 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import timed, write_json  # noqa: E402
 
 from genesis_jax.models import UNet3D  # noqa: E402
 from genesis_jax.models.unet import conv_transpose_2x, conv_transpose_reference  # noqa: E402
@@ -44,17 +45,6 @@ def xla_flops(compiled) -> float | None:
     return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
-def timed(fn, steps: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True) -> dict:
     model = UNet3D(width=width, dtype=dtype, rngs=nnx.Rngs(0), fast_upconv=fast_upconv)
     graphdef, state = init_train_state(model)
@@ -66,7 +56,7 @@ def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True) 
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
-    def run():
+    def run(i):
         holder["state"], loss = compiled(holder["state"], cubes, cubes, lr)
         return loss
 
@@ -88,7 +78,7 @@ def bench_upconv(batch, width, shape, dtype, steps, warmup) -> list[dict]:
         row = {"input": list(x.shape)}
         for name, fn in (("fast", conv_transpose_2x), ("lax", conv_transpose_reference)):
             grad = jax.jit(jax.grad(lambda x, k, fn=fn: jnp.sum(fn(x, k, b).astype(jnp.float32)), argnums=(0, 1)))
-            row[f"{name}_ms"] = 1e3 * statistics.median(timed(lambda: grad(x, k), steps, warmup))
+            row[f"{name}_ms"] = 1e3 * statistics.median(timed(lambda i: grad(x, k), steps, warmup))
         row["speedup"] = row["lax_ms"] / row["fast_ms"]
         rows.append(row)
     return rows
@@ -179,10 +169,7 @@ def main(argv=None) -> dict:
         print("\ntransposed conv, forward + gradient (ms): " + "; ".join(
             f"{tuple(r['input'])}: fast {r['fast_ms']:.2f}, lax {r['lax_ms']:.2f} ({r['speedup']:.1f}x)"
             for r in result["upconv"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 
