@@ -28,11 +28,15 @@ class Checkpointer:
     def __init__(self, directory, keep: int = 3):
         directory = Path(directory).absolute()
         self.directory = directory
-        options = dict(enable_async_checkpointing=True, create=True)
-        self.latest = ocp.CheckpointManager(directory / "latest",
-                                            options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options))
-        self.best = ocp.CheckpointManager(directory / "best",
-                                          options=ocp.CheckpointManagerOptions(max_to_keep=1, **options))
+        def options(keep_n, name):
+            # Both managers may save the same step at once; across processes their barriers
+            # must not share names (seen: "Barrier _async_write_complete.2 is already ongoing").
+            return ocp.CheckpointManagerOptions(
+                max_to_keep=keep_n, enable_async_checkpointing=True, create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
+
+        self.latest = ocp.CheckpointManager(directory / "latest", options=options(keep, "latest"))
+        self.best = ocp.CheckpointManager(directory / "best", options=options(1, "best"))
 
     @staticmethod
     def _args(state, meta):

@@ -27,7 +27,11 @@ def _define_flags():
     config_flags.DEFINE_config_file("config", config_path("demo"), "training config: a name or a path",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "run directory (default: runs/<config>-<time>)")
-    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process GPU/TPU runs)")
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process GPU/TPU runs); "
+                      "on TPU VMs and under SLURM it finds its peers itself, elsewhere pass the three flags below")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed)")
+    flags.DEFINE_integer("num_processes", None, "number of processes (with --distributed)")
+    flags.DEFINE_integer("process_id", None, "this process's index (with --distributed)")
 
 
 def _resolve_config_names(argv: list[str]) -> list[str]:
@@ -61,14 +65,18 @@ def parse(argv: list[str]):
         sys.exit(2)
     config_file = flags.FLAGS["config"].config_filename.split(":")[0]
     workdir = flags.FLAGS.workdir or str(Path("runs") / f"{Path(config_file).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return config, workdir, flags.FLAGS.distributed
+    distributed = None
+    if flags.FLAGS.distributed:
+        distributed = {k: flags.FLAGS[k].value for k in ("coordinator_address", "num_processes", "process_id")
+                       if flags.FLAGS[k].value is not None}
+    return config, workdir, distributed
 
 
 def main(argv=None) -> int:
     config, workdir, distributed = parse(list(sys.argv if argv is None else argv))
     import jax
-    if distributed:
-        jax.distributed.initialize()
+    if distributed is not None:
+        jax.distributed.initialize(**distributed)
     from genesis_jax.trainer import TrainingDiverged, train, validate_config
     try:
         validate_config(config)
