@@ -188,12 +188,19 @@ def train(cfg, workdir) -> dict:
     restored = checkpointer.restore_latest(abstract_like(state))
     if restored is not None:
         state, meta = restored
+        if meta["seed"] != cfg.seed:
+            raise ValueError(f"{workdir}: the checkpoint was written with seed {meta['seed']}, the config says "
+                             f"{cfg.seed}; resume with --config.seed={meta['seed']} or use a new --workdir")
         start_step = meta["step"]
         schedule = Schedule(**meta["schedule"])
         print(f"resumed from step {start_step} in {workdir / 'checkpoints'}", flush=True)
 
+    rng_key_data = np.asarray(jax.random.key_data(root_key)).tolist()
+
     def meta(step):
-        return {"step": step, "seed": cfg.seed, "data_cursor": step, "schedule": dataclasses.asdict(schedule)}
+        # The RNG is (root key, step): every draw of step s derives from fold_in(root, s).
+        return {"step": step, "seed": cfg.seed, "rng_key": rng_key_data, "data_cursor": step,
+                "schedule": dataclasses.asdict(schedule)}
 
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     preemption = Preemption()
@@ -253,7 +260,9 @@ def train(cfg, workdir) -> dict:
                     check_losses()
                     checkpointer.save_best(step, state, meta(step))
 
-            preempted = preemption.reached()
+            # Several processes must agree on a stop: that is a collective, so they only ask on
+            # logging steps; a lone process reads its flag every step.
+            preempted = preemption.reached() if jax.process_count() == 1 or step % cfg.log_every == 0 else False
             if step % checkpoint_every == 0 or preempted or schedule.stopped_early or step == cfg.total_steps:
                 check_losses()
                 checkpointer.save(step, state, meta(step))

@@ -67,6 +67,12 @@ def test_resume_is_bitwise_exact(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_resuming_with_another_seed_is_refused(tmp_path):
+    train(tiny_config(total_steps=1), tmp_path)
+    with pytest.raises(ValueError, match="written with seed 0, the config says 1"):
+        train(tiny_config(total_steps=2, seed=1), tmp_path)
+
+
 def test_restore_onto_fewer_devices(tmp_path):
     train(tiny_config(num_devices=8, total_steps=2), tmp_path)
     summary = train(tiny_config(num_devices=4, total_steps=3), tmp_path)
