@@ -189,6 +189,7 @@ def train(cfg, workdir) -> dict:
     if restored is not None:
         state, meta = restored
         if meta["seed"] != cfg.seed:
+            checkpointer.close()
             raise ValueError(f"{workdir}: the checkpoint was written with seed {meta['seed']}, the config says "
                              f"{cfg.seed}; resume with --config.seed={meta['seed']} or use a new --workdir")
         start_step = meta["step"]
@@ -197,7 +198,7 @@ def train(cfg, workdir) -> dict:
 
     rng_key_data = np.asarray(jax.random.key_data(root_key)).tolist()
 
-    def meta(step):
+    def checkpoint_meta(step):
         # The RNG is (root key, step): every draw of step s derives from fold_in(root, s).
         return {"step": step, "seed": cfg.seed, "rng_key": rng_key_data, "data_cursor": step,
                 "schedule": dataclasses.asdict(schedule)}
@@ -258,14 +259,14 @@ def train(cfg, workdir) -> dict:
                 tqdm.write(f"step {step}: val loss {val_loss:.5f}{' (best)' if improved else ''}, lr {lr:.3g}")
                 if improved:
                     check_losses()
-                    checkpointer.save_best(step, state, meta(step))
+                    checkpointer.save_best(step, state, checkpoint_meta(step))
 
             # Several processes must agree on a stop: that is a collective, so they only ask on
             # logging steps; a lone process reads its flag every step.
             preempted = preemption.reached() if jax.process_count() == 1 or step % cfg.log_every == 0 else False
             if step % checkpoint_every == 0 or preempted or schedule.stopped_early or step == cfg.total_steps:
                 check_losses()
-                checkpointer.save(step, state, meta(step))
+                checkpointer.save(step, state, checkpoint_meta(step))
             if preempted:
                 checkpointer.wait()
                 print(f"SIGTERM: saved the checkpoint of step {step} in {workdir / 'checkpoints'}; exiting "

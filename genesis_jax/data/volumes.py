@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from genesis_jax._optional import require
+
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd", ".nhdr")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
@@ -36,11 +38,7 @@ class Volume:
 
 
 def _sitk():
-    try:
-        import SimpleITK as sitk
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading medical images needs SimpleITK (a dependency of genesis-jax): pip install SimpleITK") from e
-    return sitk
+    return require("SimpleITK", "reading medical images", "pip install SimpleITK (a dependency of genesis-jax)")
 
 
 def is_image_file(path: Path) -> bool:

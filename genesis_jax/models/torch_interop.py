@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from genesis_jax._optional import require
 from genesis_jax.models.unet import UNet3D
 
 _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
@@ -28,11 +29,7 @@ _UPCONV_TO_JAX, _UPCONV_TO_TORCH = (2, 3, 4, 0, 1), (3, 4, 0, 1, 2)
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("PyTorch interop needs torch: pip install 'genesis-jax[torch]'") from e
-    return torch
+    return require("torch", "PyTorch interop", "pip install 'genesis-jax[torch]'")
 
 
 def torch_key(path: tuple) -> str:
