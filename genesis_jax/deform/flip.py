@@ -37,13 +37,20 @@ def flip_axes_mask(choices: jax.Array, flip_axes: str = "original") -> jax.Array
 
 
 def apply_flips(cube: jax.Array, axes_mask: jax.Array) -> jax.Array:
+    # lax.cond: skipped when not flipped if this runs per cube (lax.map), a select under vmap.
     for axis in range(3):
-        cube = jnp.where(axes_mask[axis], jnp.flip(cube, axis), cube)
+        cube = jax.lax.cond(axes_mask[axis], lambda c, a=axis: jnp.flip(c, a), lambda c: c, cube)
     return cube
+
+
+def random_flip_mask(key: jax.Array, *, flip_rate: float = 0.4, max_flips: int = 3,
+                     flip_axes: str = "original") -> jax.Array:
+    """bool (3,): the axes one run of the official flip loop leaves flipped."""
+    return flip_axes_mask(flip_choices(key, flip_rate=flip_rate, max_flips=max_flips), flip_axes)
 
 
 def flip(key: jax.Array, x: jax.Array, y: jax.Array, *, flip_rate: float = 0.4,
          max_flips: int = 3, flip_axes: str = "original") -> tuple[jax.Array, jax.Array]:
     """Flip input x and target y with the same random flips; returns (x, y)."""
-    mask = flip_axes_mask(flip_choices(key, flip_rate=flip_rate, max_flips=max_flips), flip_axes)
+    mask = random_flip_mask(key, flip_rate=flip_rate, max_flips=max_flips, flip_axes=flip_axes)
     return apply_flips(x, mask), apply_flips(y, mask)

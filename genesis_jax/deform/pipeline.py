@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from genesis_jax.deform.config import DeformConfig
-from genesis_jax.deform.flip import flip
+from genesis_jax.deform.flip import apply_flips, random_flip_mask
 from genesis_jax.deform.intensity import nonlinear_intensity
 from genesis_jax.deform.paint import check_paint_shape, inpaint, outpaint
 from genesis_jax.deform.shuffle import local_pixel_shuffle
@@ -27,7 +27,10 @@ def genesis_pair(key: jax.Array, cube: jax.Array, cfg: DeformConfig = DeformConf
     use_shuffle, use_intensity, use_paint, use_inpaint = (
         jax.random.uniform(k_stage, (4,)) < jnp.array([cfg.local_rate, cfg.nonlinear_rate, cfg.paint_rate, cfg.inpaint_rate]))
 
-    x, target = flip(k_flip, cube, cube, flip_rate=cfg.flip_rate, max_flips=cfg.max_flips, flip_axes=cfg.flip_axes)
+    # Input and target are the same flipped cube: flip once.
+    target = apply_flips(cube, random_flip_mask(k_flip, flip_rate=cfg.flip_rate, max_flips=cfg.max_flips,
+                                                flip_axes=cfg.flip_axes))
+    x = target
     in_paint = functools.partial(inpaint, max_boxes=cfg.inpaint_max_boxes, continue_rate=cfg.paint_continue_rate)
     out_paint = functools.partial(outpaint, max_windows=cfg.outpaint_max_windows, continue_rate=cfg.paint_continue_rate)
     # lax.cond: a real branch when this runs per cube (lax.map), a select under vmap.
