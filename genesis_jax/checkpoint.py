@@ -66,10 +66,9 @@ class Checkpointer:
         unreadable = []
         for step in sorted(self.latest.all_steps(), reverse=True):
             try:
-                restored = self.latest.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                restored = self._restore(self.latest, step, abstract_state)
                 self._move_aside(unreadable)
-                return restored["state"], restored["meta"]
+                return restored
             except Exception as e:  # a half-written or corrupt step: try the one before
                 unreadable.append(step)
                 log.warning("checkpoint at step %d is unreadable (%s: %s); falling back to an earlier one",
@@ -93,7 +92,11 @@ class Checkpointer:
         step = self.best.latest_step()
         if step is None:
             return None
-        restored = self.best.restore(step, args=ocp.args.Composite(
+        return self._restore(self.best, step, abstract_state)
+
+    @staticmethod
+    def _restore(manager, step, abstract_state):
+        restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 import genesis_jax
 from genesis_jax.data.sampler import FILTERS, SamplerConfig, borders_for, sample_cubes
 from genesis_jax.data.store import CubeStoreWriter
-from genesis_jax.data.volumes import VolumeError, find_inputs, hu_window, percentile_window, read_volume, resample
+from genesis_jax.data.volumes import VolumeError, find_inputs, read_volume, resample, to_unit_range
 
 
 def parse_args(argv):
@@ -55,20 +55,12 @@ def parse_args(argv):
     return args
 
 
-def normalise(volume, args):
-    """[0, 1] array and the window used."""
-    if args.modality == "mr":
-        return percentile_window(volume.array)
-    low, high = args.window
-    return hu_window(volume.array, low, high), (low, high)
-
-
 def prepare_volume(path, index, args, cfg):
     """(cubes, source record) for one input; VolumeError for a bad one."""
     volume = read_volume(path)
     if args.spacing:
         volume = resample(volume, args.spacing * 3 if len(args.spacing) == 1 else args.spacing)
-    unit, window = normalise(volume, args)
+    unit, window = to_unit_range(volume.array, args.modality, args.window)
     try:
         cubes, tries = sample_cubes(unit, cfg, np.random.default_rng([args.seed, index]))
     except ValueError as e:
@@ -82,10 +74,10 @@ def run(argv=None) -> int:
     args = parse_args(argv)
     cfg = SamplerConfig(filter=args.filter, cubes_per_volume=args.cubes_per_volume,
                         tries_per_cube=args.tries_per_cube, border=tuple(args.border) if args.border else "auto")
-    inputs, skipped, sources, empty = [], [], [], []
+    inputs, skipped, sources, empty = {}, [], [], []  # dict: ordered and duplicate-free
     for argument in args.inputs:
         try:
-            inputs.extend(p for p in find_inputs([argument]) if p not in inputs)
+            inputs.update(dict.fromkeys(find_inputs([argument])))
         except VolumeError as e:
             if not args.skip_bad:
                 print(f"error: {e}", file=sys.stderr)

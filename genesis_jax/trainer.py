@@ -181,6 +181,7 @@ def train(cfg, workdir) -> dict:
     val_clean = jax.device_put(jnp.asarray(data.validation[:n_val]), batched)
     val_corrupted, val_target = jax.device_put(
         genesis_batch(jax.random.fold_in(root_key, _VALIDATION_KEY), val_clean, deform_cfg), batched)
+    val_images = np.asarray(val_corrupted[: cfg.images]), np.asarray(val_target[: cfg.images])  # host copy, once
 
     checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
     schedule = Schedule(cfg.optimizer.learning_rate)
@@ -253,9 +254,7 @@ def train(cfg, workdir) -> dict:
                 improved = schedule.after_eval(step, val_loss, cfg, steps_per_epoch)
                 summary["val_losses"].append((step, val_loss))
                 writer.scalars(step, {"val/loss": val_loss, "val/best": schedule.best_val})
-                writer.image(step, "val/restoration", restoration_grid(
-                    np.asarray(val_corrupted[: cfg.images]), np.asarray(val_target[: cfg.images]),
-                    np.asarray(restored_images)))
+                writer.image(step, "val/restoration", restoration_grid(*val_images, np.asarray(restored_images)))
                 tqdm.write(f"step {step}: val loss {val_loss:.5f}{' (best)' if improved else ''}, lr {lr:.3g}")
                 if improved:
                     check_losses()

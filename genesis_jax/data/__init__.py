@@ -5,7 +5,8 @@ from pathlib import Path
 
 from genesis_jax.data.sampler import FILTERS, SamplerConfig, sample_cubes
 from genesis_jax.data.store import CubeStoreWriter, StoreBatches, VolumeBatches, open_store
-from genesis_jax.data.volumes import Volume, VolumeError, find_inputs, hu_window, percentile_window, read_volume, resample
+from genesis_jax.data.volumes import (Volume, VolumeError, find_inputs, hu_window, percentile_window, read_volume,
+                                      resample, to_unit_range)
 
 
 def sample_path() -> Path:
@@ -15,4 +16,4 @@ def sample_path() -> Path:
 
 __all__ = ["FILTERS", "SamplerConfig", "sample_cubes", "CubeStoreWriter", "StoreBatches", "VolumeBatches",
            "open_store", "Volume", "VolumeError", "find_inputs", "hu_window", "percentile_window", "read_volume",
-           "resample", "sample_path"]
+           "resample", "sample_path", "to_unit_range"]

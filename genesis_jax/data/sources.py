@@ -10,7 +10,7 @@ import numpy as np
 
 from genesis_jax.data.sampler import SamplerConfig
 from genesis_jax.data.store import StoreBatches, VolumeBatches, open_store
-from genesis_jax.data.volumes import find_inputs, hu_window, percentile_window, read_volume
+from genesis_jax.data.volumes import find_inputs, read_volume, to_unit_range
 
 _VALIDATION_SEED_OFFSET = 1_000_003
 
@@ -32,10 +32,6 @@ def _sha256(paths) -> str:
             digest.update(str(f.name).encode())
             digest.update(f.read_bytes())
     return digest.hexdigest()
-
-
-def _unit(volume, modality):
-    return percentile_window(volume.array)[0] if modality == "mr" else hu_window(volume.array)
 
 
 def load_run_data(data, seed: int) -> RunData:
@@ -64,7 +60,7 @@ def load_run_data(data, seed: int) -> RunData:
         paths = find_inputs([p for p in data.volumes.split(",") if p])
     else:
         raise ValueError(f"data.source must be 'sample', 'store' or 'volumes', got {data.source!r}")
-    volumes = [_unit(read_volume(p), data.modality) for p in paths]
+    volumes = [to_unit_range(read_volume(p).array, data.modality)[0] for p in paths]
     cfg = SamplerConfig(crop=cube_shape, filter=data.filter)
     train = VolumeBatches(volumes, cfg, seed)
     validation = VolumeBatches(volumes, cfg, seed + _VALIDATION_SEED_OFFSET).batch(0, int(data.val_cubes))

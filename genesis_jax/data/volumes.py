@@ -177,6 +177,14 @@ def hu_window(array: np.ndarray, low: float = -1000.0, high: float = 1000.0) -> 
     return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
 
 
+def to_unit_range(array: np.ndarray, modality: str = "ct", window=(-1000.0, 1000.0)) -> tuple[np.ndarray, tuple]:
+    """([0, 1] array, window used): CT through the HU window, MR through its percentiles."""
+    if modality == "mr":
+        return percentile_window(array)
+    low, high = window
+    return hu_window(array, low, high), (float(low), float(high))
+
+
 def percentile_window(array: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> tuple[np.ndarray, tuple]:
     """MR and other uncalibrated modalities: window between two percentiles."""
     low, high = np.percentile(array, [low_pct, high_pct])

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 
 # Streams: each kind of draw gets its own counter lane, counter = index * N_STREAMS + stream.
 N_STREAMS = 32
-_MAX_INDEX = (1 << 32) // N_STREAMS
 
 
 def mix32(h: jax.Array) -> jax.Array:
@@ -67,4 +66,3 @@ class Stream:
     PAINT_CONTINUE = 11
     PAINT_SIZE_X, PAINT_SIZE_Y, PAINT_SIZE_Z = 12, 13, 14
     PAINT_CORNER_X, PAINT_CORNER_Y, PAINT_CORNER_Z = 15, 16, 17
-    STAGE = 18

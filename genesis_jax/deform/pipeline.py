@@ -43,9 +43,9 @@ def genesis_pair(key: jax.Array, cube: jax.Array, cfg: DeformConfig = DeformConf
     return x, target
 
 
-def example_keys(key: jax.Array, n: int, offset: int | jax.Array = 0) -> jax.Array:
-    """Per-example keys fold_in(key, offset + i): example i's key never depends on n or devices."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(n))
+def example_keys(key: jax.Array, n: int) -> jax.Array:
+    """Per-example keys fold_in(key, i): example i's key never depends on n or devices."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
