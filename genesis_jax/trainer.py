@@ -25,10 +25,10 @@ import genesis_jax
 from genesis_jax import sharding
 from genesis_jax.checkpoint import Checkpointer, abstract_like
 from genesis_jax.data.sources import load_run_data
-from genesis_jax.deform import DeformConfig, genesis_batch
+from genesis_jax.deform import DeformConfig, sharded_genesis_batch
 from genesis_jax.metrics import MetricWriter, restoration_grid
 from genesis_jax.models import UNet3D
-from genesis_jax.step import apply_gradients, init_train_state, model_from_state, restoration_loss
+from genesis_jax.step import apply_gradients, init_train_state, model_from_state
 
 _VALIDATION_KEY = 2**31 - 1  # fold_in tag of the frozen validation corruptions
 
@@ -119,11 +119,13 @@ class Preemption:
 
 def make_pretrain_step(graphdef, root_key, deform_cfg: DeformConfig, momentum: float, mesh):
     """jit(step)(state, cubes, step, learning_rate) -> (state, metrics): corrupt the clean
-    batch on device (example i of step s with fold_in(fold_in(root, s), i)), then one SGD
-    step. State replicated and donated, batch split over 'data'."""
+    batch on device (example i of step s with fold_in(fold_in(root, s), i), each device
+    only its own rows), then one SGD step. State replicated and donated, batch split over
+    'data'; the only collectives are the gradient and BatchNorm all-reduces
+    (tests/test_data_parallel.py checks it in the compiled program)."""
 
     def step_fn(state, cubes, step, learning_rate):
-        corrupted, target = genesis_batch(jax.random.fold_in(root_key, step), cubes, deform_cfg)
+        corrupted, target = sharded_genesis_batch(jax.random.fold_in(root_key, step), cubes, deform_cfg, mesh)
         state, loss = apply_gradients(graphdef, state, corrupted, target, learning_rate, momentum)
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
         return state, {"loss": loss, "params_finite": finite}
@@ -131,6 +133,31 @@ def make_pretrain_step(graphdef, root_key, deform_cfg: DeformConfig, momentum: f
     replicated = sharding.replicated(mesh)
     return jax.jit(step_fn, in_shardings=(replicated, sharding.batch_sharded(mesh), None, None),
                    out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_eval_step(graphdef, mesh):
+    """jit(eval)(state, corrupted, target) -> (loss, restored): the validation loss and
+    the restorations it scored (split over 'data' like the batch; the PNG grid takes
+    its rows from them)."""
+
+    def eval_fn(state, corrupted, target):
+        model = model_from_state(graphdef, state)
+        model.eval()
+        restored = model(corrupted[..., None])[..., 0]
+        return jnp.mean(jnp.square(restored - target.astype(jnp.float32))), restored
+
+    batched = sharding.batch_sharded(mesh)
+    return jax.jit(eval_fn, in_shardings=(sharding.replicated(mesh), batched, batched),
+                   out_shardings=(sharding.replicated(mesh), batched))
+
+
+def make_validation_corruption(root_key, deform_cfg: DeformConfig, mesh):
+    """jit(corrupt)(clean) -> (corrupted, target): the frozen validation set, corrupted
+    once with fixed keys (the same for every evaluation), split over 'data'."""
+    key = jax.random.fold_in(root_key, _VALIDATION_KEY)
+    batched = sharding.batch_sharded(mesh)
+    return jax.jit(lambda clean: sharded_genesis_batch(key, clean, deform_cfg, mesh),
+                   in_shardings=batched, out_shardings=(batched, batched))
 
 
 def write_run_info(workdir: Path, cfg, data, mesh) -> None:
@@ -164,23 +191,15 @@ def train(cfg, workdir) -> dict:
     graphdef, state = init_train_state(model, cfg.optimizer.momentum)
     state = sharding.replicate(state, mesh)
     root_key = jax.random.key(cfg.seed)
-    replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-
-    def eval_fn(state, corrupted, target):
-        model = model_from_state(graphdef, state)
-        model.eval()
-        return restoration_loss(model, corrupted, target), model(corrupted[: cfg.images, ..., None])[..., 0]
-
     train_step = make_pretrain_step(graphdef, root_key, deform_cfg, cfg.optimizer.momentum, mesh)
-    eval_step = jax.jit(eval_fn, in_shardings=(replicated, batched, batched), out_shardings=(replicated, replicated))
+    eval_step = make_eval_step(graphdef, mesh)
 
     # Frozen validation: corrupted once with fixed keys, so every evaluation compares like with like.
     n_val = len(data.validation) - len(data.validation) % mesh.size
     if n_val == 0:
         raise ValueError(f"{len(data.validation)} validation cubes do not split over {mesh.size} devices")
-    val_clean = jax.device_put(jnp.asarray(data.validation[:n_val]), batched)
-    val_corrupted, val_target = jax.device_put(
-        genesis_batch(jax.random.fold_in(root_key, _VALIDATION_KEY), val_clean, deform_cfg), batched)
+    val_clean = jax.device_put(jnp.asarray(data.validation[:n_val]), sharding.batch_sharded(mesh))
+    val_corrupted, val_target = make_validation_corruption(root_key, deform_cfg, mesh)(val_clean)
     val_images = np.asarray(val_corrupted[: cfg.images]), np.asarray(val_target[: cfg.images])  # host copy, once
 
     checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
@@ -254,7 +273,7 @@ def train(cfg, workdir) -> dict:
                 improved = schedule.after_eval(step, val_loss, cfg, steps_per_epoch)
                 summary["val_losses"].append((step, val_loss))
                 writer.scalars(step, {"val/loss": val_loss, "val/best": schedule.best_val})
-                writer.image(step, "val/restoration", restoration_grid(*val_images, np.asarray(restored_images)))
+                writer.image(step, "val/restoration", restoration_grid(*val_images, np.asarray(restored_images[: cfg.images])))
                 tqdm.write(f"step {step}: val loss {val_loss:.5f}{' (best)' if improved else ''}, lr {lr:.3g}")
                 if improved:
                     check_losses()

@@ -8,10 +8,11 @@ from genesis_jax.deform.config import DeformConfig
 from genesis_jax.deform.flip import flip
 from genesis_jax.deform.intensity import nonlinear_intensity
 from genesis_jax.deform.paint import inpaint, outpaint
-from genesis_jax.deform.pipeline import example_keys, genesis_batch, genesis_pair
+from genesis_jax.deform.pipeline import (corrupt_examples, example_keys, genesis_batch, genesis_pair,
+                                      sharded_genesis_batch)
 from genesis_jax.deform.shuffle import local_pixel_shuffle
 
 __all__ = [
     "DeformConfig", "flip", "local_pixel_shuffle", "nonlinear_intensity", "inpaint", "outpaint",
-    "genesis_pair", "genesis_batch", "example_keys",
+    "genesis_pair", "genesis_batch", "sharded_genesis_batch", "corrupt_examples", "example_keys",
 ]

@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
 
 from genesis_jax.deform.config import DeformConfig
 from genesis_jax.deform.flip import apply_flips, random_flip_mask
@@ -43,27 +44,59 @@ def genesis_pair(key: jax.Array, cube: jax.Array, cfg: DeformConfig = DeformConf
     return x, target
 
 
-def example_keys(key: jax.Array, n: int) -> jax.Array:
-    """Per-example keys fold_in(key, i): example i's key never depends on n or devices."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+def example_keys(key: jax.Array, n: int, first_index=0) -> jax.Array:
+    """Per-example keys fold_in(key, first_index + i): example i's key never depends on n,
+    on where the batch was cut, or on devices."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, first_index + i))(jnp.arange(n))
+
+
+def corrupt_examples(key: jax.Array, cubes: jax.Array, cfg: DeformConfig, first_index=0):
+    """(corrupted, target) of cubes (n, X, Y, Z) that are examples first_index ..
+    first_index + n - 1 of a batch. Not jitted: the building block of genesis_batch and
+    of sharded_genesis_batch, where each device passes its own first index."""
+    keys = example_keys(key, cubes.shape[0], first_index)
+    if _batch_mode(cfg) == "map":
+        return lax.map(lambda kc: genesis_pair(kc[0], kc[1], cfg), (keys, cubes))
+    return jax.vmap(genesis_pair, in_axes=(0, 0, None))(keys, cubes, cfg)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def genesis_batch(key: jax.Array, cubes: jax.Array, cfg: DeformConfig = DeformConfig()):
-    """(corrupted, target), each (N, X, Y, Z), for cubes (N, X, Y, Z).
+    """(corrupted, target), each (N, X, Y, Z), for cubes (N, X, Y, Z), on one device.
 
-    Example i is corrupted with fold_in(key, i): the result depends only on (key, i),
-    so a batch sharded over any number of devices gives the same arrays.
+    Example i is corrupted with fold_in(key, i): the result depends only on (key, i).
+    A batch split over devices goes through `sharded_genesis_batch` instead: given a
+    sharded batch, this function's per-example loop makes XLA gather the whole batch
+    onto every device.
 
     On accelerators the batch is vmapped (stages not drawn for a cube are computed and
     discarded by a select). On CPU, where the 2 to 64 cores gain nothing from a wider
     batch, cubes go one at a time through lax.map, and a stage that is not drawn is
     skipped by a real branch: half the cubes skip the costly local shuffle.
     """
-    keys = example_keys(key, cubes.shape[0])
-    if _batch_mode(cfg) == "map":
-        return lax.map(lambda kc: genesis_pair(kc[0], kc[1], cfg), (keys, cubes))
-    return jax.vmap(genesis_pair, in_axes=(0, 0, None))(keys, cubes, cfg)
+    return corrupt_examples(key, cubes, cfg)
+
+
+def sharded_genesis_batch(key: jax.Array, cubes: jax.Array, cfg: DeformConfig, mesh: Mesh, axis: str = "data"):
+    """genesis_batch for a batch split over `axis` of `mesh`: each device corrupts only
+    its own rows, with their global example indices, so the arrays equal genesis_batch's
+    bitwise and the work is 1/n per device.
+
+    Why shard_map: the per-example loop (lax.map on CPU) and the per-voxel gathers of
+    the shuffle and the Bezier table are ops the SPMD partitioner will not split along
+    the batch; it all-gathers the batch instead and everything after runs replicated.
+    Inside shard_map every op sees only the local rows. Usable inside jit (the train
+    step) or on its own; cubes' first dim must divide by the axis size.
+    """
+    n_shards = mesh.shape[axis]
+    if cubes.shape[0] % n_shards:
+        raise ValueError(f"a batch of {cubes.shape[0]} cubes does not split over {n_shards} devices")
+
+    def local(key, local_cubes):
+        first_index = lax.axis_index(axis) * local_cubes.shape[0]
+        return corrupt_examples(key, local_cubes, cfg, first_index)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis)), out_specs=(P(axis), P(axis)))(key, cubes)
 
 
 def _batch_mode(cfg: DeformConfig) -> str:
@@ -72,4 +105,4 @@ def _batch_mode(cfg: DeformConfig) -> str:
     return "map" if jax.default_backend() == "cpu" else "vmap"
 
 
-__all__ = ["genesis_pair", "genesis_batch", "example_keys"]
+__all__ = ["genesis_pair", "genesis_batch", "sharded_genesis_batch", "corrupt_examples", "example_keys"]

@@ -1,0 +1,149 @@
+"""What a compiled program does per device: FLOPs, memory, and its collectives.
+
+Data parallelism can vanish without changing a single output (GUIDE.md section 4): one
+stage the partitioner cannot split makes XLA all-gather the batch, and every device then
+does the whole batch's work. The numbers here see that mechanism directly:
+`cost_analysis()` of an SPMD program is per device, and the optimised HLO names every
+collective with the shapes it moves. Used by the data-parallel tests, the dry run
+(`python -m genesis_jax.train --dry_run`) and benchmarks/scaling.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+COLLECTIVE_KINDS = ("all-reduce", "all-gather", "all-to-all", "reduce-scatter", "collective-permute",
+                    "ragged-all-to-all")
+
+_DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
+                "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
+                "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
+# `name = SHAPE op(` where op is a collective or its async -start half (the -done half
+# carries no new data). SHAPE is one array type or a tuple of them.
+_OPS = "|".join(sorted(map(re.escape, COLLECTIVE_KINDS), key=len, reverse=True))
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>\(.*?\)|\S+)\s+(?P<op>(?:" + _OPS + r")(?:-start)?)\(",
+    re.MULTILINE)
+_ARRAY = re.compile(r"\b([a-z]+[0-9a-z]*)\[([0-9,]*)\]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    kind: str            # "all-reduce", "all-gather", ... (async -start ops counted under their kind)
+    bytes: int           # bytes of the arrays it produces on each device
+    shapes: tuple        # ("f32[2,32,32,16]", ...)
+
+
+def _arrays(shape_text: str) -> list[tuple[str, tuple[int, ...]]]:
+    return [(dtype, tuple(int(d) for d in dims.split(",") if d)) for dtype, dims in _ARRAY.findall(shape_text)
+            if dtype in _DTYPE_BYTES]
+
+
+def _nbytes(arrays) -> int:
+    total = 0.0
+    for dtype, dims in arrays:
+        count = 1
+        for d in dims:
+            count *= d
+        total += count * _DTYPE_BYTES[dtype]
+    return int(total)
+
+
+def collectives_in_hlo(hlo_text: str) -> list[Collective]:
+    """Every collective of an optimised HLO module, with the bytes it produces per device.
+
+    Async forms: `all-gather-start` returns (operands, results), so its results are the
+    second half of the tuple; `collective-permute-start` returns (operand, result,
+    contexts...), counted by its result; `all-reduce-start` returns its results.
+    """
+    found = []
+    for match in _INSTRUCTION.finditer(hlo_text):
+        op, arrays = match["op"], _arrays(match["shape"])
+        kind = op.removesuffix("-start")
+        if op.endswith("-start") and kind == "all-gather":
+            arrays = arrays[len(arrays) // 2:]
+        elif op.endswith("-start") and kind == "collective-permute":
+            arrays = arrays[1:2]
+        found.append(Collective(kind, _nbytes(arrays), tuple(f"{d}[{','.join(map(str, s))}]" for d, s in arrays)))
+    return found
+
+
+@dataclasses.dataclass
+class ProgramReport:
+    """Per-device figures of one compiled SPMD program."""
+
+    flops: float
+    bytes_accessed: float
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int       # outputs that reuse (donated) argument buffers
+    temp_bytes: int
+    code_bytes: int
+    collectives: list
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments + outputs + temporaries, donated buffers counted once: what must fit."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    def collective_summary(self) -> dict:
+        """{kind: {"count": n, "bytes": total, "largest": bytes of the largest one}}."""
+        out = {}
+        for c in self.collectives:
+            entry = out.setdefault(c.kind, {"count": 0, "bytes": 0, "largest": 0})
+            entry["count"] += 1
+            entry["bytes"] += c.bytes
+            entry["largest"] = max(entry["largest"], c.bytes)
+        return out
+
+    def largest(self, *kinds: str) -> int:
+        return max((c.bytes for c in self.collectives if c.kind in kinds), default=0)
+
+    def to_dict(self) -> dict:
+        return {"flops": self.flops, "bytes_accessed": self.bytes_accessed, "argument_bytes": self.argument_bytes,
+                "output_bytes": self.output_bytes, "alias_bytes": self.alias_bytes, "temp_bytes": self.temp_bytes,
+                "code_bytes": self.code_bytes, "peak_bytes": self.peak_bytes,
+                "collectives": self.collective_summary()}
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+        cost = cost[0] if cost else {}
+    return cost or {}
+
+
+def analyse(compiled) -> ProgramReport:
+    """ProgramReport of a `jax.jit(...).lower(...).compile()` result.
+
+    Caveat: XLA's cost analysis counts a while loop's body once, so a per-example
+    lax.map contributes one example's FLOPs whatever the batch; its split shows in the
+    shapes and collectives instead.
+    """
+    cost = _cost(compiled)
+    memory = compiled.memory_analysis()
+    return ProgramReport(
+        flops=float(cost.get("flops", 0.0)),
+        bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+        argument_bytes=int(getattr(memory, "argument_size_in_bytes", 0)),
+        output_bytes=int(getattr(memory, "output_size_in_bytes", 0)),
+        alias_bytes=int(getattr(memory, "alias_size_in_bytes", 0)),
+        temp_bytes=int(getattr(memory, "temp_size_in_bytes", 0)),
+        code_bytes=int(getattr(memory, "generated_code_size_in_bytes", 0)),
+        collectives=collectives_in_hlo(compiled.as_text()),
+    )
+
+
+def tree_bytes(tree) -> int:
+    """Bytes of every array leaf (arrays or ShapeDtypeStructs) of a pytree."""
+    import jax
+    import numpy as np
+    return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
