@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from reference_numpy import ReferencePipeline
 from stats import assert_rate
 
-from genesis_jax.deform import DeformConfig, genesis_batch, genesis_pair
+from genesis_jax.deform import DeformConfig, genesis_batch, genesis_pair, sharded_genesis_batch
 
 # Blocks need dims >= 20 to be larger than one voxel (size per axis <= dim // 10).
 SMALL = (20, 20, 20)
@@ -74,6 +74,9 @@ def test_example_depends_only_on_key_and_index():
 
 @pytest.mark.parametrize("mode", ["map", "vmap"])
 def test_sharded_over_8_devices_equals_unsharded(mode):
+    """Each device corrupts only its own rows (no collective in the program: see
+    tests/test_data_parallel.py), using the global example index: the arrays are the
+    single-device ones, bit for bit."""
     assert jax.device_count() == 8, "conftest should simulate 8 CPU devices"
     cfg = DeformConfig(batch_mode=mode)
     cubes = random_cubes(16, (32, 32, 16))
@@ -81,8 +84,10 @@ def test_sharded_over_8_devices_equals_unsharded(mode):
     single = [np.asarray(a) for a in genesis_batch(key, cubes, cfg)]
     mesh = Mesh(np.array(jax.devices()), ("data",))
     sharded_cubes = jax.device_put(cubes, NamedSharding(mesh, P("data")))
-    sharded = genesis_batch(key, sharded_cubes, cfg)
-    assert len(sharded[0].sharding.device_set) == 8
+    corrupt = jax.jit(lambda k, c: sharded_genesis_batch(k, c, cfg, mesh))
+    assert "all-gather" not in corrupt.lower(key, sharded_cubes).compile().as_text()
+    sharded = corrupt(key, sharded_cubes)
+    assert sharded[0].sharding.spec == P("data") and len(sharded[0].sharding.device_set) == 8
     for ours, ref in zip(sharded, single):
         np.testing.assert_array_equal(np.asarray(ours), ref)
 
