@@ -1,9 +1,12 @@
 """python -m genesis_jax.train [--config=demo|genesis_chest_ct|multi_device|PATH] [--workdir=DIR]
 [--config.FIELD=VALUE ...] [--distributed]
+python -m genesis_jax.train --dry_run [--topology=v5e:2x2] [--device_memory_gb=GB] [--json=PATH] [config flags]
 
 With no flags: the demo config on the embedded chest CT sample, in a new directory under
 ./runs/ that is printed first. Running the same command with the same --workdir resumes
 from its latest checkpoint. SIGTERM saves a checkpoint at the next step and exits 0.
+--dry_run compiles the configured step without data or training and reports per-device
+memory, FLOPs, collectives and the largest batch that fits (genesis_jax/dryrun.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ def _define_flags():
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed)")
     flags.DEFINE_integer("num_processes", None, "number of processes (with --distributed)")
     flags.DEFINE_integer("process_id", None, "this process's index (with --distributed)")
+    flags.DEFINE_bool("dry_run", False, "compile the configured step for the configured batch and mesh, print "
+                      "per-device memory, FLOPs, collectives and the largest batch that fits; no data, no training")
+    flags.DEFINE_string("topology", None, "with --dry_run: compile ahead of time for this TPU slice (v5e:2x2, "
+                        "v5p:2x2x1, v4:2x2x1, ...) on a machine without TPUs; needs libtpu")
+    flags.DEFINE_float("device_memory_gb", None, "with --dry_run: memory per device in GiB for the largest-batch "
+                       "fit (default: the device's own where known)")
+    flags.DEFINE_string("json", None, "with --dry_run: also write the report to this JSON file")
 
 
 def _resolve_config_names(argv: list[str]) -> list[str]:
@@ -69,20 +79,42 @@ def parse(argv: list[str]):
     if flags.FLAGS.distributed:
         distributed = {k: flags.FLAGS[k].value for k in ("coordinator_address", "num_processes", "process_id")
                        if flags.FLAGS[k].value is not None}
-    return config, workdir, distributed
+    dry_run = None
+    if flags.FLAGS.dry_run:
+        dry_run = {k: flags.FLAGS[k].value for k in ("topology", "device_memory_gb", "json")}
+    elif any(flags.FLAGS[k].value is not None for k in ("topology", "device_memory_gb", "json")):
+        print("error: bad flag: --topology, --device_memory_gb and --json go with --dry_run", file=sys.stderr)
+        sys.exit(2)
+    return config, workdir, distributed, dry_run
+
+
+def run_dry(config, options) -> int:
+    from genesis_jax.dryrun import DryRunError, dry_run, format_report, write_json
+    try:
+        result = dry_run(config, topology=options["topology"], device_memory_gb=options["device_memory_gb"])
+    except DryRunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(result), flush=True)
+    if options["json"]:
+        write_json(result, options["json"])
+        print(f"written: {options['json']}")
+    return 0
 
 
 def main(argv=None) -> int:
-    config, workdir, distributed = parse(list(sys.argv if argv is None else argv))
+    config, workdir, distributed, dry_run = parse(list(sys.argv if argv is None else argv))
     import jax
     if distributed is not None:
         jax.distributed.initialize(**distributed)
     from genesis_jax.trainer import TrainingDiverged, train, validate_config
     try:
-        validate_config(config)
+        validate_config(config, require_data=dry_run is None)
     except (ValueError, TypeError) as e:
         print(f"error: bad config: {e}", file=sys.stderr)
         return 2
+    if dry_run is not None:
+        return run_dry(config, dry_run)
     if jax.process_index() == 0:
         print(f"run directory: {workdir}", flush=True)
     try:

@@ -75,8 +75,9 @@ def _dtype(name: str):
     return jnp.dtype(name)
 
 
-def validate_config(cfg) -> None:
-    """Fail before any work on values the run could not use."""
+def validate_config(cfg, require_data: bool = True) -> None:
+    """Fail before any work on values the run could not use (require_data=False: the
+    dry run, which compiles without reading data)."""
     if cfg.schedule.kind not in ("step", "plateau"):
         raise ValueError(f"schedule.kind must be 'step' or 'plateau', got {cfg.schedule.kind!r}")
     for name in ("batch_size", "total_steps", "log_every"):
@@ -89,9 +90,9 @@ def validate_config(cfg) -> None:
     DeformConfig(**cfg.deform)
     if cfg.data.source not in ("sample", "store", "volumes"):
         raise ValueError(f"data.source must be 'sample', 'store' or 'volumes', got {cfg.data.source!r}")
-    if cfg.data.source == "store" and not cfg.data.store:
+    if require_data and cfg.data.source == "store" and not cfg.data.store:
         raise ValueError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
-    if cfg.data.source == "volumes" and not cfg.data.volumes:
+    if require_data and cfg.data.source == "volumes" and not cfg.data.volumes:
         raise ValueError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
     if any(d % 8 for d in cfg.data.cube_shape):
         raise ValueError(f"data.cube_shape {tuple(cfg.data.cube_shape)}: every dim must be divisible by 8")

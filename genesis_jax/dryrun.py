@@ -1,0 +1,196 @@
+"""`python -m genesis_jax.train --dry_run`: size a run before booking the machines.
+
+Compiles the configured pre-training step (deformations + U-Net + SGD, exactly the
+program training runs) for the configured global batch and mesh, without data or
+training, and reports per device: memory (arguments, temporaries, outputs, from
+`memory_analysis()`), FLOPs and bytes (`cost_analysis()`), the collectives of the
+optimised HLO, the compile time, and the largest per-device batch that fits a given
+memory. With `--topology=v5e:2x2` the step is compiled ahead of time for that TPU slice
+on a machine without TPUs (needs libtpu: `pip install 'genesis-jax[tpu]'`).
+
+The largest batch is a linear fit of peak memory against the per-device batch from two
+compiles (the configured batch and twice it); the report says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from genesis_jax import program, sharding
+from genesis_jax.deform import DeformConfig
+from genesis_jax.models import UNet3D
+from genesis_jax.step import init_train_state
+
+# HBM per chip (GiB) and peak dense bf16 TFLOP/s by device_kind, from the vendors' data
+# sheets: used when the device cannot report its own memory (ahead-of-time topologies).
+DEVICE_SPECS = {
+    "TPU v4": (32, 275), "TPU v5 lite": (16, 197), "TPU v5e": (16, 197), "TPU v5p": (95, 459),
+    "TPU v5": (95, 459), "TPU v6 lite": (32, 918), "TPU v6e": (32, 918),
+    "NVIDIA H100 80GB HBM3": (80, 989), "NVIDIA H100": (80, 989), "NVIDIA H200": (141, 989),
+    "NVIDIA A100-SXM4-80GB": (80, 312), "NVIDIA A100-SXM4-40GB": (40, 312),
+}
+PAPER_MFU = 0.4  # the utilisation at which the report converts FLOPs into steps/s "on paper"
+
+
+class DryRunError(ValueError):
+    """A dry-run request that cannot be served (unknown topology, no libtpu, ...)."""
+
+
+def target_devices(topology: str | None, num_devices: int):
+    if not topology:
+        devices = jax.devices()
+        return devices[:num_devices] if num_devices else devices
+    try:
+        from jax.experimental import topologies
+        # A v4 chip's two TensorCores are one JAX device on TPU VMs (megacore); libtpu's
+        # topology default would count cores instead.
+        extra = {"chip_config_name": "megacore"} if topology.startswith("v4") else {}
+        return topologies.get_topology_desc(topology, "tpu", **extra).devices
+    except Exception as e:  # libtpu missing, or a name libtpu does not know
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DryRunError(f"cannot compile for TPU topology {topology!r} ({first}); it needs libtpu "
+                          f"(pip install 'genesis-jax[tpu]') and a name like v5e:2x2, v5p:2x2x1, v4:2x2x1") from None
+
+
+def device_spec(device, device_memory_gb: float | None):
+    """(memory bytes or None, where that figure comes from, peak bf16 FLOP/s or None)."""
+    kind = getattr(device, "device_kind", "")
+    memory_gib, peak_tflops = DEVICE_SPECS.get(kind, (None, None))
+    if device_memory_gb:
+        return device_memory_gb * 2**30, "--device_memory_gb", peak_tflops and peak_tflops * 1e12
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # ahead-of-time topology devices and some backends have none
+        stats = {}
+    if stats.get("bytes_limit"):
+        return float(stats["bytes_limit"]), "the device's own memory_stats()", peak_tflops and peak_tflops * 1e12
+    if memory_gib:
+        return memory_gib * 2**30, f"the {kind} data sheet", peak_tflops * 1e12
+    return None, "unknown (pass --device_memory_gb)", None
+
+
+def abstract_train_state(cfg):
+    """(graphdef, ShapeDtypeStruct state): the model's structure without allocating it."""
+    holder = {}
+
+    def build():
+        model = UNet3D(width=cfg.model.width, bn_mode=cfg.model.bn_mode, dtype=jnp.dtype(cfg.model.dtype),
+                       rngs=nnx.Rngs(cfg.seed))
+        holder["graphdef"], state = init_train_state(model, cfg.optimizer.momentum)
+        return state
+
+    state = jax.eval_shape(build)
+    return holder["graphdef"], state
+
+
+def compile_step(cfg, mesh, graphdef, abstract_state, global_batch: int, platform: str):
+    """(ProgramReport, compile seconds) of the pre-training step at this global batch."""
+    from genesis_jax.trainer import make_pretrain_step  # the trainer imports this module's siblings
+    deform_cfg = DeformConfig(**cfg.deform)
+    if deform_cfg.batch_mode == "auto":  # resolve for the target, not for the machine compiling
+        deform_cfg = dataclasses.replace(deform_cfg, batch_mode="map" if platform == "cpu" else "vmap")
+    step = make_pretrain_step(graphdef, jax.random.key(cfg.seed), deform_cfg, cfg.optimizer.momentum, mesh)
+    replicated = sharding.replicated(mesh)
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
+    cubes = jax.ShapeDtypeStruct((global_batch, *cfg.data.cube_shape), jnp.float32,
+                                 sharding=sharding.batch_sharded(mesh))
+    start = time.perf_counter()
+    compiled = step.lower(state, cubes, jax.ShapeDtypeStruct((), jnp.int32),
+                          jax.ShapeDtypeStruct((), jnp.float32)).compile()
+    return program.analyse(compiled), time.perf_counter() - start
+
+
+def largest_batch(per_device: int, peak: int, per_device_2: int, peak_2: int, memory: float):
+    """Per-device batch at which the linear fit of peak memory reaches `memory`."""
+    per_example = (peak_2 - peak) / (per_device_2 - per_device)
+    fixed = peak - per_example * per_device
+    if per_example <= 0:
+        return None, per_example, fixed
+    return max(0, math.floor((memory - fixed) / per_example)), per_example, fixed
+
+
+def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = None, fit: bool = True) -> dict:
+    devices = target_devices(topology, cfg.num_devices)
+    mesh = sharding.make_mesh(devices)
+    sharding.check_batch_size(cfg.batch_size, mesh)
+    platform = devices[0].platform
+    graphdef, abstract_state = abstract_train_state(cfg)
+    report, seconds = compile_step(cfg, mesh, graphdef, abstract_state, cfg.batch_size, platform)
+    per_device = cfg.batch_size // mesh.size
+    memory, memory_source, peak_flops = device_spec(devices[0], device_memory_gb)
+    result = {
+        "target": topology or (platform if devices[0].device_kind == platform
+                                 else f"{platform} ({devices[0].device_kind})"),
+        "platform": platform,
+        "device_kind": devices[0].device_kind, "devices": mesh.size, "global_batch": cfg.batch_size,
+        "per_device_batch": per_device, "cube_shape": list(cfg.data.cube_shape), "width": cfg.model.width,
+        "dtype": cfg.model.dtype, "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(
+            abstract_state.params))), "compile_s": round(seconds, 1), "per_device": report.to_dict(),
+        "flops_per_sample": report.flops / per_device, "device_memory_bytes": memory,
+        "device_memory_source": memory_source,
+    }
+    if peak_flops:
+        result["paper"] = {"mfu": PAPER_MFU, "peak_flops": peak_flops,
+                           "steps_per_s": PAPER_MFU * peak_flops / report.flops,
+                           "samples_per_s_per_device": PAPER_MFU * peak_flops / report.flops * per_device}
+    if fit and memory:
+        report_2, seconds_2 = compile_step(cfg, mesh, graphdef, abstract_state, 2 * cfg.batch_size, platform)
+        fits, per_example, fixed = largest_batch(per_device, report.peak_bytes, 2 * per_device, report_2.peak_bytes,
+                                                 memory)
+        result["fit"] = {"largest_per_device_batch": fits, "bytes_per_example": per_example, "fixed_bytes": fixed,
+                         "from_batches": [per_device, 2 * per_device], "compile_s": round(seconds_2, 1),
+                         "method": "linear fit of peak memory from two compiles"}
+    return result
+
+
+def format_report(result: dict) -> str:
+    d = result["per_device"]
+    rows = [
+        ("target", f"{result['target']}, {result['devices']} device(s), mesh ('data': {result['devices']})"),
+        ("model", f"UNet3D width {result['width']} ({result['parameters']:,} parameters), {result['dtype']}"),
+        ("batch", f"global {result['global_batch']} = {result['per_device_batch']} per device, cubes "
+                  f"{tuple(result['cube_shape'])}"),
+        ("compile time", f"{result['compile_s']:.1f} s"),
+        ("memory: arguments", program.format_bytes(d["argument_bytes"])),
+        ("memory: temporaries", program.format_bytes(d["temp_bytes"])),
+        ("memory: outputs", f"{program.format_bytes(d['output_bytes'])} ({program.format_bytes(d['alias_bytes'])} "
+                            f"reuse donated arguments)"),
+        ("memory: peak", program.format_bytes(d["peak_bytes"])),
+        ("FLOPs per step", f"{d['flops'] / 1e9:,.1f} GFLOP ({result['flops_per_sample'] / 1e9:,.1f} per sample)"),
+        ("bytes accessed", program.format_bytes(d["bytes_accessed"])),
+    ]
+    for kind, c in sorted(d["collectives"].items()):
+        rows.append((f"collective: {kind}", f"{c['count']} ops, {program.format_bytes(c['bytes'])} "
+                                            f"(largest {program.format_bytes(c['largest'])})"))
+    if not d["collectives"]:
+        rows.append(("collectives", "none"))
+    memory = result["device_memory_bytes"]
+    rows.append(("device memory", f"{program.format_bytes(memory)} ({result['device_memory_source']})" if memory
+                 else result["device_memory_source"]))
+    if "fit" in result:
+        fit = result["fit"]
+        rows.append(("largest batch that fits", f"{fit['largest_per_device_batch']} per device "
+                     f"({program.format_bytes(fit['bytes_per_example'])} per example + "
+                     f"{program.format_bytes(fit['fixed_bytes'])} fixed; {fit['method']} at "
+                     f"{fit['from_batches'][0]} and {fit['from_batches'][1]})"))
+    if "paper" in result:
+        paper = result["paper"]
+        rows.append((f"on paper at {paper['mfu']:.0%} MFU", f"{paper['steps_per_s']:.2f} steps/s, "
+                     f"{paper['samples_per_s_per_device']:.1f} samples/s per device "
+                     f"(peak {paper['peak_flops'] / 1e12:.0f} TFLOP/s bf16)"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def write_json(result: dict, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))

@@ -1,0 +1,90 @@
+"""python -m genesis_jax.train --dry_run: compiles the configured step without data or
+training and reports per-device memory, FLOPs, collectives and the largest batch."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genesis_jax.configs.demo import get_config
+from genesis_jax.dryrun import dry_run, largest_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config.batch_size=16", "--config.data.cube_shape=(16, 16, 16)", "--config.deform.local_blocks=300"]
+
+
+def tiny(**top):
+    c = get_config()
+    c.batch_size, c.data.cube_shape, c.deform.local_blocks = 16, (16, 16, 16), 300
+    for key, value in top.items():
+        c[key] = value
+    return c
+
+
+def run_cli(args, cwd):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "genesis_jax.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_dry_run_prints_the_table_and_writes_json_without_touching_a_workdir(tmp_path):
+    out = tmp_path / "report.json"
+    proc = run_cli(["--dry_run", *TINY, "--device_memory_gb=1", f"--json={out}", f"--workdir={tmp_path / 'run'}"],
+                   ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for row in ("memory: arguments", "memory: temporaries", "memory: outputs", "memory: peak", "FLOPs per step",
+                "collective: all-reduce", "compile time", "largest batch that fits"):
+        assert row in proc.stdout, (row, proc.stdout)
+    assert "global 16 = 2 per device" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["devices"] == 8 and report["per_device_batch"] == 2
+    assert set(report["per_device"]["collectives"]) == {"all-reduce"}
+    assert report["fit"]["largest_per_device_batch"] > 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_flops_are_per_device_and_split():
+    """The same global batch on 1 and 8 devices: each of 8 does an eighth of the work."""
+    one = dry_run(tiny(num_devices=1), fit=False)
+    eight = dry_run(tiny(num_devices=8), fit=False)
+    assert eight["per_device"]["flops"] <= 1.1 * one["per_device"]["flops"] / 8
+    assert one["per_device"]["collectives"] == {}
+    assert eight["per_device"]["peak_bytes"] < one["per_device"]["peak_bytes"]
+
+
+def test_largest_batch_is_the_linear_fit():
+    # 100 MiB fixed + 10 MiB per example, 1 GiB device: (1024 - 100) / 10 -> 92.
+    mib = 2**20
+    fits, per_example, fixed = largest_batch(2, 120 * mib, 4, 140 * mib, 1024 * mib)
+    assert (fits, per_example, fixed) == (92, 10 * mib, 100 * mib)
+
+
+def test_dry_run_needs_no_store_but_still_validates(tmp_path):
+    proc = run_cli(["--dry_run", "--config=genesis_chest_ct", "--config.model.dtype=float16"], ROOT)
+    assert proc.returncode == 2 and "model.dtype" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args,words", [(["--dry_run", "--topology=v99:1x1"], "v99:1x1"),
+                                        (["--topology=v5e:2x2"], "go with --dry_run")])
+def test_bad_dry_run_requests_get_one_line(tmp_path, args, words):
+    proc = run_cli([*args, *TINY], tmp_path)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and words in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu: pip install 'genesis-jax[tpu]'")
+def test_tpu_ahead_of_time_compile_splits_the_batch():
+    """v5e: 1 chip vs a 2x2 slice at the same global batch: per-chip FLOPs are 1/4 and the
+    only collectives are all-reduces (before the fix: the whole batch on every chip)."""
+    cfg = tiny(batch_size=8)
+    cfg.data.cube_shape = (32, 32, 16)
+    one = dry_run(cfg, topology="v5e:1x1", fit=False)
+    four = dry_run(cfg, topology="v5e:2x2", fit=False)
+    assert four["per_device"]["flops"] <= 1.1 * one["per_device"]["flops"] / 4
+    assert set(four["per_device"]["collectives"]) == {"all-reduce"}
