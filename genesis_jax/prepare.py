@@ -5,7 +5,9 @@ directory of DICOM slices is one volume. Each volume is read, optionally resampl
 windowed to [0, 1] (CT: HU [-1000, 1000]; MR: 0.5-99.5 percentiles), and cut into up to
 --cubes-per-volume 64x64x32 cubes by the Genesis sampler and filter. The store is
 written to a temporary directory and renamed to STORE at the end: a failed run leaves
-no store behind.
+no store behind. STORE may be a TensorStore kvstore URL (gs://, s3://, file://): pod
+workers then read it from the bucket (there it is written in place and marked complete
+at the end; a failed run deletes what it wrote).
 
 By default the first bad input stops the run with one line naming the file and the
 problem (exit code 1). With --skip-bad, bad inputs are skipped and listed at the end.
@@ -33,7 +35,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m genesis_jax.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="volume files or directories")
-    parser.add_argument("--out", required=True, help="the cube store to create (a directory; replaced if it exists)")
+    parser.add_argument("--out", required=True, help="the cube store to create: a directory (replaced if it exists) "
+                        "or a TensorStore kvstore URL (gs://bucket/cubes.zarr, s3://..., file://...)")
     parser.add_argument("--cubes-per-volume", type=int, default=32)
     parser.add_argument("--tries-per-cube", type=int, default=50, help="at most this many tries per wanted cube")
     parser.add_argument("--seed", type=int, default=0)
@@ -84,7 +87,12 @@ def run(argv=None) -> int:
                 return 1
             skipped.append(str(e))
     start = time.perf_counter()
-    with CubeStoreWriter(args.out) as writer:
+    try:
+        writer = CubeStoreWriter(args.out)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    with writer:
         for index, path in enumerate(tqdm(inputs, desc="volumes", unit="vol", disable=None)):
             try:
                 cubes, record = prepare_volume(path, index, args, cfg)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from genesis_jax.data.sampler import SamplerConfig
-from genesis_jax.data.store import StoreBatches, VolumeBatches, open_store
+from genesis_jax.data.store import StoreBatches, VolumeBatches, open_store, store_digest
 from genesis_jax.data.volumes import find_inputs, read_volume, to_unit_range
 
 _VALIDATION_SEED_OFFSET = 1_000_003
@@ -50,7 +50,7 @@ def load_run_data(data, seed: int) -> RunData:
         train = StoreBatches(data.store, seed, indices=np.sort(order[n_val:]))
         validation = StoreBatches(data.store, seed).read(np.sort(order[:n_val]))
         return RunData(train, validation, n - n_val, f"cube store {data.store} ({n} cubes, {n_val} for validation)",
-                       _sha256([Path(data.store) / "zarr.json"]))
+                       store_digest(data.store))
     if data.source == "sample":
         from genesis_jax.data import sample_path
         paths = [sample_path()]

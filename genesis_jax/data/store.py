@@ -5,6 +5,12 @@ attributes record where the cubes came from (`genesis` key: sources, spacing, wi
 filter, seed, package version). Writers build it in a temporary directory beside the
 target and rename it into place at the end, so a failed run leaves nothing behind.
 
+A store's location is a path or a TensorStore kvstore URL (`gs://bucket/cubes.zarr/`,
+`s3://...`, `file:///data/cubes.zarr`, `memory://...`): pod workers read one store
+from a bucket. `file://` URLs are paths. Object stores have no rename: there the cubes
+are written in place and the attributes carry `complete: false` until the commit, so
+a store whose writer died is refused on open; a failed writer deletes what it wrote.
+
 Batch sources serve, for a global step, this process's share of the global batch:
 deterministic in (seed, step), independent of how many processes ask, and reading
 only the cubes of that batch.
@@ -12,6 +18,7 @@ only the cubes of that batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -23,10 +30,39 @@ import tensorstore as ts
 from genesis_jax.data.sampler import SamplerConfig, accept_corners, check_volume_fits, cut, draw_corners, filter_table
 
 ATTRIBUTES_KEY = "genesis"
+# One context for every open in this process: a memory:// store written by prepare is
+# the same store when training opens it (tests, notebooks).
+_CONTEXT = ts.Context()
 
 
-def _spec(path: Path, cube_shape, attributes=None, create=False) -> dict:
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+def store_location(store) -> Path | str:
+    """A local Path, or a kvstore URL string (anything with '://' except file://)."""
+    text = str(store)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    if "://" in text:
+        return text if text.endswith("/") else text + "/"
+    return Path(text)
+
+
+def _kvstore(location) -> dict | str:
+    return location if isinstance(location, str) else {"driver": "file", "path": str(location)}
+
+
+def _read_metadata(location) -> dict | None:
+    """zarr.json of the store at `location`, or None when there is none."""
+    if isinstance(location, Path):
+        meta_path = location / "zarr.json"
+        return json.loads(meta_path.read_text()) if meta_path.exists() else None
+    try:
+        result = ts.KvStore.open(location, context=_CONTEXT).result().read("zarr.json").result()
+    except ValueError as e:  # an unknown URL scheme or an unreachable bucket
+        raise ValueError(f"{location}: cannot open this store location ({str(e).splitlines()[0]})") from None
+    return json.loads(result.value) if result.state == "value" else None
+
+
+def _spec(location, cube_shape, attributes=None, create=False) -> dict:
+    spec = {"driver": "zarr3", "kvstore": _kvstore(location)}
     if create:
         spec.update(create=True, delete_existing=True, metadata={
             "shape": [0, *cube_shape],
@@ -42,19 +78,33 @@ def _spec(path: Path, cube_shape, attributes=None, create=False) -> dict:
 
 
 class CubeStoreWriter:
-    """Append cubes, then `commit(attributes)` renames the finished store into place.
+    """Append cubes, then `commit(attributes)` publishes the finished store.
 
-    Used as a context manager: leaving the block with an exception removes the
-    temporary store and leaves `path` untouched.
+    Local paths: built in a temporary directory beside the target, renamed into place by
+    commit (replacing a store there). URLs: written in place, marked complete by commit.
+    Used as a context manager: leaving the block with an exception removes what was
+    written (a local target is left untouched).
     """
 
     def __init__(self, path, cube_shape=(64, 64, 32)):
-        self.path = Path(path)
+        self.location = store_location(path)
+        self.path = self.location  # for messages: the store as the user named it
         self.cube_shape = tuple(cube_shape)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
-        self.array = ts.open(_spec(self.tmp, self.cube_shape, create=True)).result()
+        if isinstance(self.location, Path):
+            self.location.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.location.name}.", suffix=".tmp",
+                                             dir=self.location.parent))
+            target, attributes = self.tmp, {}
+        else:
+            self.tmp, target, attributes = None, self.location, {"complete": False}
+        try:
+            self.array = ts.open(_spec(target, self.cube_shape, attributes, create=True), context=_CONTEXT).result()
+        except ValueError as e:  # an unknown URL scheme, a bucket that does not exist or refuses us
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            raise ValueError(f"{path}: cannot create a cube store there ({str(e).splitlines()[0]})") from None
         self.count = 0
+        self.committed = False
 
     def append(self, cubes: np.ndarray) -> None:
         if len(cubes) == 0:
@@ -66,37 +116,59 @@ class CubeStoreWriter:
         self.array[self.count:new_count].write(np.asarray(cubes, np.float32)).result()
         self.count = new_count
 
-    def commit(self, attributes: dict) -> Path:
-        """Record the attributes, then move the store to its final path (replacing one there)."""
-        meta_path = self.tmp / "zarr.json"
-        meta = json.loads(meta_path.read_text())
-        meta.setdefault("attributes", {})[ATTRIBUTES_KEY] = {**attributes, "cubes": self.count}
-        meta_path.write_text(json.dumps(meta, indent=2))
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self.tmp.rename(self.path)
-        return self.path
+    def commit(self, attributes: dict):
+        """Record the attributes, then publish the store at its final location."""
+        attributes = {**attributes, "cubes": self.count}
+        if self.tmp is None:
+            kvstore = ts.KvStore.open(self.location, context=_CONTEXT).result()
+            meta = json.loads(kvstore.read("zarr.json").result().value)
+            meta.setdefault("attributes", {})[ATTRIBUTES_KEY] = attributes
+            kvstore.write("zarr.json", json.dumps(meta, indent=2).encode()).result()
+        else:
+            meta_path = self.tmp / "zarr.json"
+            meta = json.loads(meta_path.read_text())
+            meta.setdefault("attributes", {})[ATTRIBUTES_KEY] = attributes
+            meta_path.write_text(json.dumps(meta, indent=2))
+            if self.location.exists():
+                shutil.rmtree(self.location)
+            self.tmp.rename(self.location)
+        self.committed = True
+        return self.location
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            ts.KvStore.open(self.location, context=_CONTEXT).result().delete_range(ts.KvStore.KeyRange()).result()
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None or self.tmp.exists():
+        if exc_type is not None or not self.committed:
             self.abort()
         return False
 
 
 def open_store(path):
-    """(TensorStore, attributes) of a cube store; ValueError with the path if it is not one."""
-    path = Path(path)
-    if not (path / "zarr.json").exists():
+    """(TensorStore, attributes) of a cube store; ValueError with the location if it is not one."""
+    location = store_location(path)
+    meta = _read_metadata(location)
+    if meta is None:
         raise ValueError(f"{path}: not a cube store (no zarr.json); create one with python -m genesis_jax.prepare")
-    array = ts.open(_spec(path, None)).result()
-    meta = json.loads((path / "zarr.json").read_text())
-    return array, meta.get("attributes", {}).get(ATTRIBUTES_KEY, {})
+    attributes = meta.get("attributes", {}).get(ATTRIBUTES_KEY, {})
+    if attributes.get("complete") is False:
+        raise ValueError(f"{path}: an incomplete cube store (the prepare run writing it did not finish); "
+                         f"run prepare again")
+    return ts.open(_spec(location, None), context=_CONTEXT).result(), attributes
+
+
+def store_digest(path) -> str:
+    """sha256 of the store's zarr.json (shape, codecs and the attributes naming its sources)."""
+    meta = _read_metadata(store_location(path))
+    if meta is None:
+        raise ValueError(f"{path}: not a cube store (no zarr.json)")
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def global_indices(step: int, global_batch: int, n: int, seed: int) -> np.ndarray:
