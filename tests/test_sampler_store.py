@@ -248,4 +248,4 @@ def test_prepare_to_an_unknown_url_scheme_is_one_line(tmp_path, capsys):
     from genesis_jax.prepare import run
     assert run([str(sample_path()), "--out", "nosuchscheme://bucket/cubes.zarr"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: nosuchscheme://bucket/cubes.zarr/: cannot create"), err
+    assert len(err) == 1 and err[0].startswith("error: nosuchscheme://bucket/cubes.zarr: cannot create"), err
