@@ -1,0 +1,144 @@
+"""Data-parallel scaling of the real pre-training step on 1, 2, 4, 8 devices, in one run.
+
+    python benchmarks/scaling.py --json benchmarks/results/scaling_cpu.json
+
+For each device count: the compiled program's per-device FLOPs, peak memory and
+collectives (genesis_jax.program), and measured samples/s. Two series:
+- weak: a fixed batch per device (the global batch grows with the devices). Per-device
+  FLOPs must stay flat; that is the split.
+- strong: a fixed global batch. Per-device FLOPs must fall as 1/n.
+On a CPU the devices are simulated (XLA_FLAGS=--xla_force_host_platform_device_count=8,
+set here when missing) and share the same cores: samples/s shows the cost of the split
+(collectives, per-device dispatch), not a speed-up. On n real accelerators weak-scaling
+samples/s should grow ~n-fold.
+"""
+
+from __future__ import annotations
+
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import timed, write_json  # noqa: E402
+
+from genesis_jax import program, sharding  # noqa: E402
+from genesis_jax import trainer  # noqa: E402
+from genesis_jax.deform import DeformConfig, genesis_batch  # noqa: E402
+from genesis_jax.models import UNet3D  # noqa: E402
+from genesis_jax.step import init_train_state  # noqa: E402
+from genesis_jax.trainer import make_pretrain_step  # noqa: E402
+
+
+def replicated_deformation(key, cubes, cfg, mesh):
+    """The step as it was before the split (genesis_batch on the sharded batch): XLA
+    gathers the batch and every device deforms all of it and runs the U-Net on it."""
+    return genesis_batch(key, cubes, cfg)
+
+
+@contextlib.contextmanager
+def deformation_stage(replacement):
+    """Trace the trainer's step with another deformation stage (None: the real one)."""
+    original = trainer.sharded_genesis_batch
+    trainer.sharded_genesis_batch = replacement or original
+    try:
+        yield
+    finally:
+        trainer.sharded_genesis_batch = original
+
+
+def measure(n_devices, global_batch, args, graphdef, host_state, replicated=False) -> dict:
+    mesh = sharding.make_mesh(jax.devices()[:n_devices])
+    step = make_pretrain_step(graphdef, jax.random.key(0), DeformConfig(), 0.9, mesh)
+    state = sharding.replicate(jax.tree.map(jnp.asarray, host_state), mesh)
+    rng = np.random.default_rng(0)
+    cubes = sharding.global_batch(rng.random((global_batch, *args.shape), dtype=np.float32), mesh)
+    with deformation_stage(replicated_deformation if replicated else None):
+        compiled = step.lower(state, cubes, 0, jnp.float32(0.01)).compile()
+    report = program.analyse(compiled)
+    holder = {"state": state}
+
+    def run(i):
+        holder["state"], metrics = compiled(holder["state"], cubes, i, jnp.float32(0.01))
+        return metrics["loss"]
+
+    times = timed(run, args.steps, args.warmup)
+    median = statistics.median(times)
+    return {"devices": n_devices, "global_batch": global_batch, "per_device_batch": global_batch // n_devices,
+            "per_device_gflops": report.flops / 1e9, "peak_mib": report.peak_bytes / 2**20,
+            "collectives": report.collective_summary(), "step_ms": median * 1e3,
+            "samples_per_s": global_batch / median}
+
+
+def collectives_text(summary: dict) -> str:
+    if not summary:
+        return "none"
+    return ", ".join(f"{c['count']} {kind} ({program.format_bytes(c['bytes'])})" for kind, c in sorted(summary.items()))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--per-device-batch", type=int, default=2, help="weak scaling: batch per device")
+    parser.add_argument("--global-batch", type=int, default=16, help="strong scaling: global batch")
+    parser.add_argument("--width", type=int, default=4)
+    parser.add_argument("--shape", type=int, nargs=3, default=[32, 32, 16])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    args.shape = tuple(args.shape)
+    available = jax.device_count()
+    if max(args.devices) > available:
+        parser.error(f"{max(args.devices)} devices asked, {available} available")
+    graphdef, state = init_train_state(UNet3D(width=args.width, rngs=nnx.Rngs(0)))
+    host_state = jax.tree.map(np.asarray, state)
+    print(f"pre-training step scaling on {jax.default_backend()} ({jax.devices()[0].device_kind}), jax "
+          f"{jax.__version__}, width {args.width}, cubes {args.shape}, median of {args.steps} steps", flush=True)
+    result = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+              "width": args.width, "shape": list(args.shape), "steps": args.steps, "weak": [], "strong": []}
+    for series, batch_of in (("weak", lambda n: args.per_device_batch * n), ("strong", lambda n: args.global_batch)):
+        print(f"\n{series} scaling ({'per-device batch ' + str(args.per_device_batch) if series == 'weak' else 'global batch ' + str(args.global_batch)})")
+        print("| devices | global batch | per device | GFLOP/device | peak MiB/device | collectives | ms/step | samples/s |")
+        print("|---:|---:|---:|---:|---:|---|---:|---:|")
+        for n in args.devices:
+            if batch_of(n) % n:
+                continue
+            row = measure(n, batch_of(n), args, graphdef, host_state)
+            result[series].append(row)
+            print(f"| {n} | {row['global_batch']} | {row['per_device_batch']} | {row['per_device_gflops']:.2f} | "
+                  f"{row['peak_mib']:.1f} | {collectives_text(row['collectives'])} | {row['step_ms']:.0f} | "
+                  f"{row['samples_per_s']:.2f} |", flush=True)
+    strong = {row["devices"]: row for row in result["strong"]}
+    if 1 in strong and max(strong) > 1:
+        n = max(strong)
+        row = measure(n, args.global_batch, args, graphdef, host_state, replicated=True)
+        result["strong_replicated_baseline"] = row
+        print(f"| {n}, deformation replicated (before the fix) | {row['global_batch']} | {row['per_device_batch']} | "
+              f"{row['per_device_gflops']:.2f} | {row['peak_mib']:.1f} | {collectives_text(row['collectives'])} | "
+              f"{row['step_ms']:.0f} | {row['samples_per_s']:.2f} |", flush=True)
+        result["strong_ratio"] = {"devices": n, "flops_ratio": strong[n]["per_device_gflops"] / strong[1]["per_device_gflops"],
+                                  "samples_per_s_ratio": strong[n]["samples_per_s"] / strong[1]["samples_per_s"],
+                                  "replicated_samples_per_s_ratio": row["samples_per_s"] / strong[1]["samples_per_s"]}
+        r = result["strong_ratio"]
+        print(f"\nstrong scaling, {n} devices vs 1 at global batch {args.global_batch}: per-device FLOPs x"
+              f"{r['flops_ratio']:.3f} (ideal {1 / n:.3f}), samples/s x{r['samples_per_s_ratio']:.2f} "
+              f"(deformation replicated: x{r['replicated_samples_per_s_ratio']:.2f})")
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
