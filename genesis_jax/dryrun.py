@@ -8,8 +8,11 @@ optimised HLO, the compile time, and the largest per-device batch that fits a gi
 memory. With `--topology=v5e:2x2` the step is compiled ahead of time for that TPU slice
 on a machine without TPUs (needs libtpu: `pip install 'genesis-jax[tpu]'`).
 
-The largest batch is a linear fit of peak memory against the per-device batch from two
-compiles (the configured batch and twice it); the report says so.
+The largest batch comes from a linear fit of peak memory against the per-device batch
+(compiles at the configured batch and twice it), then is checked by compiling at that
+batch: if the compiled peak exceeds the memory the batch is lowered and checked again.
+XLA's peak is what the program needs; the runtime keeps some memory of its own, so
+leave a margin on a real device.
 """
 
 from __future__ import annotations
@@ -142,13 +145,31 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
                            "steps_per_s": PAPER_MFU * peak_flops / report.flops,
                            "samples_per_s_per_device": PAPER_MFU * peak_flops / report.flops * per_device}
     if fit and memory:
-        report_2, seconds_2 = compile_step(cfg, mesh, graphdef, abstract_state, 2 * cfg.batch_size, platform)
-        fits, per_example, fixed = largest_batch(per_device, report.peak_bytes, 2 * per_device, report_2.peak_bytes,
-                                                 memory)
-        result["fit"] = {"largest_per_device_batch": fits, "bytes_per_example": per_example, "fixed_bytes": fixed,
-                         "from_batches": [per_device, 2 * per_device], "compile_s": round(seconds_2, 1),
-                         "method": "linear fit of peak memory from two compiles"}
+        result["fit"] = fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory)
     return result
+
+
+def fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory) -> dict:
+    """The largest per-device batch whose compiled peak fits `memory` (see the module doc)."""
+    def peak_at(batch):
+        compiled, _ = compile_step(cfg, mesh, graphdef, abstract_state, batch * mesh.size, platform)
+        return compiled.peak_bytes
+
+    start = time.perf_counter()
+    peak_2 = peak_at(2 * per_device)
+    fits, per_example, fixed = largest_batch(per_device, report.peak_bytes, 2 * per_device, peak_2, memory)
+    checked = []
+    while fits:  # check the fit by compiling there; a non-linear peak lowers it
+        peak = peak_at(fits)
+        checked.append({"per_device_batch": fits, "peak_bytes": peak})
+        if peak <= memory or len(checked) == 3:
+            break
+        fits = max(0, math.floor(fits * memory / peak))
+    ok = bool(checked) and checked[-1]["peak_bytes"] <= memory
+    return {"largest_per_device_batch": fits if ok else None, "bytes_per_example": per_example, "fixed_bytes": fixed,
+            "from_batches": [per_device, 2 * per_device], "checked": checked,
+            "compile_s": round(time.perf_counter() - start, 1),
+            "method": "linear fit of peak memory from two compiles, checked by a compile at the result"}
 
 
 def format_report(result: dict) -> str:
@@ -177,10 +198,15 @@ def format_report(result: dict) -> str:
                  else result["device_memory_source"]))
     if "fit" in result:
         fit = result["fit"]
-        rows.append(("largest batch that fits", f"{fit['largest_per_device_batch']} per device "
-                     f"({program.format_bytes(fit['bytes_per_example'])} per example + "
-                     f"{program.format_bytes(fit['fixed_bytes'])} fixed; {fit['method']} at "
-                     f"{fit['from_batches'][0]} and {fit['from_batches'][1]})"))
+        checked = fit["checked"][-1] if fit["checked"] else None
+        found = (f"{fit['largest_per_device_batch']} per device (compiled there: peak "
+                 f"{program.format_bytes(checked['peak_bytes'])})" if fit["largest_per_device_batch"] else
+                 "none found (even one example per device does not fit)" if not checked else
+                 f"not found: a compile at {checked['per_device_batch']} still needs "
+                 f"{program.format_bytes(checked['peak_bytes'])}")
+        rows.append(("largest batch that fits", f"{found}; fit: {program.format_bytes(fit['bytes_per_example'])} "
+                     f"per example + {program.format_bytes(fit['fixed_bytes'])} fixed, from compiles at "
+                     f"{fit['from_batches'][0]} and {fit['from_batches'][1]}"))
     if "paper" in result:
         paper = result["paper"]
         rows.append((f"on paper at {paper['mfu']:.0%} MFU", f"{paper['steps_per_s']:.2f} steps/s, "

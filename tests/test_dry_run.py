@@ -43,7 +43,11 @@ def test_dry_run_prints_the_table_and_writes_json_without_touching_a_workdir(tmp
     report = json.loads(out.read_text())
     assert report["devices"] == 8 and report["per_device_batch"] == 2
     assert set(report["per_device"]["collectives"]) == {"all-reduce"}
-    assert report["fit"]["largest_per_device_batch"] > 2
+    fit = report["fit"]
+    assert fit["largest_per_device_batch"] > 2
+    # The fit was checked by a compile at that batch, and that compile fits the 1 GiB.
+    assert fit["checked"][-1]["per_device_batch"] == fit["largest_per_device_batch"]
+    assert fit["checked"][-1]["peak_bytes"] <= 2**30
     assert not (tmp_path / "run").exists()
 
 
@@ -54,6 +58,13 @@ def test_dry_run_flops_are_per_device_and_split():
     assert eight["per_device"]["flops"] <= 1.1 * one["per_device"]["flops"] / 8
     assert one["per_device"]["collectives"] == {}
     assert eight["per_device"]["peak_bytes"] < one["per_device"]["peak_bytes"]
+
+
+def test_a_memory_too_small_for_one_example_says_so():
+    result = dry_run(tiny(num_devices=8), device_memory_gb=0.001)
+    assert result["fit"]["largest_per_device_batch"] is None
+    from genesis_jax.dryrun import format_report
+    assert "even one example per device does not fit" in format_report(result)
 
 
 def test_largest_batch_is_the_linear_fit():
