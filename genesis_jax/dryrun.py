@@ -9,8 +9,9 @@ memory. With `--topology=v5e:2x2` the step is compiled ahead of time for that TP
 on a machine without TPUs (needs libtpu: `pip install 'genesis-jax[tpu]'`).
 
 The largest batch comes from a linear fit of peak memory against the per-device batch
-(compiles at the configured batch and twice it), then is checked by compiling at that
-batch: if the compiled peak exceeds the memory the batch is lowered and checked again.
+(compiles at the configured batch and twice it), then a few compiles at the candidates
+(a secant search: each new line goes through the two largest batches compiled), so
+the answer is a batch whose compiled program was seen to fit.
 XLA's peak is what the program needs; the runtime keeps some memory of its own, so
 leave a margin on a real device.
 """
@@ -149,27 +150,42 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
     return result
 
 
-def fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory) -> dict:
-    """The largest per-device batch whose compiled peak fits `memory` (see the module doc)."""
+def fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory, max_checks: int = 4) -> dict:
+    """The largest per-device batch whose compiled peak fits `memory` (see the module doc):
+    a linear fit from two compiles, then a secant search over compiles at the candidates
+    (peak memory grows less than linearly on TPUs: the first fit is often far below)."""
     def peak_at(batch):
         compiled, _ = compile_step(cfg, mesh, graphdef, abstract_state, batch * mesh.size, platform)
         return compiled.peak_bytes
 
     start = time.perf_counter()
-    peak_2 = peak_at(2 * per_device)
-    fits, per_example, fixed = largest_batch(per_device, report.peak_bytes, 2 * per_device, peak_2, memory)
+    points = {per_device: report.peak_bytes, 2 * per_device: peak_at(2 * per_device)}
+    candidate, per_example, fixed = largest_batch(per_device, points[per_device], 2 * per_device,
+                                                  points[2 * per_device], memory)
+    fits_known = max((b for b, p in points.items() if p <= memory), default=0)
+    fails_known = min((b for b, p in points.items() if p > memory), default=None)
     checked = []
-    while fits:  # check the fit by compiling there; a non-linear peak lowers it
-        peak = peak_at(fits)
-        checked.append({"per_device_batch": fits, "peak_bytes": peak})
-        if peak <= memory or len(checked) == 3:
+    while candidate and len(checked) < max_checks:
+        candidate = max(candidate, fits_known + 1)
+        if fails_known is not None:
+            candidate = min(candidate, fails_known - 1)
+        if candidate <= fits_known or candidate in points:
             break
-        fits = max(0, math.floor(fits * memory / peak))
-    ok = bool(checked) and checked[-1]["peak_bytes"] <= memory
-    return {"largest_per_device_batch": fits if ok else None, "bytes_per_example": per_example, "fixed_bytes": fixed,
+        points[candidate] = peak_at(candidate)
+        checked.append({"per_device_batch": candidate, "peak_bytes": points[candidate]})
+        if points[candidate] <= memory:
+            fits_known = candidate
+            if points[candidate] >= 0.97 * memory:
+                break
+        else:
+            fails_known = candidate if fails_known is None else min(fails_known, candidate)
+        # Next candidate: the line through the two largest batches compiled so far.
+        (b1, p1), (b2, p2) = sorted(points.items())[-2:]
+        candidate = largest_batch(b1, p1, b2, p2, memory)[0]
+    return {"largest_per_device_batch": fits_known or None, "bytes_per_example": per_example, "fixed_bytes": fixed,
             "from_batches": [per_device, 2 * per_device], "checked": checked,
             "compile_s": round(time.perf_counter() - start, 1),
-            "method": "linear fit of peak memory from two compiles, checked by a compile at the result"}
+            "method": "linear fit of peak memory from two compiles, then compiles at the candidates"}
 
 
 def format_report(result: dict) -> str:
@@ -198,15 +214,15 @@ def format_report(result: dict) -> str:
                  else result["device_memory_source"]))
     if "fit" in result:
         fit = result["fit"]
-        checked = fit["checked"][-1] if fit["checked"] else None
-        found = (f"{fit['largest_per_device_batch']} per device (compiled there: peak "
-                 f"{program.format_bytes(checked['peak_bytes'])})" if fit["largest_per_device_batch"] else
-                 "none found (even one example per device does not fit)" if not checked else
-                 f"not found: a compile at {checked['per_device_batch']} still needs "
-                 f"{program.format_bytes(checked['peak_bytes'])}")
-        rows.append(("largest batch that fits", f"{found}; fit: {program.format_bytes(fit['bytes_per_example'])} "
-                     f"per example + {program.format_bytes(fit['fixed_bytes'])} fixed, from compiles at "
-                     f"{fit['from_batches'][0]} and {fit['from_batches'][1]}"))
+        best = fit["largest_per_device_batch"]
+        peaks = {c["per_device_batch"]: c["peak_bytes"] for c in fit["checked"]}
+        found = ("none found (even one example per device does not fit)" if not best else
+                 f"{best} per device (compiled there: peak {program.format_bytes(peaks[best])})" if best in peaks else
+                 f"{best} per device (compiled)")
+        tried = ", ".join(f"{c['per_device_batch']}: {program.format_bytes(c['peak_bytes'])}" for c in fit["checked"])
+        rows.append(("largest batch that fits", f"{found}; first fit {program.format_bytes(fit['bytes_per_example'])} "
+                     f"per example + {program.format_bytes(fit['fixed_bytes'])} fixed from compiles at "
+                     f"{fit['from_batches'][0]} and {fit['from_batches'][1]}" + (f"; checked {tried}" if tried else "")))
     if "paper" in result:
         paper = result["paper"]
         rows.append((f"on paper at {paper['mfu']:.0%} MFU", f"{paper['steps_per_s']:.2f} steps/s, "
