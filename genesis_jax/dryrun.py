@@ -32,6 +32,7 @@ from genesis_jax import program, sharding
 from genesis_jax.deform import DeformConfig
 from genesis_jax.models import UNet3D
 from genesis_jax.step import init_train_state
+from genesis_jax.trainer import make_pretrain_step
 
 # HBM per chip (GiB) and peak dense bf16 TFLOP/s by device_kind, from the vendors' data
 # sheets: used when the device cannot report its own memory (ahead-of-time topologies).
@@ -97,7 +98,6 @@ def abstract_train_state(cfg):
 
 def compile_step(cfg, mesh, graphdef, abstract_state, global_batch: int, platform: str):
     """(ProgramReport, compile seconds) of the pre-training step at this global batch."""
-    from genesis_jax.trainer import make_pretrain_step  # the trainer imports this module's siblings
     deform_cfg = DeformConfig(**cfg.deform)
     if deform_cfg.batch_mode == "auto":  # resolve for the target, not for the machine compiling
         deform_cfg = dataclasses.replace(deform_cfg, batch_mode="map" if platform == "cpu" else "vmap")

@@ -82,10 +82,10 @@ def sharded_genesis_batch(key: jax.Array, cubes: jax.Array, cfg: DeformConfig, m
     its own rows, with their global example indices, so the arrays equal genesis_batch's
     bitwise and the work is 1/n per device.
 
-    Why shard_map: the per-example loop (lax.map on CPU) and the per-voxel gathers of
-    the shuffle and the Bezier table are ops the SPMD partitioner will not split along
-    the batch; it all-gathers the batch instead and everything after runs replicated.
-    Inside shard_map every op sees only the local rows. Usable inside jit (the train
+    Why shard_map: the SPMD partitioner cannot split the per-example loop (lax.map, the
+    CPU path) along the batch, and for TPU it did not split the vmapped per-voxel gathers
+    either; it all-gathers the batch instead and everything after runs replicated.
+    Inside shard_map every op sees only the local rows, whatever the backend. Usable inside jit (the train
     step) or on its own; cubes' first dim must divide by the axis size.
     """
     n_shards = mesh.shape[axis]
