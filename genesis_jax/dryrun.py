@@ -13,7 +13,9 @@ The largest batch comes from a linear fit of peak memory against the per-device 
 (a secant search: each new line goes through the two largest batches compiled), so
 the answer is a batch whose compiled program was seen to fit.
 XLA's peak is what the program needs; the runtime keeps some memory of its own, so
-leave a margin on a real device.
+leave a margin on a real device. The TPU compiler also rematerialises to stay inside
+HBM, so near the limit its peak stops growing with the batch: there the answer is a
+batch seen to compile and fit, and larger ones may too.
 """
 
 from __future__ import annotations
@@ -150,41 +152,61 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
     return result
 
 
-def fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory, max_checks: int = 4) -> dict:
-    """The largest per-device batch whose compiled peak fits `memory` (see the module doc):
-    a linear fit from two compiles, then a secant search over compiles at the candidates
-    (peak memory grows less than linearly on TPUs: the first fit is often far below)."""
+def fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory) -> dict:
+    """The largest per-device batch whose compiled peak fits `memory` (see the module doc)."""
     def peak_at(batch):
-        compiled, _ = compile_step(cfg, mesh, graphdef, abstract_state, batch * mesh.size, platform)
+        try:
+            compiled, _ = compile_step(cfg, mesh, graphdef, abstract_state, batch * mesh.size, platform)
+        except Exception as e:  # the TPU compiler refuses a program larger than HBM
+            if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+                return math.inf
+            raise
         return compiled.peak_bytes
 
     start = time.perf_counter()
-    points = {per_device: report.peak_bytes, 2 * per_device: peak_at(2 * per_device)}
-    candidate, per_example, fixed = largest_batch(per_device, points[per_device], 2 * per_device,
-                                                  points[2 * per_device], memory)
-    fits_known = max((b for b, p in points.items() if p <= memory), default=0)
-    fails_known = min((b for b, p in points.items() if p > memory), default=None)
+    fit = search_largest_batch(peak_at, per_device, report.peak_bytes, memory)
+    fit["compile_s"] = round(time.perf_counter() - start, 1)
+    return fit
+
+
+def search_largest_batch(peak_at, per_device: int, peak: float, memory: float, max_checks: int = 4) -> dict:
+    """Largest per-device batch b with peak_at(b) <= memory (peak_at returns inf for a
+    compile that ran out of memory), from at most 1 + max_checks calls of peak_at.
+
+    A line through the first two points gives the first candidate; each checked
+    candidate then moves the next: the line through the two largest batches that
+    compiled, or, where memory stopped growing with the batch (the TPU compiler
+    rematerialises near the limit), twice the largest fit, or halfway to the smallest
+    failure.
+    """
+    points = {per_device: peak, 2 * per_device: peak_at(2 * per_device)}
+    first = largest_batch(per_device, peak, 2 * per_device, points[2 * per_device], memory) \
+        if points[2 * per_device] < math.inf else (None, math.nan, math.nan)
+    candidate, per_example, fixed = first
     checked = []
-    while candidate and len(checked) < max_checks:
-        candidate = max(candidate, fits_known + 1)
-        if fails_known is not None:
-            candidate = min(candidate, fails_known - 1)
-        if candidate <= fits_known or candidate in points:
+
+    def known():
+        fits = max((b for b, p in points.items() if p <= memory), default=0)
+        fails = min((b for b, p in points.items() if p > memory), default=None)
+        return fits, fails
+
+    fits, fails = known()
+    while len(checked) < max_checks:
+        if candidate is None or candidate <= fits or (fails is not None and candidate >= fails):
+            candidate = 2 * max(fits, 1) if fails is None else (fits + fails) // 2
+        if candidate <= fits or candidate in points or (fails is not None and candidate >= fails):
             break
         points[candidate] = peak_at(candidate)
-        checked.append({"per_device_batch": candidate, "peak_bytes": points[candidate]})
-        if points[candidate] <= memory:
-            fits_known = candidate
-            if points[candidate] >= 0.97 * memory:
-                break
-        else:
-            fails_known = candidate if fails_known is None else min(fails_known, candidate)
-        # Next candidate: the line through the two largest batches compiled so far.
-        (b1, p1), (b2, p2) = sorted(points.items())[-2:]
+        checked.append({"per_device_batch": candidate,
+                        "peak_bytes": points[candidate] if points[candidate] < math.inf else None})
+        fits, fails = known()
+        if fits and points[fits] >= 0.97 * memory:
+            break
+        compiled = sorted((b, p) for b, p in points.items() if p < math.inf)
+        (b1, p1), (b2, p2) = compiled[-2:]
         candidate = largest_batch(b1, p1, b2, p2, memory)[0]
-    return {"largest_per_device_batch": fits_known or None, "bytes_per_example": per_example, "fixed_bytes": fixed,
+    return {"largest_per_device_batch": fits or None, "bytes_per_example": per_example, "fixed_bytes": fixed,
             "from_batches": [per_device, 2 * per_device], "checked": checked,
-            "compile_s": round(time.perf_counter() - start, 1),
             "method": "linear fit of peak memory from two compiles, then compiles at the candidates"}
 
 
@@ -219,10 +241,12 @@ def format_report(result: dict) -> str:
         found = ("none found (even one example per device does not fit)" if not best else
                  f"{best} per device (compiled there: peak {program.format_bytes(peaks[best])})" if best in peaks else
                  f"{best} per device (compiled)")
-        tried = ", ".join(f"{c['per_device_batch']}: {program.format_bytes(c['peak_bytes'])}" for c in fit["checked"])
-        rows.append(("largest batch that fits", f"{found}; first fit {program.format_bytes(fit['bytes_per_example'])} "
-                     f"per example + {program.format_bytes(fit['fixed_bytes'])} fixed from compiles at "
-                     f"{fit['from_batches'][0]} and {fit['from_batches'][1]}" + (f"; checked {tried}" if tried else "")))
+        tried = ", ".join(f"{c['per_device_batch']}: " + (program.format_bytes(c["peak_bytes"]) if c["peak_bytes"]
+                                                            else "out of memory") for c in fit["checked"])
+        first = (f"first fit {program.format_bytes(fit['bytes_per_example'])} per example + "
+                 f"{program.format_bytes(fit['fixed_bytes'])} fixed" if math.isfinite(fit["bytes_per_example"])
+                 else "no first fit") + f" from compiles at {fit['from_batches'][0]} and {fit['from_batches'][1]}"
+        rows.append(("largest batch that fits", f"{found}; {first}" + (f"; checked {tried}" if tried else "")))
     if "paper" in result:
         paper = result["paper"]
         rows.append((f"on paper at {paper['mfu']:.0%} MFU", f"{paper['steps_per_s']:.2f} steps/s, "

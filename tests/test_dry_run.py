@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from genesis_jax.configs.demo import get_config
-from genesis_jax.dryrun import dry_run, largest_batch
+import math
+
+from genesis_jax.dryrun import dry_run, largest_batch, search_largest_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config.batch_size=16", "--config.data.cube_shape=(16, 16, 16)", "--config.deform.local_blocks=300"]
@@ -73,6 +75,32 @@ def test_largest_batch_is_the_linear_fit():
     mib = 2**20
     fits, per_example, fixed = largest_batch(2, 120 * mib, 4, 140 * mib, 1024 * mib)
     assert (fits, per_example, fixed) == (92, 10 * mib, 100 * mib)
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("name,peak,expected", [
+    # linear: 1 GiB + 0.5 GiB per example in 16 GiB -> 30
+    ("linear", lambda b: GIB + b * GIB / 2, 30),
+    # TPU-like: linear until the compiler starts rematerialising at 12 GiB, flat up to 80
+    # examples, out of memory beyond: the answer is found past the flat part.
+    ("saturating", lambda b: (min(GIB + b * GIB / 2, 12 * GIB) if b <= 80 else math.inf), 80),
+    # nothing fits
+    ("too big", lambda b: 20 * GIB * b, None),
+])
+def test_batch_search(name, peak, expected):
+    calls = []
+
+    def peak_at(b):
+        calls.append(b)
+        return peak(b)
+
+    fit = search_largest_batch(peak_at, 2, peak(2), 16 * GIB, max_checks=8)
+    assert fit["largest_per_device_batch"] == expected, (name, calls, fit)
+    assert len(calls) <= 9
+    if expected:
+        assert peak(expected) <= 16 * GIB
 
 
 def test_dry_run_needs_no_store_but_still_validates(tmp_path):
