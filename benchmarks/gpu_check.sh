@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All GPU checks in one run (< 5 minutes on one H100/H200). Used on the lent device machine:
+# All GPU checks in one run (< 5 minutes on one H100/H200; step 4 adds up to 4 compiles). Used on the lent device machine:
 #   bash benchmarks/gpu_check.sh            # writes JSON under $OUT (or benchmarks/results)
 # It needs only what the device image has (jax, numpy); the package is used from the
 # source tree, not installed (the device machine has no network for pip).
@@ -38,3 +38,15 @@ python benchmarks/train_step.py $STEP_ARGS $TORCH_FLAG --json "$OUT/train_step_$
 
 echo "== 3. End to end: host data + transfer + on-device deformation + step vs the step alone (issue 5; goal: deformation + data overhead < 5% of the step on GPU)"
 python benchmarks/end_to_end.py $E2E_ARGS --json "$OUT/end_to_end_$BACKEND.json"
+
+echo "== 4. Dry run of the full-width bf16 pre-training step: per-GPU memory, FLOPs, collectives, largest batch that fits (issue 8)"
+if python -c "import ml_collections" 2>/dev/null; then
+  if [ "$BACKEND" = "gpu" ]; then
+    DRY_ARGS="--config=genesis_chest_ct --config.batch_size=32 --fit_compiles=2"
+  else
+    DRY_ARGS="--config.batch_size=2 --device_memory_gb=1 --fit_compiles=1"
+  fi
+  python -m genesis_jax.train --dry_run $DRY_ARGS --json "$OUT/dry_run_$BACKEND.json"
+else
+  echo "(ml_collections not importable: dry run skipped; carry its wheel, see the device tool's README)"
+fi

@@ -123,7 +123,8 @@ def largest_batch(per_device: int, peak: int, per_device_2: int, peak_2: int, me
     return max(0, math.floor((memory - fixed) / per_example)), per_example, fixed
 
 
-def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = None, fit: bool = True) -> dict:
+def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = None, fit: bool = True,
+            fit_compiles: int = 4) -> dict:
     devices = target_devices(topology, cfg.num_devices)
     mesh = sharding.make_mesh(devices)
     sharding.check_batch_size(cfg.batch_size, mesh)
@@ -148,11 +149,12 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
                            "steps_per_s": PAPER_MFU * peak_flops / report.flops,
                            "samples_per_s_per_device": PAPER_MFU * peak_flops / report.flops * per_device}
     if fit and memory:
-        result["fit"] = fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory)
+        result["fit"] = fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory,
+                                  fit_compiles)
     return result
 
 
-def fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory) -> dict:
+def fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory, max_checks=4) -> dict:
     """The largest per-device batch whose compiled peak fits `memory` (see the module doc)."""
     def peak_at(batch):
         try:
@@ -164,7 +166,7 @@ def fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report,
         return compiled.peak_bytes
 
     start = time.perf_counter()
-    fit = search_largest_batch(peak_at, per_device, report.peak_bytes, memory)
+    fit = search_largest_batch(peak_at, per_device, report.peak_bytes, memory, max_checks)
     fit["compile_s"] = round(time.perf_counter() - start, 1)
     return fit
 
@@ -183,6 +185,7 @@ def search_largest_batch(peak_at, per_device: int, peak: float, memory: float, m
     first = largest_batch(per_device, peak, 2 * per_device, points[2 * per_device], memory) \
         if points[2 * per_device] < math.inf else (None, math.nan, math.nan)
     candidate, per_example, fixed = first
+    linear_estimate = candidate
     checked = []
 
     def known():
@@ -205,7 +208,8 @@ def search_largest_batch(peak_at, per_device: int, peak: float, memory: float, m
         compiled = sorted((b, p) for b, p in points.items() if p < math.inf)
         (b1, p1), (b2, p2) = compiled[-2:]
         candidate = largest_batch(b1, p1, b2, p2, memory)[0]
-    return {"largest_per_device_batch": fits or None, "bytes_per_example": per_example, "fixed_bytes": fixed,
+    return {"largest_per_device_batch": fits or None, "linear_estimate": linear_estimate,
+            "bytes_per_example": per_example, "fixed_bytes": fixed,
             "from_batches": [per_device, 2 * per_device], "checked": checked,
             "method": "linear fit of peak memory from two compiles, then compiles at the candidates"}
 
@@ -238,7 +242,9 @@ def format_report(result: dict) -> str:
         fit = result["fit"]
         best = fit["largest_per_device_batch"]
         peaks = {c["per_device_batch"]: c["peak_bytes"] for c in fit["checked"]}
-        found = ("none found (even one example per device does not fit)" if not best else
+        found = (f"about {fit['linear_estimate']} per device, estimated by the linear fit (not compiled there)"
+                 if not fit["checked"] and fit["linear_estimate"] else
+                 "none found (even one example per device does not fit)" if not best else
                  f"{best} per device (compiled there: peak {program.format_bytes(peaks[best])})" if best in peaks else
                  f"{best} per device (compiled)")
         tried = ", ".join(f"{c['per_device_batch']}: " + (program.format_bytes(c["peak_bytes"]) if c["peak_bytes"]

@@ -42,6 +42,11 @@ def _define_flags():
     flags.DEFINE_float("device_memory_gb", None, "with --dry_run: memory per device in GiB for the largest-batch "
                        "fit (default: the device's own where known)")
     flags.DEFINE_string("json", None, "with --dry_run: also write the report to this JSON file")
+    flags.DEFINE_integer("fit_compiles", None, "with --dry_run: compiles spent refining the largest batch after the "
+                         "first two (default 4; 0: the linear fit's candidate is not checked)")
+
+
+_DRY_RUN_FLAGS = ("topology", "device_memory_gb", "json", "fit_compiles")
 
 
 def _resolve_config_names(argv: list[str]) -> list[str]:
@@ -81,9 +86,9 @@ def parse(argv: list[str]):
                        if flags.FLAGS[k].value is not None}
     dry_run = None
     if flags.FLAGS.dry_run:
-        dry_run = {k: flags.FLAGS[k].value for k in ("topology", "device_memory_gb", "json")}
-    elif any(flags.FLAGS[k].value is not None for k in ("topology", "device_memory_gb", "json")):
-        print("error: bad flag: --topology, --device_memory_gb and --json go with --dry_run", file=sys.stderr)
+        dry_run = {k: flags.FLAGS[k].value for k in _DRY_RUN_FLAGS}
+    elif any(flags.FLAGS[k].value is not None for k in _DRY_RUN_FLAGS):
+        print(f"error: bad flag: {', '.join('--' + k for k in _DRY_RUN_FLAGS)} go with --dry_run", file=sys.stderr)
         sys.exit(2)
     return config, workdir, distributed, dry_run
 
@@ -91,7 +96,11 @@ def parse(argv: list[str]):
 def run_dry(config, options) -> int:
     from genesis_jax.dryrun import DryRunError, dry_run, format_report, write_json
     try:
-        result = dry_run(config, topology=options["topology"], device_memory_gb=options["device_memory_gb"])
+        fit_compiles = 4 if options["fit_compiles"] is None else options["fit_compiles"]
+        if fit_compiles < 0:
+            raise DryRunError(f"--fit_compiles must be >= 0, got {fit_compiles}")
+        result = dry_run(config, topology=options["topology"], device_memory_gb=options["device_memory_gb"],
+                         fit_compiles=fit_compiles)
     except DryRunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
