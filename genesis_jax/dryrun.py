@@ -52,9 +52,13 @@ class DryRunError(ValueError):
 
 
 def target_devices(topology: str | None, num_devices: int):
-    if not topology:
-        devices = jax.devices()
-        return devices[:num_devices] if num_devices else devices
+    """The devices to compile for: this host's, or a TPU slice's; the first num_devices
+    of them when that is set (config.num_devices)."""
+    devices = topology_devices(topology) if topology else jax.devices()
+    return devices[:num_devices] if num_devices else devices
+
+
+def topology_devices(topology: str):
     try:
         from jax.experimental import topologies
         # A v4 chip's two TensorCores are one JAX device on TPU VMs (megacore); libtpu's

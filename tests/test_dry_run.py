@@ -121,10 +121,15 @@ def test_bad_dry_run_requests_get_one_line(tmp_path, args, words):
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu: pip install 'genesis-jax[tpu]'")
 def test_tpu_ahead_of_time_compile_splits_the_batch():
     """v5e: 1 chip vs a 2x2 slice at the same global batch: per-chip FLOPs are 1/4 and the
-    only collectives are all-reduces (before the fix: the whole batch on every chip)."""
-    cfg = tiny(batch_size=8)
-    cfg.data.cube_shape = (32, 32, 16)
-    one = dry_run(cfg, topology="v5e:1x1", fit=False)
+    only collectives are all-reduces (before the fix: the whole batch on every chip).
+    Batch 32 at width 16: the TPU cost model is not linear at 1-2 examples per chip
+    (seen: width 16, one chip, 53.1 GFLOP at batch 2 and 159.4 at batch 8), so a tiny
+    batch would blur the 1/4 that holds exactly at 8 per chip (637.4 -> 159.4)."""
+    cfg = tiny(batch_size=32, num_devices=1)
+    cfg.data.cube_shape, cfg.model.width = (32, 32, 16), 16
+    one = dry_run(cfg, topology="v5e:2x2", fit=False)
+    cfg.num_devices = 4
     four = dry_run(cfg, topology="v5e:2x2", fit=False)
+    assert (one["devices"], four["devices"]) == (1, 4)
     assert four["per_device"]["flops"] <= 1.1 * one["per_device"]["flops"] / 4
     assert set(four["per_device"]["collectives"]) == {"all-reduce"}
