@@ -50,15 +50,27 @@ def _kvstore(location) -> dict | str:
 
 
 def _read_metadata(location) -> dict | None:
-    """zarr.json of the store at `location`, or None when there is none."""
-    if isinstance(location, Path):
-        meta_path = location / "zarr.json"
-        return json.loads(meta_path.read_text()) if meta_path.exists() else None
+    """zarr.json of the store at `location` (a path or a URL), or None when there is none."""
     try:
-        result = ts.KvStore.open(location, context=_CONTEXT).result().read("zarr.json").result()
+        result = _open_kvstore(location).read("zarr.json").result()
     except ValueError as e:  # an unknown URL scheme or an unreachable bucket
         raise ValueError(f"{location}: cannot open this store location ({str(e).splitlines()[0]})") from None
     return json.loads(result.value) if result.state == "value" else None
+
+
+def _write_attributes(location, attributes: dict) -> None:
+    """Set the `genesis` attributes in the zarr.json of the store at `location`."""
+    kvstore = _open_kvstore(location)
+    meta = json.loads(kvstore.read("zarr.json").result().value)
+    meta.setdefault("attributes", {})[ATTRIBUTES_KEY] = attributes
+    kvstore.write("zarr.json", json.dumps(meta, indent=2).encode()).result()
+
+
+def _open_kvstore(location) -> ts.KvStore:
+    """The store's directory as a key-value store (keys: zarr.json, c/...)."""
+    if isinstance(location, Path):  # a file kvstore path is a key prefix: the directory needs its '/'
+        return ts.KvStore.open({"driver": "file", "path": f"{location}/"}, context=_CONTEXT).result()
+    return ts.KvStore.open(location, context=_CONTEXT).result()
 
 
 def _spec(location, cube_shape, attributes=None, create=False) -> dict:
@@ -88,7 +100,6 @@ class CubeStoreWriter:
 
     def __init__(self, path, cube_shape=(64, 64, 32)):
         self.location = store_location(path)
-        self.path = self.location  # for messages: the store as the user named it
         self.cube_shape = tuple(cube_shape)
         if isinstance(self.location, Path):
             self.location.parent.mkdir(parents=True, exist_ok=True)
@@ -118,17 +129,8 @@ class CubeStoreWriter:
 
     def commit(self, attributes: dict):
         """Record the attributes, then publish the store at its final location."""
-        attributes = {**attributes, "cubes": self.count}
-        if self.tmp is None:
-            kvstore = ts.KvStore.open(self.location, context=_CONTEXT).result()
-            meta = json.loads(kvstore.read("zarr.json").result().value)
-            meta.setdefault("attributes", {})[ATTRIBUTES_KEY] = attributes
-            kvstore.write("zarr.json", json.dumps(meta, indent=2).encode()).result()
-        else:
-            meta_path = self.tmp / "zarr.json"
-            meta = json.loads(meta_path.read_text())
-            meta.setdefault("attributes", {})[ATTRIBUTES_KEY] = attributes
-            meta_path.write_text(json.dumps(meta, indent=2))
+        _write_attributes(self.tmp or self.location, {**attributes, "cubes": self.count})
+        if self.tmp is not None:
             if self.location.exists():
                 shutil.rmtree(self.location)
             self.tmp.rename(self.location)
@@ -139,7 +141,7 @@ class CubeStoreWriter:
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
-            ts.KvStore.open(self.location, context=_CONTEXT).result().delete_range(ts.KvStore.KeyRange()).result()
+            _open_kvstore(self.location).delete_range(ts.KvStore.KeyRange()).result()
 
     def __enter__(self):
         return self
