@@ -5,7 +5,7 @@
 # Size the job before booking the slice (on any machine with libtpu, no TPU needed):
 #   python -m genesis_jax.train --config=multi_device --dry_run --topology=v5e:4x4 --config.batch_size=256
 # Set up each worker first (once): the repository at ~/genesis-jax and
-#   pip install -e '~/genesis-jax[tpu]'
+#   pip install -e "$HOME/genesis-jax[tpu]"
 # The cube store may be a bucket URL every worker reads (--config.data.store=gs://bucket/cubes.zarr)
 # or a path readable on every worker; the workdir must be one directory that all workers
 # see (a shared mount), since checkpoints are written collectively.
