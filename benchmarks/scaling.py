@@ -82,6 +82,12 @@ def measure(n_devices, global_batch, args, graphdef, host_state, replicated=Fals
             "samples_per_s": global_batch / median}
 
 
+def table_row(label, row: dict) -> str:
+    return (f"| {label} | {row['global_batch']} | {row['per_device_batch']} | {row['per_device_gflops']:.2f} | "
+            f"{row['peak_mib']:.1f} | {collectives_text(row['collectives'])} | {row['step_ms']:.0f} | "
+            f"{row['samples_per_s']:.2f} |")
+
+
 def collectives_text(summary: dict) -> str:
     if not summary:
         return "none"
@@ -118,17 +124,13 @@ def main(argv=None) -> dict:
                 continue
             row = measure(n, batch_of(n), args, graphdef, host_state)
             result[series].append(row)
-            print(f"| {n} | {row['global_batch']} | {row['per_device_batch']} | {row['per_device_gflops']:.2f} | "
-                  f"{row['peak_mib']:.1f} | {collectives_text(row['collectives'])} | {row['step_ms']:.0f} | "
-                  f"{row['samples_per_s']:.2f} |", flush=True)
+            print(table_row(n, row), flush=True)
     strong = {row["devices"]: row for row in result["strong"]}
     if 1 in strong and max(strong) > 1:
         n = max(strong)
         row = measure(n, args.global_batch, args, graphdef, host_state, replicated=True)
         result["strong_replicated_baseline"] = row
-        print(f"| {n}, deformation replicated (before the fix) | {row['global_batch']} | {row['per_device_batch']} | "
-              f"{row['per_device_gflops']:.2f} | {row['peak_mib']:.1f} | {collectives_text(row['collectives'])} | "
-              f"{row['step_ms']:.0f} | {row['samples_per_s']:.2f} |", flush=True)
+        print(table_row(f"{n}, deformation replicated (before the fix)", row), flush=True)
         result["strong_ratio"] = {"devices": n, "flops_ratio": strong[n]["per_device_gflops"] / strong[1]["per_device_gflops"],
                                   "samples_per_s_ratio": strong[n]["samples_per_s"] / strong[1]["samples_per_s"],
                                   "replicated_samples_per_s_ratio": row["samples_per_s"] / strong[1]["samples_per_s"]}

@@ -25,6 +25,11 @@ class TrainState(NamedTuple):
     momentum: optax.OptState
 
 
+def restoration_mse(restored: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared error between a restoration and its target, in float32."""
+    return jnp.mean(jnp.square(restored - target.astype(jnp.float32)))
+
+
 def restoration_loss(model: UNet3D, corrupted: jax.Array, target: jax.Array) -> jax.Array:
     """Mean squared error between the sigmoid output and the target cube, in float32.
 
@@ -32,7 +37,7 @@ def restoration_loss(model: UNet3D, corrupted: jax.Array, target: jax.Array) -> 
     """
     if corrupted.ndim == 4:
         corrupted, target = corrupted[..., None], target[..., None]
-    return jnp.mean(jnp.square(model(corrupted) - target.astype(jnp.float32)))
+    return restoration_mse(model(corrupted), target)
 
 
 def momentum_transform(momentum: float = 0.9) -> optax.GradientTransformation:

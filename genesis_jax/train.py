@@ -96,11 +96,11 @@ def parse(argv: list[str]):
 def run_dry(config, options) -> int:
     from genesis_jax.dryrun import DryRunError, dry_run, format_report, write_json
     try:
-        fit_compiles = 4 if options["fit_compiles"] is None else options["fit_compiles"]
-        if fit_compiles < 0:
-            raise DryRunError(f"--fit_compiles must be >= 0, got {fit_compiles}")
+        if options["fit_compiles"] is not None and options["fit_compiles"] < 0:
+            raise DryRunError(f"--fit_compiles must be >= 0, got {options['fit_compiles']}")
+        search = {} if options["fit_compiles"] is None else {"fit_compiles": options["fit_compiles"]}
         result = dry_run(config, topology=options["topology"], device_memory_gb=options["device_memory_gb"],
-                         fit_compiles=fit_compiles)
+                         **search)
     except DryRunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

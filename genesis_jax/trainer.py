@@ -28,7 +28,7 @@ from genesis_jax.data.sources import load_run_data
 from genesis_jax.deform import DeformConfig, sharded_genesis_batch
 from genesis_jax.metrics import MetricWriter, restoration_grid
 from genesis_jax.models import UNet3D
-from genesis_jax.step import apply_gradients, init_train_state, model_from_state
+from genesis_jax.step import apply_gradients, init_train_state, model_from_state, restoration_mse
 
 _VALIDATION_KEY = 2**31 - 1  # fold_in tag of the frozen validation corruptions
 
@@ -145,7 +145,7 @@ def make_eval_step(graphdef, mesh):
         model = model_from_state(graphdef, state)
         model.eval()
         restored = model(corrupted[..., None])[..., 0]
-        return jnp.mean(jnp.square(restored - target.astype(jnp.float32))), restored
+        return restoration_mse(restored, target), restored
 
     batched = sharding.batch_sharded(mesh)
     return jax.jit(eval_fn, in_shardings=(sharding.replicated(mesh), batched, batched),
