@@ -5,7 +5,7 @@
 Both sides corrupt the same random 64x64x32 cubes with the default DeformConfig on
 this machine, one after the other. JAX: compiled and warmed up first, then `repeats`
 timed calls with fresh keys, each ending in block_until_ready; the median is reported.
-Reference: `reference_cubes` cubes through benchmarks/reference_numpy.py one at a time,
+Reference: `reference_cubes` cubes through genesis_jax/reference/numpy_genesis.py one at a time,
 three passes with the same draws, median pass.
 With --stages it also times each deformation alone (applied to every cube; per cube
 with lax.map on CPU, vmapped elsewhere, as genesis_batch does) to show where the time goes.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -24,9 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
-from reference_numpy import ReferencePipeline  # noqa: E402
+from genesis_jax.reference.numpy_genesis import ReferencePipeline  # noqa: E402
 
 from genesis_jax.deform import (  # noqa: E402
     DeformConfig, flip, genesis_batch, inpaint, local_pixel_shuffle, nonlinear_intensity, outpaint)

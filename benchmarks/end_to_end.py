@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import jax
@@ -23,15 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import timed, write_json  # noqa: E402
 
 from genesis_jax import sharding
 from genesis_jax.data import SamplerConfig, VolumeBatches
 from genesis_jax.deform import DeformConfig, genesis_batch
 from genesis_jax.models import UNet3D
-from genesis_jax.step import init_train_state, make_train_step
-from genesis_jax.trainer import make_pretrain_step
+from genesis_jax.configs.base import base_config
+from genesis_jax.optim import recipe_sgd
+from genesis_jax.step import init_train_state, make_model_step, make_train_step
+from genesis_jax.tasks import PretrainTask, restoration_loss
 
 
 def synthetic_volume(shape=(256, 256, 160), seed=0) -> np.ndarray:
@@ -56,28 +56,30 @@ def main(argv=None) -> dict:
     mesh = sharding.make_mesh()
     deform_cfg = DeformConfig()
     model = UNet3D(width=args.width, dtype=jnp.dtype(args.dtype), rngs=nnx.Rngs(0))
-    graphdef, state0 = init_train_state(model)
+    tx = recipe_sgd(learning_rate=0.1)
+    graphdef, state0 = init_train_state(model, tx)
     source = VolumeBatches([synthetic_volume()], SamplerConfig(crop=shape, filter="foreground", min_foreground=0.3))
-    lr = jnp.float32(0.1)
     root = jax.random.key(0)
 
     clean = sharding.global_batch(source.batch(0, args.batch), mesh)
     corrupted, target = genesis_batch(root, clean, deform_cfg)
-    plain_step = make_train_step(graphdef)
-    pretrain_step = make_pretrain_step(graphdef, root, deform_cfg, 0.9, mesh)
+    plain_step = make_model_step(graphdef, tx, restoration_loss)
+    task = PretrainTask(base_config())
+    task.check_config()
+    pretrain_step = make_train_step(graphdef, tx, task, root, mesh)
     holder = {}
 
     def step_alone(i):
-        holder["s"], loss = plain_step(holder["s"], corrupted, target, lr)
+        holder["s"], loss = plain_step(holder["s"], corrupted, target)
         return loss
 
     def deform_and_step(i):
-        holder["s"], metrics = pretrain_step(holder["s"], clean, i, lr)
+        holder["s"], metrics = pretrain_step(holder["s"], clean, i)
         return metrics["loss"]
 
     def full_loop(i):
         cubes = sharding.global_batch(source.batch(i, args.batch), mesh)
-        holder["s"], metrics = pretrain_step(holder["s"], cubes, i, lr)
+        holder["s"], metrics = pretrain_step(holder["s"], cubes, i)
         return metrics["loss"]
 
     rows = {}

@@ -21,9 +21,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -31,47 +29,42 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import timed, write_json  # noqa: E402
 
 from genesis_jax import program, sharding  # noqa: E402
-from genesis_jax import trainer  # noqa: E402
-from genesis_jax.deform import DeformConfig, genesis_batch  # noqa: E402
+from genesis_jax.configs.base import base_config  # noqa: E402
+from genesis_jax.deform import genesis_batch  # noqa: E402
 from genesis_jax.models import UNet3D  # noqa: E402
-from genesis_jax.step import init_train_state  # noqa: E402
-from genesis_jax.trainer import make_pretrain_step  # noqa: E402
+from genesis_jax.optim import recipe_sgd  # noqa: E402
+from genesis_jax.step import init_train_state, make_train_step  # noqa: E402
+from genesis_jax.tasks import PretrainTask  # noqa: E402
 
 
-def replicated_deformation(key, cubes, cfg, mesh):
+class ReplicatedDeformation(PretrainTask):
     """The step as it was before the split (genesis_batch on the sharded batch): XLA
     gathers the batch and every device deforms all of it and runs the U-Net on it."""
-    return genesis_batch(key, cubes, cfg)
+
+    def prepare(self, key, cubes, mesh, first_index=0):
+        return genesis_batch(key, cubes, self.deform)
 
 
-@contextlib.contextmanager
-def deformation_stage(replacement):
-    """Trace the trainer's step with another deformation stage (None: the real one)."""
-    original = trainer.sharded_genesis_batch
-    trainer.sharded_genesis_batch = replacement or original
-    try:
-        yield
-    finally:
-        trainer.sharded_genesis_batch = original
+TX = recipe_sgd(learning_rate=0.01)
 
 
 def measure(n_devices, global_batch, args, graphdef, host_state, replicated=False) -> dict:
     mesh = sharding.make_mesh(jax.devices()[:n_devices])
-    step = make_pretrain_step(graphdef, jax.random.key(0), DeformConfig(), 0.9, mesh)
+    task = (ReplicatedDeformation if replicated else PretrainTask)(base_config())
+    task.check_config()
+    step = make_train_step(graphdef, TX, task, jax.random.key(0), mesh)
     state = sharding.replicate(jax.tree.map(jnp.asarray, host_state), mesh)
     rng = np.random.default_rng(0)
     cubes = sharding.global_batch(rng.random((global_batch, *args.shape), dtype=np.float32), mesh)
-    with deformation_stage(replicated_deformation if replicated else None):
-        compiled = step.lower(state, cubes, 0, jnp.float32(0.01)).compile()
+    compiled = step.lower(state, cubes, 0).compile()
     report = program.analyse(compiled)
     holder = {"state": state}
 
     def run(i):
-        holder["state"], metrics = compiled(holder["state"], cubes, i, jnp.float32(0.01))
+        holder["state"], metrics = compiled(holder["state"], cubes, i)
         return metrics["loss"]
 
     times = timed(run, args.steps, args.warmup)
@@ -109,7 +102,7 @@ def main(argv=None) -> dict:
     available = jax.device_count()
     if max(args.devices) > available:
         parser.error(f"{max(args.devices)} devices asked, {available} available")
-    graphdef, state = init_train_state(UNet3D(width=args.width, rngs=nnx.Rngs(0)))
+    graphdef, state = init_train_state(UNet3D(width=args.width, rngs=nnx.Rngs(0)), TX)
     host_state = jax.tree.map(np.asarray, state)
     print(f"pre-training step scaling on {jax.default_backend()} ({jax.devices()[0].device_kind}), jax "
           f"{jax.__version__}, width {args.width}, cubes {args.shape}, median of {args.steps} steps", flush=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -21,13 +20,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import timed, write_json  # noqa: E402
 
 from genesis_jax.models import UNet3D  # noqa: E402
 from genesis_jax.models.unet import conv_transpose_2x, conv_transpose_reference  # noqa: E402
-from genesis_jax.step import init_train_state, make_train_step  # noqa: E402
+from genesis_jax.optim import recipe_sgd  # noqa: E402
+from genesis_jax.step import init_train_state, make_model_step  # noqa: E402
+from genesis_jax.tasks import restoration_loss  # noqa: E402
 
 PAPER_FLOPS_PER_SAMPLE = 732.7e9  # width 32, 64x64x32
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
@@ -47,17 +47,17 @@ def xla_flops(compiled) -> float | None:
 
 def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True) -> dict:
     model = UNet3D(width=width, dtype=dtype, rngs=nnx.Rngs(0), fast_upconv=fast_upconv)
-    graphdef, state = init_train_state(model)
-    step = make_train_step(graphdef)
+    tx = recipe_sgd()
+    graphdef, state = init_train_state(model, tx)
+    step = make_model_step(graphdef, tx, restoration_loss)
     cubes = jax.random.uniform(jax.random.key(0), (batch, *shape), jnp.float32)
-    lr = jnp.float32(1.0)
     start = time.perf_counter()
-    compiled = step.lower(state, cubes, cubes, lr).compile()
+    compiled = step.lower(state, cubes, cubes).compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
     def run(i):
-        holder["state"], loss = compiled(holder["state"], cubes, cubes, lr)
+        holder["state"], loss = compiled(holder["state"], cubes, cubes)
         return loss
 
     median = statistics.median(timed(run, steps, warmup))
@@ -86,7 +86,7 @@ def bench_upconv(batch, width, shape, dtype, steps, warmup) -> list[dict]:
 
 def bench_torch_step(batch, width, shape, dtype, steps, warmup) -> dict:
     import torch
-    from torch_unet import TorchUNet3D
+    from genesis_jax.reference.torch_unet import TorchUNet3D
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = TorchUNet3D(width=width).to(device).to(memory_format=torch.channels_last_3d)

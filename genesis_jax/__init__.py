@@ -1,3 +1,3 @@
 """genesis-jax: Models Genesis self-supervised pre-training in JAX/Flax."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

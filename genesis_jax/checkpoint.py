@@ -1,22 +1,41 @@
-"""Orbax checkpoints: the latest N (async) plus the best by validation loss.
+"""Orbax checkpoints of a run: one CheckpointManager keeps the latest N and the best.
 
-Saved per checkpoint: the train state (parameters, BatchNorm statistics, momentum), and
-JSON metadata (step, learning rate, schedule and early-stopping state, data cursor,
-seed). Restoring needs the abstract state of the current mesh, so a run can resume on
-another device count. An unreadable latest checkpoint (half-written, corrupt) is
-skipped with a warning in favour of the one before.
+Layout (format 2): checkpoints/<step>/{state, meta}. `state` is the train state
+(parameters, BatchNorm statistics, optimizer state with its learning rate); `meta` is
+JSON: format, step, the run identity (task, model, optimizer, schedule, data, batch,
+seed), the data digest, RNG key, data cursor, early-stopping and plateau state.
+Evaluation steps that improved the validation loss are saved with it as the Orbax
+metric `val_loss`; the preservation policy keeps the latest `keep` checkpoints plus the
+one with the lowest `val_loss`.
+
+Resume is careful with what it finds: the identity of the newest checkpoint is compared
+with the config before anything is read or moved, and a mismatch is refused naming the
+fields. Only a checkpoint shown to be damaged (its metadata unreadable, or its arrays
+failing to decode) is set aside, renamed `<step>.unreadable-<time>`, and only once an
+older one has been restored; if none can be restored the run stops with an error.
+Half-written saves are never listed by Orbax (it writes `<step>.orbax-checkpoint-tmp-*`
+and renames on commit); any found are reported and removed.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import time
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
-log = logging.getLogger(__name__)
+from genesis_jax.errors import UserError
+
+FORMAT = 2
+# What damaged files look like when Orbax reads them (seen here: zeroed, truncated or
+# deleted files): TensorStore status codes and read errors, a missing item. A shape or
+# structure mismatch ("Requested shape ... is not compatible") is not among them: that
+# is a bug or a config change, and it propagates.
+_DAMAGE_MARKERS = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "Error reading", "Error opening",
+                   "was not found in the checkpoint", "checksum", "corrupt")
 
 
 def abstract_like(tree):
@@ -24,87 +43,134 @@ def abstract_like(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def identity_mismatch(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+    """'field=old, the config says new' for every leaf that differs (JSON-normalised)."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        name = f"{prefix}{key}"
+        old, new = recorded.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            out.extend(identity_mismatch(old, new, name + "."))
+        elif _canonical(old) != _canonical(new):
+            out.append(f"{name}={_show(old)}, the config says {_show(new)}")
+    return out
+
+
+def _canonical(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def _show(value) -> str:
+    value = _canonical(value)
+    return json.dumps(value) if isinstance(value, str) and not value else \
+        (",".join(map(str, value)) if isinstance(value, list) else str(value))
+
+
 class Checkpointer:
     def __init__(self, directory, keep: int = 3):
-        directory = Path(directory).absolute()
-        self.directory = directory
-        def options(keep_n, name):
-            # Both managers may save the same step at once; across processes their barriers
-            # must not share names (seen: "Barrier _async_write_complete.2 is already ongoing").
-            return ocp.CheckpointManagerOptions(
-                max_to_keep=keep_n, enable_async_checkpointing=True, create=True,
-                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
+        self.directory = Path(directory).absolute()
+        _refuse_old_layout(self.directory)
+        self.incomplete = sorted(p.name for p in self.directory.glob("*.orbax-checkpoint-tmp*")) \
+            if self.directory.is_dir() else []
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True,
+            preservation_policy=policies.AnyPreservationPolicy([
+                policies.LatestN(n=keep),
+                policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
+                               keep_checkpoints_without_metrics=False)]))
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        for name in self.incomplete:
+            print(f"warning: {self.directory / name} is a checkpoint whose write never finished; removed",
+                  flush=True)
 
-        self.latest = ocp.CheckpointManager(directory / "latest", options=options(keep, "latest"))
-        self.best = ocp.CheckpointManager(directory / "best", options=options(1, "best"))
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
-    @staticmethod
-    def _args(state, meta):
-        return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    def save(self, step: int, state, meta: dict, val_loss: float | None = None) -> None:
+        # A run that fell back past a damaged checkpoint reaches its step again: replace it.
+        if step in self.manager.all_steps():
+            self.manager.wait_until_finished()
+            self.manager.delete(step)
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)),
+                          metrics=None if val_loss is None else {"val_loss": float(val_loss)}, force=True)
 
-    def save(self, step: int, state, meta: dict) -> None:
-        self._save(self.latest, step, state, meta)
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def save_best(self, step: int, state, meta: dict) -> None:
-        self._save(self.best, step, state, meta)
+    def restore(self, step: int, abstract_state):
+        return self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))["state"]
 
-    def _save(self, manager, step, state, meta) -> None:
-        # A resumed run can reach a step saved before (the best of a run that fell back
-        # past a corrupt checkpoint): the new state replaces it.
-        if step in manager.all_steps():
-            manager.wait_until_finished()
-            manager.delete(step)
-        manager.save(step, args=self._args(state, meta), force=True)
+    def best_step(self) -> int | None:
+        scored = [(self.manager.metrics(s)["val_loss"], s) for s in self.steps() if self.manager.metrics(s)]
+        return min(scored)[1] if scored else None
 
-    def restore_latest(self, abstract_state):
-        """(state, meta) of the newest readable checkpoint, or None when there is none.
+    def restore_latest(self, abstract_state, check_meta):
+        """(state, meta) of the newest checkpoint that can be restored, None when there is none.
 
-        Unreadable newer steps are moved aside (renamed `<step>.unreadable`), so the run
-        can write those steps again.
+        check_meta(meta) raises UserError when the run cannot continue from it (another
+        model, optimizer, data...): that stops the resume with nothing touched. A damaged
+        newer checkpoint is set aside after an older one restored; when all are damaged,
+        UserError.
         """
-        self.latest.reload()
-        unreadable = []
-        for step in sorted(self.latest.all_steps(), reverse=True):
+        self.manager.reload()
+        damaged = []
+        for step in reversed(self.steps()):
             try:
-                restored = self._restore(self.latest, step, abstract_state)
-                self._move_aside(unreadable)
-                return restored
-            except Exception as e:  # a half-written or corrupt step: try the one before
-                unreadable.append(step)
-                log.warning("checkpoint at step %d is unreadable (%s: %s); falling back to an earlier one",
-                            step, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
-                print(f"warning: checkpoint at step {step} is unreadable ({type(e).__name__}); "
-                      f"falling back to an earlier one", flush=True)
-        self._move_aside(unreadable)
+                meta = self.read_meta(step)
+            except Exception as e:  # noqa: BLE001 - classified below; anything else propagates
+                damaged.append((step, _damage(e)))
+                continue
+            check_meta(meta)
+            try:
+                state = self.restore(step, abstract_state)
+            except Exception as e:  # noqa: BLE001
+                damaged.append((step, _damage(e)))
+                continue
+            self._set_aside(damaged)
+            return state, meta
+        if damaged:
+            listed = "; ".join(f"step {s}: {why}" for s, why in damaged)
+            raise UserError(f"{self.directory}: no checkpoint can be restored ({listed}); nothing was changed. "
+                            f"Move the directory away to start over, or use a new --workdir")
         return None
 
-    def _move_aside(self, steps) -> None:
-        if not steps or jax.process_index() != 0:
+    def _set_aside(self, damaged) -> None:
+        for step, why in damaged:
+            print(f"warning: the checkpoint of step {step} is damaged ({why}); set aside, resuming from an "
+                  f"earlier one", flush=True)
+        if not damaged or jax.process_index() != 0:
             return
-        for step in steps:
-            path = self.directory / "latest" / str(step)
+        for step, _ in damaged:
+            path = self.directory / str(step)
             if path.exists():
                 path.rename(path.with_name(f"{step}.unreadable-{int(time.time())}"))
-        self.latest.reload()
+        self.manager.reload()
 
-    def restore_best(self, abstract_state):
-        self.best.reload()
-        step = self.best.latest_step()
-        if step is None:
-            return None
-        return self._restore(self.best, step, abstract_state)
-
-    @staticmethod
-    def _restore(manager, step, abstract_state):
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        return restored["state"], restored["meta"]
+    def reached_preemption(self, step: int) -> bool:
+        """Several processes: JAX's preemption sync point (every process stops at the same step)."""
+        return self.manager.reached_preemption(step)
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.wait()
-        self.latest.close()
-        self.best.close()
+        self.manager.close()
+
+
+def _damage(error: Exception) -> str:
+    """One line on what is damaged; re-raises errors that do not look like damaged files (bugs)."""
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, (OSError, json.JSONDecodeError, EOFError)) or any(m in text for m in _DAMAGE_MARKERS):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"{type(error).__name__}: {first[:160]}"
+    raise error
+
+
+def _refuse_old_layout(directory: Path) -> None:
+    if (directory / "latest").is_dir() or (directory / "best").is_dir():
+        raise UserError(f"{directory}: checkpoints in the layout of genesis-jax before 0.2 (latest/, best/), "
+                        f"which this version cannot resume; start a new --workdir (the old best weights can still "
+                        f"be exported with an older genesis-jax)")

@@ -31,10 +31,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from genesis_jax import program, sharding
-from genesis_jax.deform import DeformConfig
-from genesis_jax.models import UNet3D
-from genesis_jax.step import init_train_state
-from genesis_jax.trainer import make_pretrain_step
+from genesis_jax.errors import UserError
+from genesis_jax.optim import make_optimizer
+from genesis_jax.step import init_train_state, make_train_step
+from genesis_jax.tasks import PretrainTask
 
 # HBM per chip (GiB) and peak dense bf16 TFLOP/s by device_kind, from the vendors' data
 # sheets: used when the device cannot report its own memory (ahead-of-time topologies).
@@ -47,7 +47,7 @@ DEVICE_SPECS = {
 PAPER_MFU = 0.4  # the utilisation at which the report converts FLOPs into steps/s "on paper"
 
 
-class DryRunError(ValueError):
+class DryRunError(UserError):
     """A dry-run request that cannot be served (unknown topology, no libtpu, ...)."""
 
 
@@ -88,33 +88,45 @@ def device_spec(device, device_memory_gb: float | None):
     return None, "unknown (pass --device_memory_gb)", None
 
 
-def abstract_train_state(cfg):
+def abstract_train_state(cfg, task, tx):
     """(graphdef, ShapeDtypeStruct state): the model's structure without allocating it."""
     holder = {}
 
     def build():
-        model = UNet3D(width=cfg.model.width, bn_mode=cfg.model.bn_mode, dtype=jnp.dtype(cfg.model.dtype),
-                       rngs=nnx.Rngs(cfg.seed))
-        holder["graphdef"], state = init_train_state(model, cfg.optimizer.momentum)
+        holder["graphdef"], state = init_train_state(task.build_model(nnx.Rngs(cfg.seed)), tx)
         return state
 
     state = jax.eval_shape(build)
     return holder["graphdef"], state
 
 
-def compile_step(cfg, mesh, graphdef, abstract_state, global_batch: int, platform: str):
+def pretrain_task_for(cfg, platform: str) -> PretrainTask:
+    """The pre-training task with its deformation batch mode resolved for the target
+    platform, not for the machine compiling."""
+    task = PretrainTask(cfg)
+    task.check_config()
+    if task.deform.batch_mode == "auto":
+        task.deform = dataclasses.replace(task.deform, batch_mode="map" if platform == "cpu" else "vmap")
+    return task
+
+
+def abstract_step_inputs(cfg, platform: str):
+    """(task, optimizer, graphdef, abstract state) of the configured pre-training step."""
+    task = pretrain_task_for(cfg, platform)
+    tx = make_optimizer(cfg.optimizer, cfg.schedule, steps_per_epoch=1, total_steps=cfg.total_steps)
+    return (task, tx, *abstract_train_state(cfg, task, tx))
+
+
+def compile_step(cfg, mesh, global_batch: int, platform: str):
     """(ProgramReport, compile seconds) of the pre-training step at this global batch."""
-    deform_cfg = DeformConfig(**cfg.deform)
-    if deform_cfg.batch_mode == "auto":  # resolve for the target, not for the machine compiling
-        deform_cfg = dataclasses.replace(deform_cfg, batch_mode="map" if platform == "cpu" else "vmap")
-    step = make_pretrain_step(graphdef, jax.random.key(cfg.seed), deform_cfg, cfg.optimizer.momentum, mesh)
+    task, tx, graphdef, abstract_state = abstract_step_inputs(cfg, platform)
+    step = make_train_step(graphdef, tx, task, jax.random.key(cfg.seed), mesh)
     replicated = sharding.replicated(mesh)
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
     cubes = jax.ShapeDtypeStruct((global_batch, *cfg.data.cube_shape), jnp.float32,
                                  sharding=sharding.batch_sharded(mesh))
     start = time.perf_counter()
-    compiled = step.lower(state, cubes, jax.ShapeDtypeStruct((), jnp.int32),
-                          jax.ShapeDtypeStruct((), jnp.float32)).compile()
+    compiled = step.lower(state, cubes, jax.ShapeDtypeStruct((), jnp.int32)).compile()
     return program.analyse(compiled), time.perf_counter() - start
 
 
@@ -133,8 +145,8 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
     mesh = sharding.make_mesh(devices)
     sharding.check_batch_size(cfg.batch_size, mesh)
     platform = devices[0].platform
-    graphdef, abstract_state = abstract_train_state(cfg)
-    report, seconds = compile_step(cfg, mesh, graphdef, abstract_state, cfg.batch_size, platform)
+    report, seconds = compile_step(cfg, mesh, cfg.batch_size, platform)
+    params = abstract_step_inputs(cfg, platform)[3].params
     per_device = cfg.batch_size // mesh.size
     memory, memory_source, peak_flops = device_spec(devices[0], device_memory_gb)
     result = {
@@ -143,8 +155,7 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
         "platform": platform,
         "device_kind": devices[0].device_kind, "devices": mesh.size, "global_batch": cfg.batch_size,
         "per_device_batch": per_device, "cube_shape": list(cfg.data.cube_shape), "width": cfg.model.width,
-        "dtype": cfg.model.dtype, "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(
-            abstract_state.params))), "compile_s": round(seconds, 1), "per_device": report.to_dict(),
+        "dtype": cfg.model.dtype, "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(params))), "compile_s": round(seconds, 1), "per_device": report.to_dict(),
         "flops_per_sample": report.flops / per_device, "device_memory_bytes": memory,
         "device_memory_source": memory_source,
     }
@@ -153,16 +164,16 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
                            "steps_per_s": PAPER_MFU * peak_flops / report.flops,
                            "samples_per_s_per_device": PAPER_MFU * peak_flops / report.flops * per_device}
     if fit and memory:
-        result["fit"] = fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory,
+        result["fit"] = fit_batch(cfg, mesh, platform, per_device, report, memory,
                                   fit_compiles)
     return result
 
 
-def fit_batch(cfg, mesh, graphdef, abstract_state, platform, per_device, report, memory, max_checks=4) -> dict:
+def fit_batch(cfg, mesh, platform, per_device, report, memory, max_checks=4) -> dict:
     """The largest per-device batch whose compiled peak fits `memory` (see the module doc)."""
     def peak_at(batch):
         try:
-            compiled, _ = compile_step(cfg, mesh, graphdef, abstract_state, batch * mesh.size, platform)
+            compiled, _ = compile_step(cfg, mesh, batch * mesh.size, platform)
         except Exception as e:  # the TPU compiler refuses a program larger than HBM
             if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
                 return math.inf

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from genesis_jax.errors import UserError
+
 
 def make_mesh(devices=None) -> Mesh:
     devices = list(devices) if devices is not None else jax.devices()
@@ -37,5 +39,5 @@ def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
     if global_batch_size % mesh.size:
-        raise ValueError(f"batch_size {global_batch_size} does not split over {mesh.size} devices; "
+        raise UserError(f"batch_size {global_batch_size} does not split over {mesh.size} devices; "
                          f"use a multiple of {mesh.size}")

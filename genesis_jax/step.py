@@ -1,10 +1,13 @@
-"""The restoration training step: U-Net forward, MSE against the uncorrupted cube, SGD.
+"""The jitted train and eval steps, for any task, over the 'data' mesh axis.
 
-The train state is a plain pytree (parameters, BatchNorm statistics, momentum buffers)
-split from the NNX model once; the graph definition stays outside jit. The learning
-rate is an argument of the step, so schedules that react to validation (plateau,
-early stopping) are decided on the host without recompiling. SGD with momentum as in
-torch: buf = momentum * buf + grad; param -= lr * buf.
+The train state is a plain pytree (parameters, BatchNorm statistics, optax state) split
+from the NNX model once; the graph definition stays outside jit. A task (tasks.py)
+says how a batch becomes (inputs, targets) on device and what the loss is; the step
+does the rest: value_and_grad, the optax update, the non-finite check.
+
+Shardings: state replicated and donated, batches split over 'data'. The only
+collectives are the gradient and BatchNorm all-reduces (tests/test_data_parallel.py
+checks the compiled program).
 """
 
 from __future__ import annotations
@@ -16,58 +19,80 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from genesis_jax.models import UNet3D
+from genesis_jax import sharding
+from genesis_jax.optim import current_learning_rate
 
 
 class TrainState(NamedTuple):
     params: nnx.State
     batch_stats: nnx.State
-    momentum: optax.OptState
+    opt_state: optax.OptState
 
 
-def restoration_mse(restored: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean squared error between a restoration and its target, in float32."""
-    return jnp.mean(jnp.square(restored - target.astype(jnp.float32)))
-
-
-def restoration_loss(model: UNet3D, corrupted: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean squared error between the sigmoid output and the target cube, in float32.
-
-    corrupted, target: (N, X, Y, Z) or (N, X, Y, Z, 1) in [0, 1].
-    """
-    if corrupted.ndim == 4:
-        corrupted, target = corrupted[..., None], target[..., None]
-    return restoration_mse(model(corrupted), target)
-
-
-def momentum_transform(momentum: float = 0.9) -> optax.GradientTransformation:
-    return optax.trace(decay=momentum)
-
-
-def init_train_state(model: UNet3D, momentum: float = 0.9):
-    """(graphdef, TrainState) for make_train_step."""
+def init_train_state(model: nnx.Module, tx: optax.GradientTransformation):
+    """(graphdef, TrainState) for the step factories below."""
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return graphdef, TrainState(params, batch_stats, momentum_transform(momentum).init(params))
+    return graphdef, TrainState(params, batch_stats, tx.init(params))
 
 
-def model_from_state(graphdef, state: TrainState) -> UNet3D:
+def model_from_state(graphdef, state: TrainState) -> nnx.Module:
     return nnx.merge(graphdef, state.params, state.batch_stats)
 
 
-def apply_gradients(graphdef, state: TrainState, corrupted, target, learning_rate, momentum: float = 0.9):
-    """One SGD step on (corrupted, target): (new state, loss). Pure; call inside jit."""
+def apply_gradients(graphdef, tx, state: TrainState, loss_fn, inputs, targets):
+    """One optimizer step on loss_fn(model, inputs, targets) -> (loss, outputs):
+    (new state, loss). Pure; call inside jit."""
     model = model_from_state(graphdef, state)
     model.train()
-    loss, grads = nnx.value_and_grad(restoration_loss)(model, corrupted, target)
-    trace, momentum_state = momentum_transform(momentum).update(grads, state.momentum)
-    params = jax.tree.map(lambda p, t: p - learning_rate * t, state.params, trace)
-    return TrainState(params, nnx.state(model, nnx.BatchStat), momentum_state), loss
+    (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, inputs, targets)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params, nnx.state(model, nnx.BatchStat), opt_state), loss
 
 
-def make_train_step(graphdef, momentum: float = 0.9):
-    """jit(step)(state, corrupted, target, learning_rate) -> (state, loss); the state is donated."""
+def all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
-    def step(state, corrupted, target, learning_rate):
-        return apply_gradients(graphdef, state, corrupted, target, learning_rate, momentum)
 
-    return jax.jit(step, donate_argnums=0)
+def make_train_step(graphdef, tx, task, root_key, mesh):
+    """jit(step)(state, batch, step) -> (state, metrics). The task prepares step s's
+    batch on device with fold_in(root, s) (each device only its own rows), then one
+    optimizer step; metrics: loss, the learning rate used, whether the parameters
+    stayed finite."""
+
+    def step_fn(state, batch, step):
+        inputs, targets = task.prepare(jax.random.fold_in(root_key, step), batch, mesh)
+        state, loss = apply_gradients(graphdef, tx, state, task.loss, inputs, targets)
+        return state, {"loss": loss, "learning_rate": current_learning_rate(state.opt_state),
+                       "params_finite": all_finite(state.params)}
+
+    replicated = sharding.replicated(mesh)
+    return jax.jit(step_fn, in_shardings=(replicated, sharding.batch_sharded(mesh), None),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_eval_step(graphdef, task, key, mesh):
+    """jit(eval)(state, batch, first_index) -> (metrics, (inputs, targets, outputs)).
+
+    The batch holds validation examples first_index .. first_index + n - 1, prepared with
+    the frozen key (the same inputs at every evaluation). Metrics are batch means; the
+    arrays are the ones scored (split over 'data'; the PNG grid takes its rows from
+    them)."""
+
+    def eval_fn(state, batch, first_index):
+        inputs, targets = task.prepare(key, batch, mesh, first_index)
+        model = model_from_state(graphdef, state)
+        model.eval()
+        loss, outputs = task.loss(model, inputs, targets)
+        return {"loss": loss, **task.metrics(outputs, targets)}, (inputs, targets, outputs)
+
+    batched = sharding.batch_sharded(mesh)
+    return jax.jit(eval_fn, in_shardings=(sharding.replicated(mesh), batched, None),
+                   out_shardings=(sharding.replicated(mesh), batched))
+
+
+def make_model_step(graphdef, tx, loss_fn):
+    """jit(step)(state, inputs, targets) -> (state, loss): the model step alone, no data
+    preparation, no mesh (benchmarks/train_step.py compares it with PyTorch's)."""
+    return jax.jit(lambda state, inputs, targets: apply_gradients(graphdef, tx, state, loss_fn, inputs, targets),
+                   donate_argnums=0)

@@ -95,13 +95,14 @@ def parse(argv: list[str]):
 
 def run_dry(config, options) -> int:
     from genesis_jax.dryrun import DryRunError, dry_run, format_report, write_json
+    from genesis_jax.errors import UserError
     try:
         if options["fit_compiles"] is not None and options["fit_compiles"] < 0:
             raise DryRunError(f"--fit_compiles must be >= 0, got {options['fit_compiles']}")
         search = {} if options["fit_compiles"] is None else {"fit_compiles": options["fit_compiles"]}
         result = dry_run(config, topology=options["topology"], device_memory_gb=options["device_memory_gb"],
                          **search)
-    except DryRunError as e:
+    except UserError as e:  # DryRunError included
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_report(result), flush=True)
@@ -116,10 +117,11 @@ def main(argv=None) -> int:
     import jax
     if distributed is not None:
         jax.distributed.initialize(**distributed)
+    from genesis_jax.errors import UserError
     from genesis_jax.trainer import TrainingDiverged, train, validate_config
     try:
         validate_config(config, require_data=dry_run is None)
-    except (ValueError, TypeError) as e:
+    except UserError as e:
         print(f"error: bad config: {e}", file=sys.stderr)
         return 2
     if dry_run is not None:
@@ -128,10 +130,7 @@ def main(argv=None) -> int:
         print(f"run directory: {workdir}", flush=True)
     try:
         summary = train(config, workdir)
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except ValueError as e:
+    except (UserError, TrainingDiverged) as e:  # anything else is a bug: its traceback stays
         print(f"error: {e}", file=sys.stderr)
         return 1
     if not summary.get("preempted") and jax.process_index() == 0:

@@ -1,8 +1,9 @@
-"""The pre-training loop: sharded jitted step, frozen validation, schedule, checkpoints, logs.
+"""The one training loop: any task (tasks.py), sharded jitted steps, frozen validation,
+schedules, checkpoints with exact resume, preemption, logs and progress.
 
-Everything random is a function of (seed, step, example): the corruption of example i
-at step s uses fold_in(fold_in(root, s), i) and the data source serves step s
-deterministically, so a resumed run repeats exactly what the uninterrupted one does.
+Everything random is a function of (seed, step, example): step s prepares example i
+with fold_in(fold_in(root, s), i) and the data source serves step s deterministically,
+so a resumed run repeats exactly what the uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -16,317 +17,345 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
 import genesis_jax
 from genesis_jax import sharding
-from genesis_jax.checkpoint import Checkpointer, abstract_like
-from genesis_jax.data.sources import load_run_data
-from genesis_jax.deform import DeformConfig, sharded_genesis_batch
-from genesis_jax.metrics import MetricWriter, restoration_grid
-from genesis_jax.models import UNet3D
-from genesis_jax.step import apply_gradients, init_train_state, model_from_state, restoration_mse
+from genesis_jax.checkpoint import FORMAT, Checkpointer, abstract_like, identity_mismatch
+from genesis_jax.errors import UserError
+from genesis_jax.evaluation import FrozenValidation
+from genesis_jax.metrics import MetricWriter
+from genesis_jax.optim import Plateau, check_optimizer_config, make_optimizer, with_learning_rate
+from genesis_jax.step import init_train_state, make_eval_step, make_train_step, model_from_state
+from genesis_jax.tasks import PretrainTask
 
-_VALIDATION_KEY = 2**31 - 1  # fold_in tag of the frozen validation corruptions
+_VALIDATION_KEY = 2**31 - 1  # fold_in tag of the frozen validation preparation
 
 
 class TrainingDiverged(RuntimeError):
     pass
 
 
-@dataclasses.dataclass
-class Schedule:
-    """Host-side state of the learning-rate schedule and early stopping (checkpointed)."""
+def validate_config(cfg, task=None, require_data: bool = True) -> None:
+    """UserError naming the field, before any work, for values the run could not use
+    (require_data=False: the dry run, which compiles without reading data)."""
+    for name in ("batch_size", "total_steps", "log_every"):
+        if cfg[name] < 1:
+            raise UserError(f"{name} must be >= 1, got {cfg[name]}")
+    for name in ("steps_per_epoch", "eval_every", "checkpoint_every"):
+        if cfg[name] < 0:
+            raise UserError(f"{name} must be >= 0 (0: once per epoch), got {cfg[name]}")
+    if cfg.keep_checkpoints < 1 or cfg.early_stopping_patience <= 0:
+        raise UserError("keep_checkpoints must be >= 1 and early_stopping_patience > 0")
+    check_optimizer_config(cfg.optimizer, cfg.schedule)
+    (task or PretrainTask(cfg)).check_config()
+    data = cfg.data
+    if data.source not in ("sample", "store", "volumes"):
+        raise UserError(f"data.source must be 'sample', 'store' or 'volumes', got {data.source!r}")
+    if require_data and data.source == "store" and not data.store:
+        raise UserError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
+    if require_data and data.source == "volumes" and not data.volumes:
+        raise UserError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
+    if data.cubes_per_volume < 1:
+        raise UserError(f"data.cubes_per_volume must be >= 1, got {data.cubes_per_volume}")
 
-    learning_rate: float
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """When the loop logs, evaluates and saves; epochs in steps."""
+
+    total_steps: int
+    steps_per_epoch: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def from_config(cls, cfg, train_cubes: int) -> "Cadence":
+        steps_per_epoch = cfg.steps_per_epoch or max(1, train_cubes // cfg.batch_size)
+        return cls(cfg.total_steps, steps_per_epoch, cfg.log_every, cfg.eval_every or steps_per_epoch,
+                   cfg.checkpoint_every or steps_per_epoch)
+
+    def due(self, every: int, step: int) -> bool:
+        return step % every == 0 or step == self.total_steps
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """Stop after `patience_epochs` epochs without a lower validation loss (checkpointed)."""
+
+    patience_epochs: float
     best_val: float = math.inf
     best_step: int = -1
-    last_drop_step: int = 0
-    stopped_early: bool = False
+    stopped: bool = False
 
-    def after_eval(self, step: int, val_loss: float, cfg, steps_per_epoch: int) -> bool:
-        """Update on a validation result at `step`; True when this is the best so far."""
+    def update(self, step: int, val_loss: float, steps_per_epoch: int) -> bool:
+        """Record a validation loss at `step`; True when it is the best so far."""
         improved = val_loss < self.best_val
         if improved:
             self.best_val, self.best_step = val_loss, step
-        flat_epochs = (step - max(self.best_step, 0)) / steps_per_epoch
-        if cfg.schedule.kind == "plateau":
-            since_drop = (step - max(self.best_step, self.last_drop_step)) / steps_per_epoch
-            if not improved and since_drop >= cfg.schedule.plateau_epochs:
-                self.learning_rate *= cfg.schedule.gamma
-                self.last_drop_step = step
-        if flat_epochs >= cfg.early_stopping_patience:
-            self.stopped_early = True
+        self.stopped = (step - max(self.best_step, 0)) / steps_per_epoch >= self.patience_epochs
         return improved
-
-    def lr_at(self, step: int, cfg, steps_per_epoch: int) -> float:
-        if cfg.schedule.kind == "step":
-            epoch = step // steps_per_epoch
-            return cfg.optimizer.learning_rate * cfg.schedule.gamma ** (epoch // cfg.schedule.step_epochs)
-        return self.learning_rate
-
-
-def _dtype(name: str):
-    if name not in ("float32", "bfloat16"):
-        raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {name!r}")
-    return jnp.dtype(name)
-
-
-def validate_config(cfg, require_data: bool = True) -> None:
-    """Fail before any work on values the run could not use (require_data=False: the
-    dry run, which compiles without reading data)."""
-    if cfg.schedule.kind not in ("step", "plateau"):
-        raise ValueError(f"schedule.kind must be 'step' or 'plateau', got {cfg.schedule.kind!r}")
-    for name in ("batch_size", "total_steps", "log_every"):
-        if cfg[name] < 1:
-            raise ValueError(f"{name} must be >= 1, got {cfg[name]}")
-    for name in ("steps_per_epoch", "eval_every", "checkpoint_every"):
-        if cfg[name] < 0:
-            raise ValueError(f"{name} must be >= 0 (0: once per epoch), got {cfg[name]}")
-    _dtype(cfg.model.dtype)
-    DeformConfig(**cfg.deform)
-    if cfg.data.source not in ("sample", "store", "volumes"):
-        raise ValueError(f"data.source must be 'sample', 'store' or 'volumes', got {cfg.data.source!r}")
-    if require_data and cfg.data.source == "store" and not cfg.data.store:
-        raise ValueError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
-    if require_data and cfg.data.source == "volumes" and not cfg.data.volumes:
-        raise ValueError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
-    if any(d % 8 for d in cfg.data.cube_shape):
-        raise ValueError(f"data.cube_shape {tuple(cfg.data.cube_shape)}: every dim must be divisible by 8")
 
 
 class Preemption:
-    """SIGTERM sets a flag; the loop saves at the next step boundary and exits cleanly."""
+    """SIGTERM: save at the next step boundary and exit cleanly. One process reads its own
+    flag; several ask JAX's preemption sync point (through Orbax), which agrees on one
+    step for all of them without a collective per step."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+    def __init__(self, checkpointer: Checkpointer):
+        self.checkpointer, self.requested = checkpointer, False
+        self.single = jax.process_count() == 1
+        self._previous = signal.signal(signal.SIGTERM, self._handle) if self.single else None
 
     def _handle(self, signum, frame):
         self.requested = True
 
+    def reached(self, step: int) -> bool:
+        return self.requested if self.single else self.checkpointer.reached_preemption(step)
+
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
-
-    def reached(self) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils  # every process must agree to stop at the same step
-        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
+        if self.single:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
-def make_pretrain_step(graphdef, root_key, deform_cfg: DeformConfig, momentum: float, mesh):
-    """jit(step)(state, cubes, step, learning_rate) -> (state, metrics): corrupt the clean
-    batch on device (example i of step s with fold_in(fold_in(root, s), i), each device
-    only its own rows), then one SGD step. State replicated and donated, batch split over
-    'data'; the only collectives are the gradient and BatchNorm all-reduces
-    (tests/test_data_parallel.py checks it in the compiled program)."""
-
-    def step_fn(state, cubes, step, learning_rate):
-        corrupted, target = sharded_genesis_batch(jax.random.fold_in(root_key, step), cubes, deform_cfg, mesh)
-        state, loss = apply_gradients(graphdef, state, corrupted, target, learning_rate, momentum)
-        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
-        return state, {"loss": loss, "params_finite": finite}
-
-    replicated = sharding.replicated(mesh)
-    return jax.jit(step_fn, in_shardings=(replicated, sharding.batch_sharded(mesh), None, None),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
+def build_state(task, tx, seed: int, mesh):
+    """(graphdef, replicated TrainState): the task's model and the optimizer state."""
+    graphdef, state = init_train_state(task.build_model(nnx.Rngs(seed)), tx)
+    return graphdef, sharding.replicate(state, mesh)
 
 
-def make_eval_step(graphdef, mesh):
-    """jit(eval)(state, corrupted, target) -> (loss, restored): the validation loss and
-    the restorations it scored (split over 'data' like the batch; the PNG grid takes
-    its rows from them)."""
-
-    def eval_fn(state, corrupted, target):
-        model = model_from_state(graphdef, state)
-        model.eval()
-        restored = model(corrupted[..., None])[..., 0]
-        return restoration_mse(restored, target), restored
-
-    batched = sharding.batch_sharded(mesh)
-    return jax.jit(eval_fn, in_shardings=(sharding.replicated(mesh), batched, batched),
-                   out_shardings=(sharding.replicated(mesh), batched))
+def run_identity(cfg, task, cadence: Cadence) -> dict:
+    """What a checkpoint must share with the config to be resumed exactly."""
+    identity = {"task": task.name, "seed": cfg.seed, "batch_size": cfg.batch_size,
+                "steps_per_epoch": cadence.steps_per_epoch, "optimizer": dict(cfg.optimizer),
+                "schedule": dict(cfg.schedule), **task.identity()}
+    if cfg.schedule.kind == "cosine":  # the cosine's length is the run's
+        identity["total_steps"] = cfg.total_steps
+    return json.loads(json.dumps(identity, default=list))
 
 
-def make_validation_corruption(root_key, deform_cfg: DeformConfig, mesh):
-    """jit(corrupt)(clean) -> (corrupted, target): the frozen validation set, corrupted
-    once with fixed keys (the same for every evaluation), split over 'data'."""
-    key = jax.random.fold_in(root_key, _VALIDATION_KEY)
-    batched = sharding.batch_sharded(mesh)
-    return jax.jit(lambda clean: sharded_genesis_batch(key, clean, deform_cfg, mesh),
-                   in_shardings=batched, out_shardings=(batched, batched))
+@dataclasses.dataclass
+class Run:
+    """Everything the loop needs, built once by setup_run."""
+
+    cfg: object
+    task: object
+    workdir: Path
+    mesh: object
+    data: object
+    cadence: Cadence
+    graphdef: object
+    tx: object
+    train_step: object
+    eval_step: object
+    validation: FrozenValidation
+    checkpointer: Checkpointer
+    identity: dict
+    rng_key: list
+    early: EarlyStopping
+    plateau: Plateau | None
+
+    def batch(self, step: int):
+        local = self.data.train.batch(step, self.cfg.batch_size, process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+        return sharding.global_batch(local, self.mesh)
+
+    def meta(self, step: int) -> dict:
+        # The RNG is (root key, step): every draw of step s derives from fold_in(root, s).
+        return {"format": FORMAT, "step": step, "identity": self.identity, "data_sha256": self.data.digest,
+                "rng_key": self.rng_key, "data_cursor": step, "early_stopping": dataclasses.asdict(self.early),
+                "plateau": self.plateau.to_json() if self.plateau else None}
 
 
-def write_run_info(workdir: Path, cfg, data, mesh) -> None:
-    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+def setup_run(cfg, workdir: Path, task):
+    """(Run, initial state): mesh, data, model, optimizer, steps, validation, checkpointer."""
+    mesh = sharding.make_mesh(jax.devices()[: cfg.num_devices] if cfg.num_devices else None)
+    sharding.check_batch_size(cfg.batch_size, mesh)
+    data = task.load_data()
+    cadence = Cadence.from_config(cfg, data.train_cubes)
+    tx = make_optimizer(cfg.optimizer, cfg.schedule, cadence.steps_per_epoch, cfg.total_steps)
+    graphdef, state = build_state(task, tx, cfg.seed, mesh)
+    root_key = jax.random.key(cfg.seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = Run(cfg, task, workdir, mesh, data, cadence, graphdef, tx,
+              train_step=make_train_step(graphdef, tx, task, root_key, mesh),
+              eval_step=make_eval_step(graphdef, task, jax.random.fold_in(root_key, _VALIDATION_KEY), mesh),
+              validation=FrozenValidation(data.validation, cfg.batch_size, mesh, cfg.images),
+              checkpointer=Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints),
+              identity=run_identity(cfg, task, cadence),
+              rng_key=np.asarray(jax.random.key_data(root_key)).tolist(),
+              early=EarlyStopping(cfg.early_stopping_patience),
+              plateau=Plateau(cfg.schedule, cadence.steps_per_epoch, cadence.eval_every)
+              if cfg.schedule.kind == "plateau" else None)
+    return run, state
+
+
+def resume(run: Run, state):
+    """(state, start step): the latest checkpoint's, after checking it belongs to this config."""
+    def check(meta):
+        if meta.get("format") != FORMAT:
+            raise UserError(f"{run.workdir}: the checkpoint has format {meta.get('format', 1)}, this genesis-jax "
+                            f"reads format {FORMAT}; start a new --workdir")
+        mismatch = identity_mismatch(meta["identity"], run.identity)
+        if mismatch:
+            raise UserError(f"{run.workdir} was trained with {'; '.join(mismatch)}. Resume with the recorded "
+                            f"values (see {run.workdir / 'config.json'}) or use a new --workdir")
+
+    restored = run.checkpointer.restore_latest(abstract_like(state), check)
+    if restored is None:
+        return state, 0
+    state, meta = restored
+    run.early = EarlyStopping(**meta["early_stopping"])
+    if run.plateau is not None:
+        run.plateau = Plateau(run.cfg.schedule, run.cadence.steps_per_epoch, run.cadence.eval_every, meta["plateau"])
+    print(f"resumed from step {meta['step']} in {run.checkpointer.directory}", flush=True)
+    return state, meta["step"]
+
+
+def write_run_info(run: Run) -> None:
+    if jax.process_index() != 0:
+        return
+    (run.workdir / "config.json").write_text(run.cfg.to_json_best_effort(indent=2))
     info = {
         "genesis_jax": genesis_jax.__version__, "jax": jax.__version__, "python": platform.python_version(),
         "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-        "process_count": jax.process_count(), "mesh": dict(mesh.shape), "seed": cfg.seed,
-        "data": data.description, "data_sha256": data.digest,
+        "process_count": jax.process_count(), "mesh": dict(run.mesh.shape), "seed": run.cfg.seed,
+        "task": run.task.name, "steps_per_epoch": run.cadence.steps_per_epoch,
+        "data": run.data.description, "data_sha256": run.data.digest,
     }
-    (workdir / "run_info.json").write_text(json.dumps(info, indent=2))
+    (run.workdir / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
-def train(cfg, workdir) -> dict:
-    """Run (or resume) the pre-training described by cfg in workdir; returns a summary."""
-    validate_config(cfg)
-    workdir = Path(workdir)
-    mesh = sharding.make_mesh(jax.devices()[: cfg.num_devices] if cfg.num_devices else None)
-    sharding.check_batch_size(cfg.batch_size, mesh)
-    data = load_run_data(cfg.data, cfg.seed)
-    workdir.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = cfg.steps_per_epoch or max(1, (data.train_cubes or cfg.batch_size) // cfg.batch_size)
-    eval_every = cfg.eval_every or steps_per_epoch
-    checkpoint_every = cfg.checkpoint_every or steps_per_epoch
-    if jax.process_index() == 0:
-        write_run_info(workdir, cfg, data, mesh)
+class TrainLog:
+    """Train metrics still on device, fetched at logging steps and before every save: a
+    non-finite loss or parameter stops the run naming the step, so no checkpoint holds a
+    diverged state."""
 
-    deform_cfg = DeformConfig(**cfg.deform)
-    model = UNet3D(width=cfg.model.width, bn_mode=cfg.model.bn_mode, dtype=_dtype(cfg.model.dtype),
-                   rngs=nnx.Rngs(cfg.seed))
-    graphdef, state = init_train_state(model, cfg.optimizer.momentum)
-    state = sharding.replicate(state, mesh)
-    root_key = jax.random.key(cfg.seed)
-    train_step = make_pretrain_step(graphdef, root_key, deform_cfg, cfg.optimizer.momentum, mesh)
-    eval_step = make_eval_step(graphdef, mesh)
+    def __init__(self, run: Run, writer: MetricWriter, summary: dict):
+        self.run, self.writer, self.summary = run, writer, summary
+        self.pending = []
+        self.window_start = time.perf_counter()
 
-    # Frozen validation: corrupted once with fixed keys, so every evaluation compares like with like.
-    n_val = len(data.validation) - len(data.validation) % mesh.size
-    if n_val == 0:
-        raise ValueError(f"{len(data.validation)} validation cubes do not split over {mesh.size} devices")
-    val_clean = jax.device_put(jnp.asarray(data.validation[:n_val]), sharding.batch_sharded(mesh))
-    val_corrupted, val_target = make_validation_corruption(root_key, deform_cfg, mesh)(val_clean)
-    val_images = np.asarray(val_corrupted[: cfg.images]), np.asarray(val_target[: cfg.images])  # host copy, once
+    def add(self, step: int, metrics) -> None:
+        self.pending.append((step, metrics))
 
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
-    schedule = Schedule(cfg.optimizer.learning_rate)
-    start_step = 0
-    restored = checkpointer.restore_latest(abstract_like(state))
-    if restored is not None:
-        state, meta = restored
-        if meta["seed"] != cfg.seed:
-            checkpointer.close()
-            raise ValueError(f"{workdir}: the checkpoint was written with seed {meta['seed']}, the config says "
-                             f"{cfg.seed}; resume with --config.seed={meta['seed']} or use a new --workdir")
-        start_step = meta["step"]
-        schedule = Schedule(**meta["schedule"])
-        print(f"resumed from step {start_step} in {workdir / 'checkpoints'}", flush=True)
-
-    rng_key_data = np.asarray(jax.random.key_data(root_key)).tolist()
-
-    def checkpoint_meta(step):
-        # The RNG is (root key, step): every draw of step s derives from fold_in(root, s).
-        return {"step": step, "seed": cfg.seed, "rng_key": rng_key_data, "data_cursor": step,
-                "schedule": dataclasses.asdict(schedule)}
-
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    preemption = Preemption()
-    pending = []  # (step, metrics on device) not yet checked for NaN
-    summary = {"workdir": str(workdir), "start_step": start_step, "val_losses": [], "train_losses": []}
-
-    def check_losses():
-        """Fetch pending metrics; stop at the first non-finite loss or parameters, naming the step
-        (checked before every save, so no checkpoint holds a diverged state)."""
-        fetched = jax.device_get([metrics for _, metrics in pending])
-        for (step, _), metrics in zip(pending, fetched):
+    def check(self) -> list[dict]:
+        fetched = jax.device_get([metrics for _, metrics in self.pending])
+        for (step, _), metrics in zip(self.pending, fetched):
             if not (np.isfinite(metrics["loss"]) and metrics["params_finite"]):
-                checkpointer.wait()
+                self.run.checkpointer.wait()
                 what = f"loss became {metrics['loss']}" if not np.isfinite(metrics["loss"]) else \
                     "parameters became non-finite"
                 raise TrainingDiverged(f"{what} at step {step}; the last good checkpoint is in "
-                                       f"{workdir / 'checkpoints' / 'latest'} (lower the learning rate?)")
-        pending.clear()
-        return [float(m["loss"]) for m in fetched]
+                                       f"{self.run.checkpointer.directory} (lower the learning rate?)")
+        for (step, _), m in zip(self.pending, fetched):
+            self.summary["train_losses"].append((step - 1, float(m["loss"])))
+            self.summary["learning_rates"].append((step - 1, float(m["learning_rate"])))
+        self.pending.clear()
+        return fetched
 
-    process_rows = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    bar = tqdm(total=cfg.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-               disable=jax.process_index() != 0, mininterval=1.0)
-    window_start, window_steps = time.perf_counter(), 0
-    step = start_step
+    def log(self, step: int, bar) -> None:
+        fetched = self.check()
+        if not fetched:
+            return
+        elapsed = time.perf_counter() - self.window_start
+        samples_per_s = len(fetched) * self.run.cfg.batch_size / max(elapsed, 1e-9)
+        lr = float(fetched[-1]["learning_rate"])
+        self.writer.scalars(step, {"train/loss": float(np.mean([m["loss"] for m in fetched])),
+                                   "train/learning_rate": lr, "train/samples_per_s": samples_per_s})
+        bar.set_postfix(loss=f"{float(fetched[-1]['loss']):.4f}", lr=f"{lr:.3g}", samples_s=f"{samples_per_s:.1f}")
+        self.window_start = time.perf_counter()
+
+
+def evaluate(run: Run, state, step: int, writer: MetricWriter, summary: dict):
+    """(state, val loss, improved): score the frozen set, update early stopping and the
+    plateau rule (which may set a new learning rate in the state), log, picture."""
+    metrics, (inputs, targets, outputs) = run.validation.evaluate(run.eval_step, state)
+    val_loss = metrics["loss"]
+    improved = run.early.update(step, val_loss, run.cadence.steps_per_epoch)
+    if run.plateau is not None:
+        scale = run.plateau.update(val_loss)
+        state = state._replace(opt_state=with_learning_rate(state.opt_state, run.cfg.optimizer.learning_rate * scale))
+    summary["val_losses"].append((step, val_loss))
+    writer.scalars(step, {**{f"val/{k}": v for k, v in metrics.items()}, "val/best": run.early.best_val})
+    writer.image(step, "val/restoration", run.task.picture(inputs, targets, outputs))
+    tqdm.write(f"step {step}: val loss {val_loss:.5f}{' (best)' if improved else ''}")
+    return state, val_loss, improved
+
+
+def train(cfg, workdir, task=None) -> dict:
+    """Run (or resume) the task (default: pre-training) described by cfg in workdir."""
+    task = task or PretrainTask(cfg)
+    validate_config(cfg, task)
+    run, state = setup_run(cfg, Path(workdir), task)
+    state, step = resume(run, state)
+    write_run_info(run)
+    summary = {"workdir": str(workdir), "start_step": step, "val_losses": [], "train_losses": [],
+               "learning_rates": [], "preempted": False}
+    writer = MetricWriter(run.workdir, enabled=jax.process_index() == 0)
+    log, preemption = TrainLog(run, writer, summary), Preemption(run.checkpointer)
+    bar = tqdm(total=cfg.total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0,
+               disable=jax.process_index() != 0)
     try:
-        while step < cfg.total_steps:
-            lr = schedule.lr_at(step, cfg, steps_per_epoch)
-            local = data.train.batch(step, cfg.batch_size, **process_rows)
-            state, metrics = train_step(state, sharding.global_batch(local, mesh), step, jnp.float32(lr))
+        while step < cfg.total_steps and not run.early.stopped:
+            state, metrics = run.train_step(state, run.batch(step), step)
             step += 1  # from here on, `step` counts completed steps (checkpoints are numbered so)
-            pending.append((step, metrics))
-            window_steps += 1
+            log.add(step, metrics)
             bar.update(1)
-
-            if step % cfg.log_every == 0 or step == cfg.total_steps:
-                values = check_losses()
-                elapsed = time.perf_counter() - window_start
-                samples_per_s = window_steps * cfg.batch_size / max(elapsed, 1e-9)
-                summary["train_losses"].extend(zip(range(step - len(values), step), values))
-                writer.scalars(step, {"train/loss": float(np.mean(values)), "train/learning_rate": lr,
-                                      "train/samples_per_s": samples_per_s})
-                bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lr:.3g}", samples_s=f"{samples_per_s:.1f}")
-                window_start, window_steps = time.perf_counter(), 0
-
-            if step % eval_every == 0 or step == cfg.total_steps:
-                val_loss, restored_images = eval_step(state, val_corrupted, val_target)
-                val_loss = float(val_loss)
-                improved = schedule.after_eval(step, val_loss, cfg, steps_per_epoch)
-                summary["val_losses"].append((step, val_loss))
-                writer.scalars(step, {"val/loss": val_loss, "val/best": schedule.best_val})
-                writer.image(step, "val/restoration", restoration_grid(*val_images, np.asarray(restored_images[: cfg.images])))
-                tqdm.write(f"step {step}: val loss {val_loss:.5f}{' (best)' if improved else ''}, lr {lr:.3g}")
-                if improved:
-                    check_losses()
-                    checkpointer.save_best(step, state, checkpoint_meta(step))
-
-            # Several processes must agree on a stop: that is a collective, so they only ask on
-            # logging steps; a lone process reads its flag every step.
-            preempted = preemption.reached() if jax.process_count() == 1 or step % cfg.log_every == 0 else False
-            if step % checkpoint_every == 0 or preempted or schedule.stopped_early or step == cfg.total_steps:
-                check_losses()
-                checkpointer.save(step, state, checkpoint_meta(step))
-            if preempted:
-                checkpointer.wait()
-                print(f"SIGTERM: saved the checkpoint of step {step} in {workdir / 'checkpoints'}; exiting "
-                      f"(run the same command to resume)", flush=True)
-                summary.update(preempted=True, end_step=step)
-                return summary
-            if schedule.stopped_early:
-                tqdm.write(f"early stopping at step {step}: no better validation loss for "
-                           f"{cfg.early_stopping_patience} epochs (best {schedule.best_val:.5f} at step "
-                           f"{schedule.best_step})")
+            if run.cadence.due(cfg.log_every, step):
+                log.log(step, bar)
+            val_loss, improved = None, False
+            if run.cadence.due(run.cadence.eval_every, step):
+                state, val_loss, improved = evaluate(run, state, step, writer, summary)
+            summary["preempted"] = preemption.reached(step)
+            if run.cadence.due(run.cadence.checkpoint_every, step) or improved or summary["preempted"] \
+                    or run.early.stopped:
+                log.check()
+                run.checkpointer.save(step, state, run.meta(step), val_loss if improved else None)
+            if summary["preempted"]:
                 break
     finally:
         bar.close()
         writer.close()
-        checkpointer.wait()
+        run.checkpointer.wait()
         preemption.restore()
+    return finish(run, state, step, summary)
 
-    summary.update(end_step=step, best_val=schedule.best_val, best_step=schedule.best_step, preempted=False)
-    if cfg.export_pytorch and jax.process_index() == 0:
-        summary["pytorch_export"] = export_best(checkpointer, graphdef, state, workdir)
-    checkpointer.close()
+
+def finish(run: Run, state, step: int, summary: dict) -> dict:
+    if summary["preempted"]:
+        print(f"SIGTERM: saved the checkpoint of step {step} in {run.checkpointer.directory}; exiting "
+              f"(run the same command to resume)", flush=True)
+    elif run.early.stopped:
+        tqdm.write(f"early stopping at step {step}: no better validation loss for {run.cfg.early_stopping_patience} "
+                   f"epochs (best {run.early.best_val:.5f} at step {run.early.best_step})")
+    summary.update(end_step=step, best_val=run.early.best_val, best_step=run.early.best_step)
+    if run.cfg.export_pytorch and not summary["preempted"] and jax.process_index() == 0:
+        summary["pytorch_export"] = export_best(run, state)
+    run.checkpointer.close()
     return summary
 
 
-def load_checkpoint(cfg, workdir, best: bool = False):
-    """(UNet3D, meta) from a run directory's latest (or best) checkpoint, on this host's devices."""
-    model = UNet3D(width=cfg.model.width, bn_mode=cfg.model.bn_mode, dtype=_dtype(cfg.model.dtype),
-                   rngs=nnx.Rngs(0))
-    graphdef, state = init_train_state(model, cfg.optimizer.momentum)
-    state = sharding.replicate(state, sharding.make_mesh())
+def load_checkpoint(cfg, workdir, best: bool = False, task=None):
+    """(model, meta) from a run directory's latest (or best) checkpoint, on this host's devices."""
+    task = task or PretrainTask(cfg)
+    mesh = sharding.make_mesh()
+    graphdef, state = build_state(task, make_optimizer(cfg.optimizer, cfg.schedule, 1, cfg.total_steps), 0, mesh)
     checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=cfg.keep_checkpoints)
     try:
-        restored = (checkpointer.restore_best if best else checkpointer.restore_latest)(abstract_like(state))
+        step = checkpointer.best_step() if best else (checkpointer.steps() or [None])[-1]
+        if step is None:
+            raise UserError(f"{workdir}: no checkpoint found")
+        restored, meta = checkpointer.restore(step, abstract_like(state)), checkpointer.read_meta(step)
     finally:
         checkpointer.close()
-    if restored is None:
-        raise ValueError(f"{workdir}: no checkpoint found")
-    return model_from_state(graphdef, restored[0]), restored[1]
+    return model_from_state(graphdef, restored), meta
 
 
-def export_best(checkpointer, graphdef, state, workdir: Path) -> str | None:
+def export_best(run: Run, state) -> str | None:
     """Write the best weights as a PyTorch checkpoint; skipped (with a note) without torch."""
     try:
         from genesis_jax.models import save_pytorch_checkpoint
@@ -334,7 +363,9 @@ def export_best(checkpointer, graphdef, state, workdir: Path) -> str | None:
     except ImportError:
         print("note: torch is not installed; skipping the PyTorch export (pip install 'genesis-jax[torch]')")
         return None
-    best = checkpointer.restore_best(abstract_like(state))
-    path = workdir / "genesis_unet3d_best.pt"
-    save_pytorch_checkpoint(model_from_state(graphdef, best[0] if best else state), path)
+    best = run.checkpointer.best_step()
+    if best is not None:
+        state = run.checkpointer.restore(best, abstract_like(state))
+    path = run.workdir / "genesis_unet3d_best.pt"
+    save_pytorch_checkpoint(model_from_state(run.graphdef, state), path)
     return str(path)

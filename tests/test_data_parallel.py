@@ -20,8 +20,10 @@ from flax import nnx
 from genesis_jax import program, sharding
 from genesis_jax.deform import DeformConfig, genesis_batch, sharded_genesis_batch
 from genesis_jax.models import UNet3D
-from genesis_jax.step import init_train_state
-from genesis_jax.trainer import make_eval_step, make_pretrain_step, make_validation_corruption
+from genesis_jax.configs.base import base_config
+from genesis_jax.optim import recipe_sgd
+from genesis_jax.step import init_train_state, make_eval_step, make_train_step
+from genesis_jax.tasks import PretrainTask
 
 BATCH, CUBE = 16, (16, 16, 16)
 DEFORM = dict(local_blocks=300)
@@ -39,10 +41,19 @@ def local_batch_bytes(n_devices):
     return BATCH // n_devices * int(np.prod(CUBE)) * 4
 
 
+TX = recipe_sgd()
+
+
 @pytest.fixture(scope="module")
 def model_state():
-    graphdef, state = init_train_state(UNet3D(width=4, rngs=nnx.Rngs(0)))
+    graphdef, state = init_train_state(UNet3D(width=4, rngs=nnx.Rngs(0)), TX)
     return graphdef, jax.tree.map(np.asarray, state)
+
+
+def pretrain_task(mode):
+    task = PretrainTask(base_config())
+    task.deform = DeformConfig(batch_mode=mode, **DEFORM)
+    return task
 
 
 def state_on(mesh, state):
@@ -52,8 +63,8 @@ def state_on(mesh, state):
 def compile_pretrain(model_state, n, mode):
     graphdef, state = model_state
     mesh = mesh_of(n)
-    step = make_pretrain_step(graphdef, jax.random.key(0), DeformConfig(batch_mode=mode, **DEFORM), 0.9, mesh)
-    compiled = step.lower(state_on(mesh, state), cubes_spec(mesh), 0, jnp.float32(1.0)).compile()
+    step = make_train_step(graphdef, TX, pretrain_task(mode), jax.random.key(0), mesh)
+    compiled = step.lower(state_on(mesh, state), cubes_spec(mesh), 0).compile()
     return program.analyse(compiled), compiled.as_text()
 
 
@@ -142,26 +153,20 @@ def test_pretrain_step_splits_the_batch_over_8_devices(model_state, mode):
         assert per_example_trip_counts(hlo) == [BATCH // 8]
 
 
-def test_eval_step_splits_the_batch(model_state):
+@pytest.mark.parametrize("mode", ["map", "vmap"])
+def test_eval_step_splits_the_batch(model_state, mode):
+    """The validation step (frozen corruption, forward, loss, the arrays it scored)."""
     graphdef, state = model_state
     reports = {}
     for n in (1, 8):
         mesh = mesh_of(n)
-        compiled = make_eval_step(graphdef, mesh).lower(state_on(mesh, state), cubes_spec(mesh),
-                                                        cubes_spec(mesh)).compile()
+        compiled = make_eval_step(graphdef, pretrain_task(mode), jax.random.key(0), mesh).lower(
+            state_on(mesh, state), cubes_spec(mesh), 0).compile()
         reports[n] = program.analyse(compiled)
     assert_split(reports[1], reports[8])
     assert_no_batch_gather(reports[8])
     # Only BatchNorm's statistics and the loss are reduced, never activations.
     assert reports[8].largest("all-reduce") < local_batch_bytes(8)
-
-
-@pytest.mark.parametrize("mode", ["map", "vmap"])
-def test_validation_corruption_runs_each_devices_rows_only(mode):
-    cfg = DeformConfig(batch_mode=mode, **DEFORM)
-    mesh = mesh_of(8)
-    compiled = make_validation_corruption(jax.random.key(0), cfg, mesh).lower(cubes_spec(mesh)).compile()
-    assert program.analyse(compiled).collectives == []
     if mode == "map":
         assert per_example_trip_counts(compiled.as_text()) == [BATCH // 8]
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference_numpy import BEZIER_SAMPLES
+from genesis_jax.reference.numpy_genesis import BEZIER_SAMPLES
 from stats import assert_counts_match, assert_rate
 
 from genesis_jax.deform import flip, inpaint, nonlinear_intensity, outpaint

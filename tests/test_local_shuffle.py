@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference_numpy import ReferencePipeline
+from genesis_jax.reference.numpy_genesis import ReferencePipeline
 from stats import assert_counts_match, assert_rate
 
 from genesis_jax.deform import local_pixel_shuffle

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from reference_numpy import ReferencePipeline
+from genesis_jax.reference.numpy_genesis import ReferencePipeline
 from stats import assert_rate
 
 from genesis_jax.deform import DeformConfig, genesis_batch, genesis_pair, sharded_genesis_batch

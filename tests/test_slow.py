@@ -9,7 +9,9 @@ from flax import nnx
 
 from genesis_jax.deform import genesis_batch
 from genesis_jax.models import UNet3D, count_params
-from genesis_jax.step import init_train_state, make_train_step
+from genesis_jax.optim import recipe_sgd
+from genesis_jax.step import init_train_state, make_model_step
+from genesis_jax.tasks import restoration_loss
 
 pytestmark = pytest.mark.slow
 
@@ -17,20 +19,21 @@ pytestmark = pytest.mark.slow
 def test_full_width_pretraining_step_on_genesis_cubes():
     model = UNet3D(rngs=nnx.Rngs(0))
     assert count_params(model) == 19_073_665
-    graphdef, state = init_train_state(model)
-    step = make_train_step(graphdef)
+    tx = recipe_sgd(learning_rate=0.1)
+    graphdef, state = init_train_state(model, tx)
+    step = make_model_step(graphdef, tx, restoration_loss)
     cubes = jax.random.uniform(jax.random.key(0), (2, 64, 64, 32))
     corrupted, target = genesis_batch(jax.random.key(1), cubes)
     losses = []
     for _ in range(2):
-        state, loss = step(state, corrupted, target, jnp.float32(0.1))
+        state, loss = step(state, corrupted, target)
         losses.append(float(loss))
     assert all(np.isfinite(losses)) and losses[1] < losses[0]
 
 
 def test_full_width_pytorch_round_trip(tmp_path):
     torch = pytest.importorskip("torch")
-    from torch_unet import TorchUNet3D
+    from genesis_jax.reference.torch_unet import TorchUNet3D
 
     from genesis_jax.models import load_pytorch_checkpoint, save_pytorch_checkpoint
     model = UNet3D(rngs=nnx.Rngs(0))

@@ -9,7 +9,7 @@ from flax import nnx
 
 torch = pytest.importorskip("torch", reason="PyTorch interop tests need the 'torch' extra")
 
-from torch_unet import TorchUNet3D  # noqa: E402
+from genesis_jax.reference.torch_unet import TorchUNet3D  # noqa: E402
 
 from genesis_jax.models import UNet3D, load_pytorch_checkpoint, save_pytorch_checkpoint  # noqa: E402
 

@@ -12,28 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from genesis_jax.configs.demo import get_config
-from genesis_jax.trainer import TrainingDiverged, load_checkpoint, train
+from genesis_jax.errors import UserError
+from genesis_jax.trainer import TrainingDiverged, train
+from runs import checkpoint_steps, damage, params_of, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(**top):
-    c = get_config()
-    c.total_steps, c.batch_size, c.steps_per_epoch = 3, 8, 2
-    c.eval_every, c.checkpoint_every, c.log_every = 2, 1, 1
-    c.data.cube_shape, c.data.val_cubes = (16, 16, 16), 8
-    c.deform.local_blocks = 300
-    c.images, c.export_pytorch = 2, False
-    for key, value in top.items():
-        c[key] = value
-    return c
-
-
-def params_of(cfg, workdir):
-    from flax import nnx
-    model, meta = load_checkpoint(cfg, workdir)
-    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))], meta
 
 
 def test_two_step_smoke_run_writes_everything(tmp_path):
@@ -41,7 +24,7 @@ def test_two_step_smoke_run_writes_everything(tmp_path):
     summary = train(cfg, tmp_path)
     assert summary["end_step"] == 2 and len(summary["train_losses"]) == 2
     assert all(np.isfinite(loss) for _, loss in summary["train_losses"])
-    for name in ("config.json", "run_info.json", "tensorboard", "checkpoints/latest/2", "checkpoints/best"):
+    for name in ("config.json", "run_info.json", "tensorboard", "checkpoints/2"):
         assert (tmp_path / name).exists(), name
     assert list((tmp_path / "images").glob("val_restoration_*.png"))
     if summary.get("pytorch_export"):  # torch present (CI installs it)
@@ -69,7 +52,7 @@ def test_resume_is_bitwise_exact(tmp_path):
 
 def test_resuming_with_another_seed_is_refused(tmp_path):
     train(tiny_config(total_steps=1), tmp_path)
-    with pytest.raises(ValueError, match="written with seed 0, the config says 1"):
+    with pytest.raises(UserError, match="trained with seed=0, the config says 1"):
         train(tiny_config(total_steps=2, seed=1), tmp_path)
 
 
@@ -83,21 +66,19 @@ def test_restore_onto_fewer_devices(tmp_path):
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
     cfg = tiny_config(total_steps=2)
     train(cfg, tmp_path)
-    latest = tmp_path / "checkpoints" / "latest" / "2"
-    for f in latest.rglob("*"):
-        if f.is_file() and f.stat().st_size > 0 and "state" in str(f):
-            f.write_bytes(b"\0" * 16)
+    damage(tmp_path / "checkpoints" / "2")
     summary = train(tiny_config(total_steps=3), tmp_path)
     assert summary["start_step"] == 1
-    assert "checkpoint at step 2 is unreadable" in capsys.readouterr().out
+    assert "the checkpoint of step 2 is damaged" in capsys.readouterr().out
+    assert list((tmp_path / "checkpoints").glob("2.unreadable-*"))
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path, monkeypatch):
-    import genesis_jax.trainer as trainer
-    real = trainer.load_run_data
+    from genesis_jax.tasks import PretrainTask
+    real = PretrainTask.load_data
 
-    def poisoned(data, seed):
-        run_data = real(data, seed)
+    def poisoned(self):
+        run_data = real(self)
         clean_batch = run_data.train.batch
 
         def batch(step, *args, **kwargs):
@@ -107,11 +88,10 @@ def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path, mon
         run_data.train.batch = batch
         return run_data
 
-    monkeypatch.setattr(trainer, "load_run_data", poisoned)
+    monkeypatch.setattr(PretrainTask, "load_data", poisoned)
     with pytest.raises(TrainingDiverged, match="at step 3"):
         train(tiny_config(total_steps=5), tmp_path)
-    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "latest").iterdir() if p.name.isdigit())
-    assert steps == [1, 2]
+    assert checkpoint_steps(tmp_path) == [1, 2]
 
 
 def run_cli(args, workdir, **kwargs):
@@ -148,7 +128,8 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
 
 @pytest.mark.parametrize("flag,words", [("--config.no_such_field=1", "no_such_field"),
                                         ("--config.batch_size=many", "batch_size"),
-                                        ("--config.schedule.kind=cosine", "schedule.kind")])
+                                        ("--config.schedule.kind=linear", "schedule.kind"),
+                                        ("--config.optimizer.name=lamb", "optimizer.name")])
 def test_bad_overrides_fail_before_any_work(tmp_path, flag, words):
     proc = run_cli([flag], tmp_path / "run")
     out, _ = proc.communicate(timeout=120)
@@ -175,4 +156,28 @@ def test_two_processes_match_one_process(tmp_path):
     single = train(tiny_config(total_steps=2), tmp_path / "single")
     val = float(logs.split("step 2: val loss ")[1].split()[0])
     assert abs(val - single["val_losses"][-1][1]) < 1e-5, (val, single["val_losses"])
-    assert (tmp_path / "mp" / "checkpoints" / "latest" / "2").exists()
+    assert (tmp_path / "mp" / "checkpoints" / "2").exists()
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+    """Several processes agree on the stop through JAX's preemption sync point (Orbax's
+    reached_preemption): SIGTERM to process 1 alone makes both save the same step and exit 0."""
+    flags = ["--config.total_steps=100000", "--config.batch_size=8", "--config.data.cube_shape=(16, 16, 16)",
+             "--config.data.val_cubes=8", "--config.deform.local_blocks=300", "--config.export_pytorch=False",
+             "--config.eval_every=1000", "--config.checkpoint_every=1000", "--config.log_every=1"]
+    logs = tmp_path / "logs"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "LOGS": str(logs),
+           "PYTHON": sys.executable}
+    proc = subprocess.Popen(["bash", str(ROOT / "launch" / "local_multiprocess.sh"), "2",
+                             f"--workdir={tmp_path / 'mp'}", *flags], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_0, deadline = logs / "process_0.log", time.time() + 240
+    while time.time() < deadline and not (log_0.exists() and "loss=" in log_0.read_text()):  # steps are running
+        time.sleep(1)
+    subprocess.run(["pkill", "-TERM", "-f", f"process_id=1 --workdir={tmp_path / 'mp'}"], check=True)
+    out, _ = proc.communicate(timeout=240)
+    texts = [(logs / f"process_{i}.log").read_text() for i in range(2)]
+    assert proc.returncode == 0, out + texts[1][-2000:]
+    saved = [int(text.split("SIGTERM: saved the checkpoint of step ")[1].split()[0]) for text in texts]
+    assert saved[0] == saved[1], saved
+    assert (tmp_path / "mp" / "checkpoints" / str(saved[0])).exists()

@@ -12,7 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.batch_size = 6                 # global batch, split over all devices of all processes
     c.total_steps = 100_000
-    c.steps_per_epoch = 0            # 0: training cubes // batch_size
+    c.steps_per_epoch = 0            # 0: training cubes // batch_size (see data.cubes_per_volume)
     c.eval_every = 0                 # 0: once per epoch
     c.checkpoint_every = 0           # 0: once per epoch
     c.keep_checkpoints = 3           # latest N kept, plus the best by validation loss
@@ -23,8 +23,24 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(dict(width=32, bn_mode="batch", dtype="float32"))
     c.deform = ml_collections.ConfigDict(dataclasses.asdict(DeformConfig()))
-    c.optimizer = ml_collections.ConfigDict(dict(learning_rate=1.0, momentum=0.9))
-    c.schedule = ml_collections.ConfigDict(dict(kind="step", step_epochs=40, gamma=0.5, plateau_epochs=10))
+    # genesis_jax/optim.py says what each field does; README "Optimizers and schedules".
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="sgd",                  # sgd | adam | adamw
+        learning_rate=1.0,
+        momentum=0.9,                # sgd
+        nesterov=False,              # sgd
+        b1=0.9, b2=0.999, eps=1e-8,  # adam, adamw
+        weight_decay=0.0,            # sgd, adam: L2 in the gradient (torch); adamw: decoupled
+        clip_norm=0.0,               # > 0: clip the gradient's global norm first
+    ))
+    c.schedule = ml_collections.ConfigDict(dict(
+        kind="step",                 # constant | step | cosine | plateau
+        step_epochs=40,              # step: x gamma every step_epochs epochs
+        gamma=0.5,                   # step, plateau: the factor
+        plateau_epochs=10,           # plateau: epochs without a better validation loss before x gamma
+        warmup_epochs=0.0,           # cosine: linear warm-up from 0
+        final_fraction=0.0,          # cosine: the rate at total_steps, as a fraction of learning_rate
+    ))
     c.early_stopping_patience = 50   # epochs without a better validation loss
 
     c.data = ml_collections.ConfigDict(dict(
@@ -33,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
         volumes="",                  # comma-separated files/directories (source="volumes")
         val_fraction=0.1,            # store: share of cubes held out for validation
         val_cubes=32,                # sample/volumes: frozen validation cubes
+        cubes_per_volume=32,         # sample/volumes: an epoch is volumes x cubes_per_volume cubes
         cube_shape=(64, 64, 32),
         filter="lung",               # sample/volumes: cube filter of on-the-fly sampling
         modality="ct",

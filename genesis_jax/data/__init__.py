@@ -4,7 +4,8 @@ from importlib import resources
 from pathlib import Path
 
 from genesis_jax.data.sampler import FILTERS, SamplerConfig, sample_cubes
-from genesis_jax.data.store import CubeStoreWriter, StoreBatches, VolumeBatches, open_store
+from genesis_jax.data.batches import StoreBatches, VolumeBatches
+from genesis_jax.data.store import CubeStoreWriter, open_store
 from genesis_jax.data.volumes import (Volume, VolumeError, find_inputs, hu_window, percentile_window, read_volume,
                                       resample, to_unit_range)
 

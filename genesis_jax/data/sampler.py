@@ -29,6 +29,8 @@ import dataclasses
 
 import numpy as np
 
+from genesis_jax.errors import UserError
+
 FILTERS = ("lung", "foreground", "none")
 LUNA_BORDERS = (100, 100, 30)
 
@@ -48,7 +50,7 @@ class SamplerConfig:
 
     def __post_init__(self):
         if self.filter not in FILTERS:
-            raise ValueError(f"filter must be one of {FILTERS}, got {self.filter!r}")
+            raise UserError(f"filter must be one of {FILTERS}, got {self.filter!r}")
 
     @property
     def window(self) -> tuple[int, int, int]:
@@ -71,7 +73,7 @@ def check_volume_fits(shape, cfg: SamplerConfig) -> None:
     """ValueError when no crop fits inside the borders."""
     for axis, ((low, high), dim) in enumerate(zip(corner_ranges(shape, cfg), shape)):
         if high < low:
-            raise ValueError(f"volume {'x'.join(map(str, shape))} is smaller than one "
+            raise UserError(f"volume {'x'.join(map(str, shape))} is smaller than one "
                              f"{'x'.join(map(str, cfg.window))} crop inside borders {borders_for(shape, cfg)} "
                              f"(axis {'XYZ'[axis]})")
 

@@ -1,4 +1,9 @@
-"""Training and validation data for a run, from the config's `data` section."""
+"""Training and validation data for a run, from the config's `data` section.
+
+Every source defines its epoch: a store's training split has a fixed number of cubes; an
+on-the-fly source (the embedded sample, volumes) counts `data.cubes_per_volume` cubes
+per volume, as a prepared store of the same volumes would hold.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from genesis_jax.data.batches import InMemoryCubes, StoreBatches, VolumeBatches
 from genesis_jax.data.sampler import SamplerConfig
-from genesis_jax.data.store import StoreBatches, VolumeBatches, open_store, store_digest
+from genesis_jax.data.store import open_store, store_digest
 from genesis_jax.data.volumes import find_inputs, read_volume, to_unit_range
+from genesis_jax.errors import UserError
 
 _VALIDATION_SEED_OFFSET = 1_000_003
 
@@ -18,8 +25,8 @@ _VALIDATION_SEED_OFFSET = 1_000_003
 @dataclasses.dataclass
 class RunData:
     train: object               # .batch(step, global_batch, process_index, process_count) -> np.ndarray
-    validation: np.ndarray      # frozen validation cubes (n, X, Y, Z)
-    train_cubes: int | None     # cubes in the training split (None: sampled on the fly)
+    validation: object          # frozen validation cubes: len() and .rows(start, stop) -> np.ndarray
+    train_cubes: int            # cubes in one epoch of the training source
     description: str
     digest: str                 # sha256 of the data's defining files
 
@@ -37,33 +44,38 @@ def _sha256(paths) -> str:
 def load_run_data(data, seed: int) -> RunData:
     cube_shape = tuple(int(d) for d in data.cube_shape)
     if data.source == "store":
-        if not data.store:
-            raise ValueError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
-        array, _ = open_store(data.store)
-        n = int(array.shape[0])
-        if tuple(array.shape[1:]) != cube_shape:
-            raise ValueError(f"{data.store}: cubes are {tuple(array.shape[1:])}, the config wants {cube_shape}")
-        n_val = max(1, int(round(n * data.val_fraction)))
-        if n - n_val < 1:
-            raise ValueError(f"{data.store}: {n} cubes are too few to hold out {n_val} for validation")
-        order = np.random.default_rng([seed, _VALIDATION_SEED_OFFSET]).permutation(n)
-        train = StoreBatches(data.store, seed, indices=np.sort(order[n_val:]))
-        validation = StoreBatches(data.store, seed).read(np.sort(order[:n_val]))
-        return RunData(train, validation, n - n_val, f"cube store {data.store} ({n} cubes, {n_val} for validation)",
-                       store_digest(data.store))
+        return _store_data(data, seed, cube_shape)
     if data.source == "sample":
         from genesis_jax.data import sample_path
         paths = [sample_path()]
     elif data.source == "volumes":
         if not data.volumes:
-            raise ValueError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
+            raise UserError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
         paths = find_inputs([p for p in data.volumes.split(",") if p])
     else:
-        raise ValueError(f"data.source must be 'sample', 'store' or 'volumes', got {data.source!r}")
+        raise UserError(f"data.source must be 'sample', 'store' or 'volumes', got {data.source!r}")
     volumes = [to_unit_range(read_volume(p).array, data.modality)[0] for p in paths]
     cfg = SamplerConfig(crop=cube_shape, filter=data.filter)
     train = VolumeBatches(volumes, cfg, seed)
     validation = VolumeBatches(volumes, cfg, seed + _VALIDATION_SEED_OFFSET).batch(0, int(data.val_cubes))
     names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
-    return RunData(train, validation, None, f"{len(paths)} volume(s) sampled on the fly ({data.filter} filter): {names}",
-                   _sha256(paths))
+    return RunData(train, InMemoryCubes(validation), len(volumes) * int(data.cubes_per_volume),
+                   f"{len(paths)} volume(s) sampled on the fly ({data.filter} filter, epoch = "
+                   f"{data.cubes_per_volume} cubes per volume): {names}", _sha256(paths))
+
+
+def _store_data(data, seed: int, cube_shape) -> RunData:
+    if not data.store:
+        raise UserError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
+    array, _ = open_store(data.store)
+    n = int(array.shape[0])
+    if tuple(array.shape[1:]) != cube_shape:
+        raise UserError(f"{data.store}: cubes are {tuple(array.shape[1:])}, the config wants {cube_shape}")
+    n_val = max(1, int(round(n * data.val_fraction)))
+    if n - n_val < 1:
+        raise UserError(f"{data.store}: {n} cubes are too few to hold out {n_val} for validation")
+    order = np.random.default_rng([seed, _VALIDATION_SEED_OFFSET]).permutation(n)
+    train = StoreBatches(data.store, seed, indices=np.sort(order[n_val:]))
+    validation = StoreBatches(data.store, seed, indices=np.sort(order[:n_val]))
+    return RunData(train, validation, n - n_val, f"cube store {data.store} ({n} cubes, {n_val} for validation)",
+                   store_digest(data.store))

@@ -1,4 +1,4 @@
-"""Cube stores (TensorStore zarr v3) and the batch sources that feed training.
+"""Cube stores: the on-disk format (TensorStore zarr v3), its writer and its reader.
 
 A store is a zarr v3 array (N, 64, 64, 32) float32, one chunk per cube (zstd), whose
 attributes record where the cubes came from (`genesis` key: sources, spacing, window,
@@ -11,9 +11,7 @@ from a bucket. `file://` URLs are paths. Object stores have no rename: there the
 are written in place and the attributes carry `complete: false` until the commit, so
 a store whose writer died is refused on open; a failed writer deletes what it wrote.
 
-Batch sources serve, for a global step, this process's share of the global batch:
-deterministic in (seed, step), independent of how many processes ask, and reading
-only the cubes of that batch.
+The batch sources that read stores during training live in data/batches.py.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tensorstore as ts
 
-from genesis_jax.data.sampler import SamplerConfig, accept_corners, check_volume_fits, cut, draw_corners, filter_table
+from genesis_jax.errors import UserError
 
 ATTRIBUTES_KEY = "genesis"
 # One context for every open in this process: a memory:// store written by prepare is
@@ -54,7 +52,7 @@ def _read_metadata(location) -> dict | None:
     try:
         result = _open_kvstore(location).read("zarr.json").result()
     except ValueError as e:  # an unknown URL scheme or an unreachable bucket
-        raise ValueError(f"{location}: cannot open this store location ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{location}: cannot open this store location ({str(e).splitlines()[0]})") from None
     return json.loads(result.value) if result.state == "value" else None
 
 
@@ -113,7 +111,7 @@ class CubeStoreWriter:
         except ValueError as e:  # an unknown URL scheme, a bucket that does not exist or refuses us
             if self.tmp is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
-            raise ValueError(f"{path}: cannot create a cube store there ({str(e).splitlines()[0]})") from None
+            raise UserError(f"{path}: cannot create a cube store there ({str(e).splitlines()[0]})") from None
         self.count = 0
         self.committed = False
 
@@ -121,7 +119,7 @@ class CubeStoreWriter:
         if len(cubes) == 0:
             return
         if cubes.shape[1:] != self.cube_shape:
-            raise ValueError(f"cubes of shape {cubes.shape[1:]} do not fit a store of {self.cube_shape}")
+            raise UserError(f"cubes of shape {cubes.shape[1:]} do not fit a store of {self.cube_shape}")
         new_count = self.count + len(cubes)
         self.array = self.array.resize(exclusive_max=[new_count, *self.cube_shape], expand_only=True).result()
         self.array[self.count:new_count].write(np.asarray(cubes, np.float32)).result()
@@ -153,14 +151,14 @@ class CubeStoreWriter:
 
 
 def open_store(path):
-    """(TensorStore, attributes) of a cube store; ValueError with the location if it is not one."""
+    """(TensorStore, attributes) of a cube store; UserError with the location if it is not one."""
     location = store_location(path)
     meta = _read_metadata(location)
     if meta is None:
-        raise ValueError(f"{path}: not a cube store (no zarr.json); create one with python -m genesis_jax.prepare")
+        raise UserError(f"{path}: not a cube store (no zarr.json); create one with python -m genesis_jax.prepare")
     attributes = meta.get("attributes", {}).get(ATTRIBUTES_KEY, {})
     if attributes.get("complete") is False:
-        raise ValueError(f"{path}: an incomplete cube store (the prepare run writing it did not finish); "
+        raise UserError(f"{path}: an incomplete cube store (the prepare run writing it did not finish); "
                          f"run prepare again")
     return ts.open(_spec(location, None), context=_CONTEXT).result(), attributes
 
@@ -169,80 +167,5 @@ def store_digest(path) -> str:
     """sha256 of the store's zarr.json (shape, codecs and the attributes naming its sources)."""
     meta = _read_metadata(store_location(path))
     if meta is None:
-        raise ValueError(f"{path}: not a cube store (no zarr.json)")
+        raise UserError(f"{path}: not a cube store (no zarr.json)")
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
-
-
-def global_indices(step: int, global_batch: int, n: int, seed: int) -> np.ndarray:
-    """The cube indices of global batch `step`: epochs are seeded permutations of range(n),
-    and step s takes positions [s * B, (s + 1) * B) of their concatenation."""
-    positions = step * global_batch + np.arange(global_batch)
-    epochs = positions // n
-    out = np.empty(global_batch, np.int64)
-    for epoch in np.unique(epochs):
-        perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
-        where = epochs == epoch
-        out[where] = perm[positions[where] % n]
-    return out
-
-
-def process_slice(global_batch: int, process_index: int, process_count: int) -> slice:
-    if global_batch % process_count:
-        raise ValueError(f"global batch {global_batch} does not split over {process_count} processes")
-    per = global_batch // process_count
-    return slice(process_index * per, (process_index + 1) * per)
-
-
-class StoreBatches:
-    """Batches from a cube store (or the subset `indices` of it); reads only the requested cubes."""
-
-    def __init__(self, path, seed: int = 0, indices=None):
-        self.array, self.attributes = open_store(path)
-        self.indices = np.arange(int(self.array.shape[0])) if indices is None else np.asarray(indices)
-        self.size = len(self.indices)
-        if self.size == 0:
-            raise ValueError(f"{path}: no cubes to serve (the store or the selected subset is empty)")
-        self.seed = seed
-        self.cube_shape = tuple(int(d) for d in self.array.shape[1:])
-
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        unique, inverse = np.unique(indices, return_inverse=True)
-        return self.array[unique].read().result()[inverse]
-
-    def batch(self, step: int, global_batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
-        """(global_batch / process_count, X, Y, Z) float32: this process's part of step's batch."""
-        positions = global_indices(step, global_batch, self.size, self.seed)
-        return self.read(self.indices[positions[process_slice(global_batch, process_index, process_count)]])
-
-
-class VolumeBatches:
-    """On-the-fly batches: cubes cut straight from volumes in [0, 1] held in memory.
-
-    Example i of step s comes from a generator seeded by (seed, s, i): a volume chosen
-    uniformly, then crops tried until the filter accepts one (at most tries_per_cube).
-    When no try passes, the first crop is used and counted in `fallbacks`.
-    """
-
-    def __init__(self, volumes: list[np.ndarray], cfg: SamplerConfig = SamplerConfig(), seed: int = 0):
-        if not volumes:
-            raise ValueError("no volumes to sample from")
-        for volume in volumes:
-            check_volume_fits(volume.shape, cfg)
-        self.volumes, self.cfg, self.seed = volumes, cfg, seed
-        self.tables = [filter_table(v, cfg) for v in volumes]  # once: every cube's filter is 8 lookups
-        self.cube_shape = cfg.crop
-        self.fallbacks = 0
-
-    def cube(self, step: int, index: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, step, index])
-        which = int(rng.integers(len(self.volumes)))
-        volume = self.volumes[which]
-        corners = draw_corners(volume.shape, self.cfg, rng, self.cfg.tries_per_cube)
-        ok = np.flatnonzero(accept_corners(self.tables[which], corners, self.cfg))
-        if len(ok) == 0:
-            self.fallbacks += 1
-        return cut(volume, corners[ok[:1] if len(ok) else [0]], self.cfg.crop)[0]
-
-    def batch(self, step: int, global_batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
-        mine = range(global_batch)[process_slice(global_batch, process_index, process_count)]
-        return np.stack([self.cube(step, i) for i in mine]).astype(np.float32)

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from genesis_jax._optional import require
+from genesis_jax.errors import UserError
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd", ".nhdr")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
-class VolumeError(Exception):
+class VolumeError(UserError):
     """A bad input: str(error) is one line naming the file and the problem."""
 
     def __init__(self, path, problem: str):

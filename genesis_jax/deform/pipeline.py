@@ -77,7 +77,8 @@ def genesis_batch(key: jax.Array, cubes: jax.Array, cfg: DeformConfig = DeformCo
     return corrupt_examples(key, cubes, cfg)
 
 
-def sharded_genesis_batch(key: jax.Array, cubes: jax.Array, cfg: DeformConfig, mesh: Mesh, axis: str = "data"):
+def sharded_genesis_batch(key: jax.Array, cubes: jax.Array, cfg: DeformConfig, mesh: Mesh, axis: str = "data",
+                          first_index=0):
     """genesis_batch for a batch split over `axis` of `mesh`: each device corrupts only
     its own rows, with their global example indices, so the arrays equal genesis_batch's
     bitwise and the work is 1/n per device.
@@ -86,17 +87,18 @@ def sharded_genesis_batch(key: jax.Array, cubes: jax.Array, cfg: DeformConfig, m
     CPU path) along the batch, and for TPU it did not split the vmapped per-voxel gathers
     either; it all-gathers the batch instead and everything after runs replicated.
     Inside shard_map every op sees only the local rows, whatever the backend. Usable inside jit (the train
-    step) or on its own; cubes' first dim must divide by the axis size.
+    step) or on its own; cubes' first dim must divide by the axis size. first_index: the
+    index of the batch's first example (validation batches after the first).
     """
     n_shards = mesh.shape[axis]
     if cubes.shape[0] % n_shards:
         raise ValueError(f"a batch of {cubes.shape[0]} cubes does not split over {n_shards} devices")
 
-    def local(key, local_cubes):
-        first_index = lax.axis_index(axis) * local_cubes.shape[0]
-        return corrupt_examples(key, local_cubes, cfg, first_index)
+    def local(key, local_cubes, first_index):
+        return corrupt_examples(key, local_cubes, cfg, first_index + lax.axis_index(axis) * local_cubes.shape[0])
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis)), out_specs=(P(axis), P(axis)))(key, cubes)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=(P(axis), P(axis)))(
+        key, cubes, jnp.asarray(first_index, jnp.int32))
 
 
 def _batch_mode(cfg: DeformConfig) -> str:

@@ -1,0 +1,105 @@
+"""Resume refuses what it cannot continue exactly, and sets aside only damaged checkpoints.
+
+Each test snapshots the checkpoint directory (names, sizes, modification times) and
+checks that a refusal left it as it was."""
+
+from pathlib import Path
+
+import pytest
+
+from genesis_jax import checkpoint as checkpoint_module
+from genesis_jax.errors import UserError
+from genesis_jax.trainer import train
+from runs import checkpoint_steps, damage, tiny_config
+
+
+def snapshot(workdir):
+    root = Path(workdir) / "checkpoints"
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 2-step run with checkpoints at steps 1 and 2; each test works on a copy."""
+    workdir = tmp_path_factory.mktemp("finished")
+    train(tiny_config(total_steps=2), workdir)
+    return workdir
+
+
+@pytest.fixture
+def run_dir(finished_run, tmp_path):
+    import shutil
+    shutil.copytree(finished_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda c: setattr(c.model, "width", 8), "model.width=4, the config says 8"),
+    (lambda c: setattr(c.optimizer, "name", "adam"), "optimizer.name=sgd, the config says adam"),
+    (lambda c: setattr(c.data, "cube_shape", (16, 16, 8)), "data.cube_shape=16,16,16, the config says 16,16,8"),
+    (lambda c: setattr(c, "batch_size", 16), "batch_size=8, the config says 16"),
+], ids=["model", "optimizer", "data", "batch"])
+def test_a_changed_config_is_refused_naming_the_field_and_nothing_is_touched(run_dir, change, words):
+    before = snapshot(run_dir)
+    cfg = tiny_config(total_steps=4)
+    change(cfg)
+    with pytest.raises(UserError, match=words) as refused:
+        train(cfg, run_dir)
+    assert str(run_dir) in str(refused.value)
+    assert snapshot(run_dir) == before
+
+
+def test_fields_that_do_not_change_the_run_may_change(run_dir):
+    """total_steps (to extend a run), logging, evaluation and checkpoint cadence, devices."""
+    summary = train(tiny_config(total_steps=3, log_every=3, eval_every=3, num_devices=4), run_dir)
+    assert summary["start_step"] == 2 and summary["end_step"] == 3
+
+
+def test_when_no_checkpoint_can_be_restored_the_run_stops_instead_of_starting_over(run_dir):
+    for step in (1, 2):
+        damage(run_dir / "checkpoints" / str(step))
+    before = snapshot(run_dir)
+    with pytest.raises(UserError, match="no checkpoint can be restored .*step 2: .*step 1: .*nothing was changed"):
+        train(tiny_config(total_steps=3), run_dir)
+    assert snapshot(run_dir) == before
+
+
+def test_an_error_that_is_not_damage_propagates_and_sets_nothing_aside(run_dir, monkeypatch):
+    """A restore failing for another reason (a shape mismatch: a bug, since the identity
+    matched) keeps its exception; the checkpoints stay where they are."""
+    def broken(self, step, abstract_state):
+        raise ValueError("Requested shape: (3, 3, 3, 16, 16) is not compatible with the stored shape")
+
+    monkeypatch.setattr(checkpoint_module.Checkpointer, "restore", broken)
+    before = snapshot(run_dir)
+    with pytest.raises(ValueError, match="not compatible") as raised:
+        train(tiny_config(total_steps=3), run_dir)
+    assert not isinstance(raised.value, UserError)
+    assert snapshot(run_dir) == before
+
+
+def test_a_half_written_checkpoint_is_reported_and_removed(run_dir, capsys):
+    tmp = run_dir / "checkpoints" / "3.orbax-checkpoint-tmp-1234"
+    tmp.mkdir()
+    (tmp / "junk").write_bytes(b"x")
+    summary = train(tiny_config(total_steps=3), run_dir)
+    assert summary["start_step"] == 2
+    assert "3.orbax-checkpoint-tmp-1234 is a checkpoint whose write never finished" in capsys.readouterr().out
+    assert not tmp.exists() and checkpoint_steps(run_dir)[-1] == 3
+
+
+def test_checkpoints_of_the_old_layout_are_refused(tmp_path):
+    (tmp_path / "checkpoints" / "latest" / "5").mkdir(parents=True)
+    with pytest.raises(UserError, match="layout of genesis-jax before 0.2"):
+        train(tiny_config(total_steps=1), tmp_path)
+    assert (tmp_path / "checkpoints" / "latest" / "5").is_dir()
+
+
+def test_one_manager_keeps_the_latest_n_and_the_best(tmp_path):
+    """Learning rate 0: the validation loss never improves after the first evaluation
+    (step 2), so the best is step 2; keep_checkpoints=2 keeps 5 and 6 besides it."""
+    cfg = tiny_config(total_steps=6, eval_every=2, checkpoint_every=1, keep_checkpoints=2)
+    cfg.optimizer.learning_rate = 0.0
+    summary = train(cfg, tmp_path)
+    assert summary["best_step"] == 2
+    assert checkpoint_steps(tmp_path) == [2, 5, 6]
