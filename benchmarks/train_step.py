@@ -24,6 +24,7 @@ from flax import nnx
 from common import timed, write_json  # noqa: E402
 
 from genesis_jax.models import UNet3D  # noqa: E402
+from genesis_jax.models.conv import resolve_conv_mode  # noqa: E402
 from genesis_jax.models.unet import conv_transpose_2x, conv_transpose_reference  # noqa: E402
 from genesis_jax.optim import recipe_sgd  # noqa: E402
 from genesis_jax.step import init_train_state, make_model_step  # noqa: E402
@@ -45,8 +46,8 @@ def xla_flops(compiled) -> float | None:
     return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
-def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True) -> dict:
-    model = UNet3D(width=width, dtype=dtype, rngs=nnx.Rngs(0), fast_upconv=fast_upconv)
+def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, conv="auto") -> dict:
+    model = UNet3D(width=width, dtype=dtype, rngs=nnx.Rngs(0), fast_upconv=fast_upconv, conv=conv)
     tx = recipe_sgd()
     graphdef, state = init_train_state(model, tx)
     step = make_model_step(graphdef, tx, restoration_loss)
@@ -126,6 +127,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--naive-step", action="store_true", help="also time the whole step with lax.conv_transpose")
     parser.add_argument("--no-upconv", action="store_true", help="skip the transposed-conv micro-benchmark")
     parser.add_argument("--torch", action="store_true", help="also time the same step in PyTorch")
+    parser.add_argument("--conv", nargs="+", default=["auto"], choices=["auto", "native", "stacked2d"],
+                        help="3x3x3 conv formulations to time (genesis_jax/models/conv.py)")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: bf16 dense of H100/H200)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -138,13 +141,15 @@ def main(argv=None) -> dict:
     print(f"train step on {result['backend']} ({result['device']}), width {args.width}, {dtype.name}, cubes {shape}",
           flush=True)
     for batch in args.batch:
-        variants = [True, False] if args.naive_step else [True]
-        for fast in variants:
-            row = bench_jax_step(batch, args.width, shape, dtype, args.steps, args.warmup, fast_upconv=fast)
+        variants = [(True, conv) for conv in args.conv] + ([(False, args.conv[0])] if args.naive_step else [])
+        for fast, conv in variants:
+            row = bench_jax_step(batch, args.width, shape, dtype, args.steps, args.warmup, fast_upconv=fast, conv=conv)
+            row["conv"] = resolve_conv_mode(conv)
             if peak:
                 row["mfu"] = row["samples_per_s"] * row["flops_per_sample"] / (peak * 1e12)
             result["steps"].append(row)
-            print(f"  jax batch {batch} ({'fast' if fast else 'lax'} upconv): {row['samples_per_s']:.1f} samples/s"
+            print(f"  jax batch {batch} ({row['conv']} conv, {'fast' if fast else 'lax'} upconv): "
+                  f"{row['samples_per_s']:.1f} samples/s"
                   + (f", MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "")
                   + f" (compile {row['compile_s']:.0f} s)", flush=True)
         if args.torch:
@@ -154,17 +159,20 @@ def main(argv=None) -> dict:
     if not args.no_upconv:
         result["upconv"] = bench_upconv(args.batch[0], args.width, shape, dtype, args.steps, args.warmup)
 
-    print("\n| framework | batch | upconv | samples/s | ms/step | MFU |")
-    print("|---|---:|---|---:|---:|---:|")
+    print("\n| framework | batch | conv | upconv | samples/s | ms/step | MFU |")
+    print("|---|---:|---|---|---:|---:|---:|")
     for row in result["steps"]:
         mfu = f"{100 * row['mfu']:.1f}%" if "mfu" in row else "-"
-        print(f"| JAX ({row['dtype']}) | {row['batch']} | {'fast' if row['fast_upconv'] else 'lax'} | "
+        print(f"| JAX ({row['dtype']}) | {row['batch']} | {row['conv']} | {'fast' if row['fast_upconv'] else 'lax'} | "
               f"{row['samples_per_s']:.1f} | {1e3 * row['median_step_s']:.1f} | {mfu} |")
     for row in result["torch_steps"]:
         print(f"| PyTorch {row['torch']} ({'bf16 autocast' if row['autocast_bf16'] else 'fp32'}) | {row['batch']} | "
-              f"ConvTranspose3d | {row['samples_per_s']:.1f} | {1e3 * row['median_step_s']:.1f} | - |")
-    for jrow, trow in zip(result["steps"][:: 2 if args.naive_step else 1], result["torch_steps"]):
-        print(f"JAX / PyTorch at batch {jrow['batch']}: {jrow['samples_per_s'] / trow['samples_per_s']:.2f}x")
+              f"Conv3d | ConvTranspose3d | {row['samples_per_s']:.1f} | {1e3 * row['median_step_s']:.1f} | - |")
+    torch_by_batch = {row["batch"]: row for row in result["torch_steps"]}
+    for jrow in result["steps"]:
+        if jrow["batch"] in torch_by_batch and jrow["fast_upconv"]:
+            ratio = jrow["samples_per_s"] / torch_by_batch[jrow["batch"]]["samples_per_s"]
+            print(f"JAX ({jrow['conv']} conv) / PyTorch at batch {jrow['batch']}: {ratio:.2f}x")
     if "upconv" in result:
         print("\ntransposed conv, forward + gradient (ms): " + "; ".join(
             f"{tuple(r['input'])}: fast {r['fast_ms']:.2f}, lax {r['lax_ms']:.2f} ({r['speedup']:.1f}x)"

@@ -20,7 +20,6 @@ batch seen to compile and fit, and larger ones may too.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -100,19 +99,10 @@ def abstract_train_state(cfg, task, tx):
     return holder["graphdef"], state
 
 
-def pretrain_task_for(cfg, platform: str) -> PretrainTask:
-    """The pre-training task with its deformation batch mode resolved for the target
-    platform, not for the machine compiling."""
-    task = PretrainTask(cfg)
-    task.check_config()
-    if task.deform.batch_mode == "auto":
-        task.deform = dataclasses.replace(task.deform, batch_mode="map" if platform == "cpu" else "vmap")
-    return task
-
-
 def abstract_step_inputs(cfg, platform: str):
     """(task, optimizer, graphdef, abstract state) of the configured pre-training step."""
-    task = pretrain_task_for(cfg, platform)
+    task = PretrainTask(cfg, platform=platform)  # deformation batch mode and conv resolved for the target
+    task.check_config()
     tx = make_optimizer(cfg.optimizer, cfg.schedule, steps_per_epoch=1, total_steps=cfg.total_steps)
     return (task, tx, *abstract_train_state(cfg, task, tx))
 

@@ -17,11 +17,14 @@ preemption, logs and progress.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from genesis_jax.deform import DeformConfig, sharded_genesis_batch
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
+from genesis_jax.models.conv import CONV_MODES, resolve_conv_mode
 
 MODEL_DTYPES = ("float32", "bfloat16")
 
@@ -32,13 +35,18 @@ def model_dtype(name: str):
     return jnp.dtype(name)
 
 
-def build_unet(model_cfg, rngs, n_class: int = 1) -> UNet3D:
+def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None) -> UNet3D:
+    """The configured U-Net; platform: resolve conv="auto" for that platform (an
+    ahead-of-time compile for another one), not for this machine."""
     if model_cfg.bn_mode not in ("batch", "running"):
         raise UserError(f"model.bn_mode must be 'batch' or 'running', got {model_cfg.bn_mode!r}")
     if model_cfg.width < 1:
         raise UserError(f"model.width must be >= 1, got {model_cfg.width}")
+    if model_cfg.conv not in CONV_MODES:
+        raise UserError(f"model.conv must be one of {', '.join(CONV_MODES)}, got {model_cfg.conv!r}")
+    conv = resolve_conv_mode(model_cfg.conv, platform) if platform else model_cfg.conv
     return UNet3D(n_class=n_class, width=model_cfg.width, bn_mode=model_cfg.bn_mode,
-                  dtype=model_dtype(model_cfg.dtype), rngs=rngs)
+                  dtype=model_dtype(model_cfg.dtype), rngs=rngs, conv=conv)
 
 
 def restoration_mse(restored, target):
@@ -57,8 +65,9 @@ class PretrainTask:
 
     name = "pretrain"
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, cfg, platform: str | None = None):
+        """platform: compile for that platform (the dry run's target) rather than this machine's."""
+        self.cfg, self.platform = cfg, platform
         self.deform = None
 
     def check_config(self) -> None:
@@ -66,6 +75,8 @@ class PretrainTask:
             self.deform = DeformConfig(**self.cfg.deform)
         except (TypeError, ValueError) as e:
             raise UserError(f"deform: {e}") from None
+        if self.platform and self.deform.batch_mode == "auto":
+            self.deform = dataclasses.replace(self.deform, batch_mode="map" if self.platform == "cpu" else "vmap")
         model_dtype(self.cfg.model.dtype)
         if any(d % 8 for d in self.cfg.data.cube_shape):
             raise UserError(f"data.cube_shape {tuple(self.cfg.data.cube_shape)}: every dim must be divisible by 8")
@@ -73,10 +84,11 @@ class PretrainTask:
     def identity(self) -> dict:
         deform = {k: v for k, v in self.cfg.deform.items() if k != "batch_mode"}  # map and vmap: same arrays
         data = {k: v for k, v in self.cfg.data.items()}
-        return {"model": dict(self.cfg.model), "deform": deform, "data": data}
+        model = {k: v for k, v in self.cfg.model.items() if k != "conv"}  # formulations: same weights and sums
+        return {"model": model, "deform": deform, "data": data}
 
     def build_model(self, rngs) -> UNet3D:
-        return build_unet(self.cfg.model, rngs)
+        return build_unet(self.cfg.model, rngs, platform=self.platform)
 
     def load_data(self):
         from genesis_jax.data.sources import load_run_data

@@ -21,7 +21,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.export_pytorch = True          # also write the best weights as a PyTorch state_dict
     c.num_devices = 0                # 0: all devices; N: the first N (tests, debugging)
 
-    c.model = ml_collections.ConfigDict(dict(width=32, bn_mode="batch", dtype="float32"))
+    # conv: the 3x3x3 convolutions' formulation, auto | native | stacked2d (models/conv.py; auto: stacked 2D
+    # convolutions on CPU, where XLA's 3D convolution is slow, native 3D on GPU/TPU); weights do not depend on it.
+    c.model = ml_collections.ConfigDict(dict(width=32, bn_mode="batch", dtype="float32", conv="auto"))
     c.deform = ml_collections.ConfigDict(dataclasses.asdict(DeformConfig()))
     # genesis_jax/optim.py says what each field does; README "Optimizers and schedules".
     c.optimizer = ml_collections.ConfigDict(dict(

@@ -43,7 +43,9 @@ def bezier_table(p1: jax.Array, p2: jax.Array, decreasing: jax.Array, size: int 
         mid = 0.5 * (low + high)
         below = _cubic_bezier(mid, p1[0], p2[0]) < grid
         low, high = jnp.where(below, mid, low), jnp.where(below, high, mid)
-    u = 0.5 * (low + high)
+    # The ends are exact, as in np.interp over the curve's samples: x = 0 is u = 0 and x = 1 is
+    # u = 1 (bisection alone stops 2^-31 inside, and CT cubes are full of exact 0s).
+    u = (0.5 * (low + high)).at[0].set(0.0).at[-1].set(1.0)
     return _cubic_bezier(jnp.where(decreasing, 1.0 - u, u), p1[1], p2[1])
 
 
@@ -54,7 +56,8 @@ def apply_table(x: jax.Array, table: jax.Array) -> jax.Array:
     position = jnp.clip(x, 0.0, 1.0) * last
     left = jnp.minimum(position.astype(jnp.int32), last - 1)
     frac = position - left.astype(position.dtype)
-    return table[left] + frac * (table[left + 1] - table[left])
+    # (1 - f) a + f b, not a + f (b - a): exactly a at f = 0 and b at f = 1, so the end values pass unchanged.
+    return (1.0 - frac) * table[left] + frac * table[left + 1]
 
 
 def nonlinear_intensity(key: jax.Array, x: jax.Array, *, table_size: int = 4096) -> jax.Array:

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from genesis_jax.models.conv import Conv3
+
 BN_MODES = ("batch", "running")
 
 
@@ -62,9 +64,8 @@ class BatchNorm(nnx.Module):
 class LUConv(nnx.Module):
     """3x3x3 conv (padding 1, bias) + BatchNorm + ReLU."""
 
-    def __init__(self, in_ch: int, out_ch: int, bn_mode: str, dtype, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3, 3), padding=((1, 1),) * 3, dtype=dtype,
-                              param_dtype=jnp.float32, rngs=rngs)
+    def __init__(self, in_ch: int, out_ch: int, bn_mode: str, dtype, rngs: nnx.Rngs, conv: str = "auto"):
+        self.conv1 = Conv3(in_ch, out_ch, dtype, rngs, mode=conv)
         self.bn1 = BatchNorm(out_ch, bn_mode)
 
     def __call__(self, x):
@@ -109,21 +110,22 @@ def conv_transpose_reference(x, kernel, bias):
 
 
 class DownTransition(nnx.Module):
-    def __init__(self, in_ch: int, depth: int, width: int, bn_mode, dtype, rngs):
+    def __init__(self, in_ch: int, depth: int, width: int, bn_mode, dtype, rngs, conv="auto"):
         out1 = width * 2 ** depth
-        self.ops0 = LUConv(in_ch, out1, bn_mode, dtype, rngs)
-        self.ops1 = LUConv(out1, 2 * out1, bn_mode, dtype, rngs)
+        self.ops0 = LUConv(in_ch, out1, bn_mode, dtype, rngs, conv)
+        self.ops1 = LUConv(out1, 2 * out1, bn_mode, dtype, rngs, conv)
 
     def __call__(self, x):
         return self.ops1(self.ops0(x))
 
 
 class UpTransition(nnx.Module):
-    def __init__(self, in_ch: int, out_ch: int, depth: int, width: int, bn_mode, dtype, rngs, fast_upconv=True):
+    def __init__(self, in_ch: int, out_ch: int, depth: int, width: int, bn_mode, dtype, rngs, fast_upconv=True,
+                 conv="auto"):
         mid = width * 2 ** (depth + 1)
         self.up_conv = ConvTranspose2x(in_ch, out_ch, dtype, rngs, fast=fast_upconv)
-        self.ops0 = LUConv(out_ch + out_ch // 2, mid, bn_mode, dtype, rngs)
-        self.ops1 = LUConv(mid, mid, bn_mode, dtype, rngs)
+        self.ops0 = LUConv(out_ch + out_ch // 2, mid, bn_mode, dtype, rngs, conv)
+        self.ops1 = LUConv(mid, mid, bn_mode, dtype, rngs, conv)
 
     def __call__(self, x, skip):
         return self.ops1(self.ops0(jnp.concatenate([self.up_conv(x), skip.astype(x.dtype)], axis=-1)))
@@ -157,21 +159,23 @@ class UNet3D(nnx.Module):
     """Input (N, X, Y, Z, 1), X, Y, Z divisible by 8; output sigmoid probabilities
     (N, X, Y, Z, n_class) in float32. width=32 is the official model (19,073,665 parameters).
     fast_upconv=False computes the transposed convs with lax.conv_transpose (the slow
-    XLA path, kept for benchmarks and tests)."""
+    XLA path, kept for benchmarks and tests). conv: the 3x3x3 convolutions' formulation
+    (models/conv.py: "auto" is 2D-stacked on CPU, native 3D elsewhere); the weights do
+    not depend on it."""
 
     def __init__(self, n_class: int = 1, width: int = 32, bn_mode: str = "batch", dtype=jnp.float32,
-                 *, rngs: nnx.Rngs, fast_upconv: bool = True):
+                 *, rngs: nnx.Rngs, fast_upconv: bool = True, conv: str = "auto"):
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
         w = width
         self.n_class, self.width, self.bn_mode, self.dtype = n_class, width, bn_mode, dtype
-        self.down_tr64 = DownTransition(1, 0, w, bn_mode, dtype, rngs)
-        self.down_tr128 = DownTransition(2 * w, 1, w, bn_mode, dtype, rngs)
-        self.down_tr256 = DownTransition(4 * w, 2, w, bn_mode, dtype, rngs)
-        self.down_tr512 = DownTransition(8 * w, 3, w, bn_mode, dtype, rngs)
-        self.up_tr256 = UpTransition(16 * w, 16 * w, 2, w, bn_mode, dtype, rngs, fast_upconv)
-        self.up_tr128 = UpTransition(8 * w, 8 * w, 1, w, bn_mode, dtype, rngs, fast_upconv)
-        self.up_tr64 = UpTransition(4 * w, 4 * w, 0, w, bn_mode, dtype, rngs, fast_upconv)
+        self.down_tr64 = DownTransition(1, 0, w, bn_mode, dtype, rngs, conv)
+        self.down_tr128 = DownTransition(2 * w, 1, w, bn_mode, dtype, rngs, conv)
+        self.down_tr256 = DownTransition(4 * w, 2, w, bn_mode, dtype, rngs, conv)
+        self.down_tr512 = DownTransition(8 * w, 3, w, bn_mode, dtype, rngs, conv)
+        self.up_tr256 = UpTransition(16 * w, 16 * w, 2, w, bn_mode, dtype, rngs, fast_upconv, conv)
+        self.up_tr128 = UpTransition(8 * w, 8 * w, 1, w, bn_mode, dtype, rngs, fast_upconv, conv)
+        self.up_tr64 = UpTransition(4 * w, 4 * w, 0, w, bn_mode, dtype, rngs, fast_upconv, conv)
         self.out_tr = OutputTransition(2 * w, n_class, dtype, rngs)
 
     def encode(self, x):
