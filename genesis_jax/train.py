@@ -7,10 +7,13 @@ With no flags: the demo config on the embedded chest CT sample, in a new directo
 from its latest checkpoint. SIGTERM saves a checkpoint at the next step and exits 0.
 --dry_run compiles the configured step without data or training and reports per-device
 memory, FLOPs, collectives and the largest batch that fits (genesis_jax/dryrun.py).
+Compiled programs are cached in ~/.cache/genesis_jax/xla (GENESIS_JAX_CACHE=DIR to move
+it, =off to disable; JAX_COMPILATION_CACHE_DIR, if set, wins).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -112,9 +115,27 @@ def run_dry(config, options) -> int:
     return 0
 
 
+def compilation_cache_dir() -> str | None:
+    """Where compiled programs persist between runs: JAX_COMPILATION_CACHE_DIR if set (jax
+    reads it itself), else $GENESIS_JAX_CACHE, else ~/.cache/genesis_jax/xla; "off": none."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    where = os.environ.get("GENESIS_JAX_CACHE", str(Path.home() / ".cache" / "genesis_jax" / "xla"))
+    return None if where == "off" else where
+
+
+def enable_compilation_cache(jax) -> None:
+    """A rerun, a resume or a second run of a config loads its compiled steps instead of
+    compiling them again (programs that took over a second to compile)."""
+    where = compilation_cache_dir()
+    if where and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", where)
+
+
 def main(argv=None) -> int:
     config, workdir, distributed, dry_run = parse(list(sys.argv if argv is None else argv))
     import jax
+    enable_compilation_cache(jax)
     if distributed is not None:
         jax.distributed.initialize(**distributed)
     from genesis_jax.errors import UserError

@@ -179,3 +179,23 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
     """A ValueError from inside JAX, Orbax or our code is not a user error: it propagates."""
     with pytest.raises(ValueError, match="an internal inconsistency"):
         main_with(monkeypatch, capsys, ValueError("an internal inconsistency"))
+
+
+def test_the_cli_caches_compiled_programs_in_a_documented_directory(monkeypatch, tmp_path):
+    import jax as jax_module
+    from genesis_jax import train as cli
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("GENESIS_JAX_CACHE", raising=False)
+    assert cli.compilation_cache_dir() == str(tmp_path / ".cache" / "genesis_jax" / "xla")
+    monkeypatch.setenv("GENESIS_JAX_CACHE", "off")
+    assert cli.compilation_cache_dir() is None
+    monkeypatch.setenv("GENESIS_JAX_CACHE", str(tmp_path / "mine"))
+    before = jax_module.config.jax_compilation_cache_dir
+    try:
+        cli.enable_compilation_cache(jax_module)
+        assert jax_module.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+    finally:
+        jax_module.config.update("jax_compilation_cache_dir", before)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax's own"))
+    assert cli.compilation_cache_dir() == str(tmp_path / "jax's own")
