@@ -103,7 +103,8 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state)))["state"]
 
     def best_step(self) -> int | None:
-        scored = [(self.manager.metrics(s)["val_loss"], s) for s in self.steps() if self.manager.metrics(s)]
+        metrics = {step: self.manager.metrics(step) for step in self.steps()}
+        scored = [(m["val_loss"], step) for step, m in metrics.items() if m]
         return min(scored)[1] if scored else None
 
     def restore_latest(self, abstract_state, check_meta):

@@ -99,20 +99,21 @@ def abstract_train_state(cfg, task, tx):
     return holder["graphdef"], state
 
 
-def abstract_step_inputs(cfg, platform: str):
-    """(task, optimizer, graphdef, abstract state) of the configured pre-training step."""
+def target_step(cfg, mesh, platform: str):
+    """(jitted pre-training step, its abstract replicated state): built once per dry run,
+    lowered at every batch size tried."""
     task = PretrainTask(cfg, platform=platform)  # deformation batch mode and conv resolved for the target
     task.check_config()
     tx = make_optimizer(cfg.optimizer, cfg.schedule, steps_per_epoch=1, total_steps=cfg.total_steps)
-    return (task, tx, *abstract_train_state(cfg, task, tx))
-
-
-def compile_step(cfg, mesh, global_batch: int, platform: str):
-    """(ProgramReport, compile seconds) of the pre-training step at this global batch."""
-    task, tx, graphdef, abstract_state = abstract_step_inputs(cfg, platform)
-    step = make_train_step(graphdef, tx, task, jax.random.key(cfg.seed), mesh)
+    graphdef, abstract_state = abstract_train_state(cfg, task, tx)
     replicated = sharding.replicated(mesh)
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
+    return make_train_step(graphdef, tx, task, jax.random.key(cfg.seed), mesh), state
+
+
+def compile_step(cfg, mesh, target, global_batch: int):
+    """(ProgramReport, compile seconds) of the target step (target_step) at this global batch."""
+    step, state = target
     cubes = jax.ShapeDtypeStruct((global_batch, *cfg.data.cube_shape), jnp.float32,
                                  sharding=sharding.batch_sharded(mesh))
     start = time.perf_counter()
@@ -135,8 +136,8 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
     mesh = sharding.make_mesh(devices)
     sharding.check_batch_size(cfg.batch_size, mesh)
     platform = devices[0].platform
-    report, seconds = compile_step(cfg, mesh, cfg.batch_size, platform)
-    params = abstract_step_inputs(cfg, platform)[3].params
+    target = target_step(cfg, mesh, platform)
+    report, seconds = compile_step(cfg, mesh, target, cfg.batch_size)
     per_device = cfg.batch_size // mesh.size
     memory, memory_source, peak_flops = device_spec(devices[0], device_memory_gb)
     result = {
@@ -145,7 +146,8 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
         "platform": platform,
         "device_kind": devices[0].device_kind, "devices": mesh.size, "global_batch": cfg.batch_size,
         "per_device_batch": per_device, "cube_shape": list(cfg.data.cube_shape), "width": cfg.model.width,
-        "dtype": cfg.model.dtype, "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(params))), "compile_s": round(seconds, 1), "per_device": report.to_dict(),
+        "dtype": cfg.model.dtype, "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(
+            target[1].params))), "compile_s": round(seconds, 1), "per_device": report.to_dict(),
         "flops_per_sample": report.flops / per_device, "device_memory_bytes": memory,
         "device_memory_source": memory_source,
     }
@@ -154,16 +156,15 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
                            "steps_per_s": PAPER_MFU * peak_flops / report.flops,
                            "samples_per_s_per_device": PAPER_MFU * peak_flops / report.flops * per_device}
     if fit and memory:
-        result["fit"] = fit_batch(cfg, mesh, platform, per_device, report, memory,
-                                  fit_compiles)
+        result["fit"] = fit_batch(cfg, mesh, target, per_device, report, memory, fit_compiles)
     return result
 
 
-def fit_batch(cfg, mesh, platform, per_device, report, memory, max_checks=4) -> dict:
+def fit_batch(cfg, mesh, target, per_device, report, memory, max_checks=4) -> dict:
     """The largest per-device batch whose compiled peak fits `memory` (see the module doc)."""
     def peak_at(batch):
         try:
-            compiled, _ = compile_step(cfg, mesh, batch * mesh.size, platform)
+            compiled, _ = compile_step(cfg, mesh, target, batch * mesh.size)
         except Exception as e:  # the TPU compiler refuses a program larger than HBM
             if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
                 return math.inf

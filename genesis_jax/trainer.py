@@ -251,9 +251,8 @@ class TrainLog:
                     "parameters became non-finite"
                 raise TrainingDiverged(f"{what} at step {step}; the last good checkpoint is in "
                                        f"{self.run.checkpointer.directory} (lower the learning rate?)")
-        for (step, _), m in zip(self.pending, fetched):
-            self.summary["train_losses"].append((step - 1, float(m["loss"])))
-            self.summary["learning_rates"].append((step - 1, float(m["learning_rate"])))
+            self.summary["train_losses"].append((step - 1, float(metrics["loss"])))
+            self.summary["learning_rates"].append((step - 1, float(metrics["learning_rate"])))
         self.pending.clear()
         return fetched
 
@@ -305,7 +304,7 @@ def train(cfg, workdir, task=None) -> dict:
             step += 1  # from here on, `step` counts completed steps (checkpoints are numbered so)
             log.add(step, metrics)
             bar.update(1)
-            if run.cadence.due(cfg.log_every, step):
+            if run.cadence.due(run.cadence.log_every, step):
                 log.log(step, bar)
             val_loss, improved = None, False
             if run.cadence.due(run.cadence.eval_every, step):
