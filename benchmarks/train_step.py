@@ -4,9 +4,11 @@ PyTorch, in one run on one device.
 
     python benchmarks/train_step.py --batch 32 --width 32 --dtype bfloat16 --torch --json out.json
 
-MFU uses 732.7 GFLOP per 64x64x32 training sample at width 32 (GUIDE.md section 4);
-other widths or shapes use XLA's cost analysis of the compiled step. Peak: bf16 dense of
-the device (H100/H200: 989 TFLOP/s), or --peak-tflops.
+MFU uses the step's convolution and matmul FLOPs counted from its jaxpr
+(`genesis_jax.program.model_flops`: 732.4 GFLOP per 64x64x32 sample at width 32, GUIDE.md
+section 4's 732.7 less the input gradient training never computes), the same count on
+every backend; XLA's cost analysis is not used, as on GPU it leaves out the cuDNN
+convolutions. Peak: bf16 dense of the device (H100/H200: 989 TFLOP/s), or --peak-tflops.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from flax import nnx
 
 from common import timed, write_json  # noqa: E402
 
+from genesis_jax import program  # noqa: E402
 from genesis_jax.models import UNet3D  # noqa: E402
 from genesis_jax.models.conv import resolve_conv_mode  # noqa: E402
 from genesis_jax.models.unet import conv_transpose_2x, conv_transpose_reference  # noqa: E402
@@ -30,20 +33,12 @@ from genesis_jax.optim import recipe_sgd  # noqa: E402
 from genesis_jax.step import init_train_state, make_model_step  # noqa: E402
 from genesis_jax.tasks import restoration_loss  # noqa: E402
 
-PAPER_FLOPS_PER_SAMPLE = 732.7e9  # width 32, 64x64x32
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
 
 def peak_tflops(device) -> float | None:
     kind = getattr(device, "device_kind", "")
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), None)
-
-
-def xla_flops(compiled) -> float | None:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
-    return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
 def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, conv="auto") -> dict:
@@ -62,11 +57,10 @@ def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, 
         return loss
 
     median = statistics.median(timed(run, steps, warmup))
-    paper = width == 32 and tuple(shape) == (64, 64, 32)
-    flops = PAPER_FLOPS_PER_SAMPLE if paper else (xla_flops(compiled) or 0.0) / batch
+    flops = program.model_flops(jax.make_jaxpr(step)(state, cubes, cubes)) / batch
     return {"batch": batch, "width": width, "dtype": jnp.dtype(dtype).name, "fast_upconv": fast_upconv,
             "compile_s": compile_s, "median_step_s": median, "samples_per_s": batch / median,
-            "flops_per_sample": flops, "flops_source": "paper" if paper else "xla_cost_analysis"}
+            "flops_per_sample": flops, "flops_source": "jaxpr convolutions and matmuls"}
 
 
 def bench_upconv(batch, width, shape, dtype, steps, warmup) -> list[dict]:

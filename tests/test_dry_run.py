@@ -38,8 +38,8 @@ def test_dry_run_prints_the_table_and_writes_json_without_touching_a_workdir(tmp
     proc = run_cli(["--dry_run", *TINY, "--device_memory_gb=1", f"--json={out}", f"--workdir={tmp_path / 'run'}"],
                    ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for row in ("memory: arguments", "memory: temporaries", "memory: outputs", "memory: peak", "FLOPs per step",
-                "collective: all-reduce", "compile time", "largest batch that fits"):
+    for row in ("memory: arguments", "memory: temporaries", "memory: outputs", "memory: peak", "model FLOPs per step",
+                "XLA's FLOPs per step", "collective: all-reduce", "compile time", "largest batch that fits"):
         assert row in proc.stdout, (row, proc.stdout)
     assert "global 16 = 2 per device" in proc.stdout
     report = json.loads(out.read_text())
