@@ -1,6 +1,6 @@
 """The U-Net's 3x3x3 convolution in each formulation, forward + both gradients, per shape.
 
-    python benchmarks/conv_formulations.py [--json benchmarks/results/conv_formulations_cpu.json]
+    python -m benchmarks.conv_formulations [--json benchmarks/results/conv_formulations_cpu.json]
 
 Formulations (genesis_jax/models/conv.py): native (3D conv_general_dilated), stacked2d
 (X folded into the batch, the three X taps as input channels of one 2D conv), and
@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from common import timed, write_json
+from benchmarks.common import timed, write_json
 
 from genesis_jax.models.conv import conv3x3x3
 

@@ -1,6 +1,6 @@
 """Cubes/s of the jitted genesis_batch versus the per-cube NumPy reference, in one run.
 
-    python benchmarks/deform_throughput.py --batch-sizes 6 64 256 --json results.json
+    python -m benchmarks.deform_throughput --batch-sizes 6 64 256 --json results.json
 
 Both sides corrupt the same random 64x64x32 cubes with the default DeformConfig on
 this machine, one after the other. JAX: compiled and warmed up first, then `repeats`
@@ -8,7 +8,8 @@ timed calls with fresh keys, each ending in block_until_ready; the median is rep
 Reference: `reference_cubes` cubes through genesis_jax/reference/numpy_genesis.py one at a time,
 three passes with the same draws, median pass.
 With --stages it also times each deformation alone (applied to every cube; per cube
-with lax.map on CPU, vmapped elsewhere, as genesis_batch does) to show where the time goes.
+with lax.map on CPU, vmapped elsewhere, as genesis_batch does), and each reference
+deformation alone on up to 10 cubes, to show where the time goes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import write_json  # noqa: E402
+from benchmarks.common import write_json  # noqa: E402
 from genesis_jax.reference.numpy_genesis import ReferencePipeline  # noqa: E402
 
 from genesis_jax.deform import (  # noqa: E402
@@ -85,6 +86,26 @@ def bench_reference(n_cubes: int, shape, repeats: int = 3) -> dict:
             "ms_per_cube": 1e3 * elapsed / n_cubes}
 
 
+def bench_reference_stages(n_cubes: int, shape) -> dict:
+    """ms/cube of each reference deformation applied to every cube (as bench_stages does)."""
+    cubes = np.random.default_rng(0).random((n_cubes, *shape), dtype=np.float32)
+    pipeline = ReferencePipeline(seed=0)
+    stages = {
+        "flip": lambda x: pipeline.flip(x, x)[0],
+        "local_pixel_shuffle": pipeline.local_pixel_shuffle,
+        "nonlinear_intensity": pipeline.nonlinear_intensity,
+        "inpaint": pipeline.inpaint,
+        "outpaint": pipeline.outpaint,
+    }
+    out = {}
+    for name, fn in stages.items():
+        start = time.perf_counter()
+        for cube in cubes:
+            np.ascontiguousarray(fn(cube))
+        out[name] = 1e3 * (time.perf_counter() - start) / n_cubes
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[6, 64, 256])
@@ -120,6 +141,8 @@ def main(argv=None) -> dict:
         print(f"  batch {batch}: {run['cubes_per_s']:.1f} cubes/s ({run['ms_per_cube']:.2f} ms/cube)", flush=True)
     if args.stages:
         result["stage_ms_per_cube"] = bench_stages(max(args.batch_sizes), shape, args.repeats)
+        if args.reference_cubes:
+            result["reference_stage_ms_per_cube"] = bench_reference_stages(min(args.reference_cubes, 10), shape)
 
     print()
     print("| implementation | batch | cubes/s | ms/cube | vs reference |")
@@ -134,6 +157,9 @@ def main(argv=None) -> dict:
     if "stage_ms_per_cube" in result:
         print("\nper stage, applied to every cube (ms/cube): " +
               ", ".join(f"{k} {v:.3f}" for k, v in result["stage_ms_per_cube"].items()))
+    if "reference_stage_ms_per_cube" in result:
+        print("NumPy reference, each on every cube (ms/cube): " +
+              ", ".join(f"{k} {v:.3f}" for k, v in result["reference_stage_ms_per_cube"].items()))
     write_json(args.json, result)
     return result
 

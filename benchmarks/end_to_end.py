@@ -1,7 +1,7 @@
 """Samples/s of the real pre-training loop (host data + transfer + on-device deformation +
 step) against the step alone, same model, batch and device, in one run.
 
-    python benchmarks/end_to_end.py --batch 32 --width 32 --dtype bfloat16 --json out.json
+    python -m benchmarks.end_to_end --batch 32 --width 32 --dtype bfloat16 --json out.json
 
 Data: cubes cut on the fly (VolumeBatches, foreground filter) from a synthetic in-memory
 volume, so no file readers are needed. "step alone" trains on one fixed, pre-corrupted
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common import timed, write_json  # noqa: E402
+from benchmarks.common import timed, write_json  # noqa: E402
 
 from genesis_jax import sharding
 from genesis_jax.data import SamplerConfig, VolumeBatches

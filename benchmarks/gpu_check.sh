@@ -47,17 +47,17 @@ section() { echo "== $1 [${SECONDS} s]"; }
 BACKEND=$("$PY" -c 'import jax; print(jax.default_backend())')
 
 section "1. Genesis deformations: genesis_batch cubes/s vs the NumPy reference (issue 2; goal >= 200k cubes/s on one H100)"
-"$PY" benchmarks/deform_throughput.py --batch-sizes $BATCHES --reference-cubes $REF --stages \
+"$PY" -m benchmarks.deform_throughput --batch-sizes $BATCHES --reference-cubes $REF --stages \
   --json "$OUT/deform_throughput_$BACKEND.json"
 
 section "2. Train step: JAX bf16 samples/s + MFU vs PyTorch (bf16 autocast, channels_last_3d), fast vs lax transposed conv (issue 3; goal >= 50% MFU, >= 1.5x PyTorch on one H100)"
 TORCH_FLAG=""
 "$PY" -c "import torch" 2>/dev/null && TORCH_FLAG="--torch" || echo "(torch not importable: PyTorch side skipped)"
 # JAX takes 75% of GPU memory by default; PyTorch in the same process needs the rest.
-XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 "$PY" benchmarks/train_step.py $STEP_ARGS $TORCH_FLAG --json "$OUT/train_step_$BACKEND.json"
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 "$PY" -m benchmarks.train_step $STEP_ARGS $TORCH_FLAG --json "$OUT/train_step_$BACKEND.json"
 
 section "3. End to end: host data + transfer + on-device deformation + step vs the step alone (issue 5; goal: deformation + data overhead < 5% of the step on GPU)"
-"$PY" benchmarks/end_to_end.py $E2E_ARGS --json "$OUT/end_to_end_$BACKEND.json"
+"$PY" -m benchmarks.end_to_end $E2E_ARGS --json "$OUT/end_to_end_$BACKEND.json"
 
 section "4. Dry run of the full-width bf16 pre-training step: per-GPU memory, FLOPs, collectives, largest batch that fits (issue 8)"
 if "$PY" -c "import ml_collections" 2>/dev/null; then

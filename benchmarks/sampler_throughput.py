@@ -1,6 +1,6 @@
 """Cubes/s and yield of the Genesis cube sampler per filter on one volume.
 
-    python benchmarks/sampler_throughput.py ../shared/data/chest_ct.nii.gz --seeds 5 --json out.json
+    python -m benchmarks.sampler_throughput ../shared/data/chest_ct.nii.gz --seeds 5 --json out.json
 
 Reading and windowing are timed once; each filter then samples with the default
 SamplerConfig (32 cubes per volume, 50 tries per cube, auto borders) for each seed.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import write_json  # noqa: E402
+from benchmarks.common import write_json  # noqa: E402
 
 from genesis_jax.data import SamplerConfig, hu_window, read_volume, sample_cubes
 from genesis_jax.data.sampler import FILTERS, borders_for

@@ -1,6 +1,6 @@
 """Data-parallel scaling of the real pre-training step on 1, 2, 4, 8 devices, in one run.
 
-    python benchmarks/scaling.py --json benchmarks/results/scaling_cpu.json
+    python -m benchmarks.scaling --json benchmarks/results/scaling_cpu.json
 
 For each device count: the compiled program's per-device FLOPs, peak memory and
 collectives (genesis_jax.program), and measured samples/s. Two series:
@@ -29,7 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from common import timed, write_json  # noqa: E402
+from benchmarks.common import timed, write_json  # noqa: E402
 
 from genesis_jax import program, sharding  # noqa: E402
 from genesis_jax.configs.base import base_config  # noqa: E402

@@ -2,7 +2,7 @@
 state donated), the fast versus the naive transposed conv, and optionally the same step in
 PyTorch, in one run on one device.
 
-    python benchmarks/train_step.py --batch 32 --width 32 --dtype bfloat16 --torch --json out.json
+    python -m benchmarks.train_step --batch 32 --width 32 --dtype bfloat16 --torch --json out.json
 
 MFU uses the step's convolution and matmul FLOPs counted from its jaxpr
 (`genesis_jax.program.model_flops`: 732.4 GFLOP per 64x64x32 sample at width 32, GUIDE.md
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-from common import timed, write_json  # noqa: E402
+from benchmarks.common import timed, write_json  # noqa: E402
 
 from genesis_jax import program  # noqa: E402
 from genesis_jax.models import UNet3D  # noqa: E402
@@ -60,7 +60,8 @@ def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, 
     flops = program.model_flops(jax.make_jaxpr(step)(state, cubes, cubes)) / batch
     return {"batch": batch, "width": width, "dtype": jnp.dtype(dtype).name, "fast_upconv": fast_upconv,
             "compile_s": compile_s, "median_step_s": median, "samples_per_s": batch / median,
-            "flops_per_sample": flops, "flops_source": "jaxpr convolutions and matmuls"}
+            "flops_per_sample": flops, "flops_source": "jaxpr convolutions and matmuls",
+            "peak_bytes": program.analyse(compiled).peak_bytes}
 
 
 def bench_upconv(batch, width, shape, dtype, steps, warmup) -> list[dict]:

@@ -6,6 +6,7 @@ import dataclasses
 
 FLIP_AXES_CHOICES = ("original", "xyz")
 BATCH_MODES = ("auto", "vmap", "map")
+BEZIER_MODES = ("auto", "table", "solve")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,10 @@ class DeformConfig:
       first-order bias below 2**-12, see tests/test_local_shuffle.py).
     bezier_table_size: points of the lookup table through which the Bezier intensity
       map is applied (the original interpolates 100,000 curve samples).
+    bezier_mode: how the intensity map is applied (deform/intensity.py): "table"
+      (interpolate a per-cube table: gathers), "solve" (bisect each voxel's curve
+      parameter: elementwise only), "auto" (solve on TPU, where gathers are costly,
+      table elsewhere). The maps agree to the table's interpolation error.
     batch_mode: how genesis_batch runs a batch: "vmap" (every stage computed for every
       cube, then selected), "map" (one cube at a time with real branches), or "auto"
       (map on CPU, vmap on accelerators). The results are the same.
@@ -40,6 +45,7 @@ class DeformConfig:
     paint_continue_rate: float = 0.95
     inpaint_max_boxes: int = 5
     outpaint_max_windows: int = 5
+    bezier_mode: str = "auto"
     batch_mode: str = "auto"
 
     def __post_init__(self):
@@ -50,6 +56,8 @@ class DeformConfig:
                 raise ValueError(f"DeformConfig.{name} must be a probability in [0, 1], got {value!r}")
         if self.flip_axes not in FLIP_AXES_CHOICES:
             raise ValueError(f"DeformConfig.flip_axes must be one of {FLIP_AXES_CHOICES}, got {self.flip_axes!r}")
+        if self.bezier_mode not in BEZIER_MODES:
+            raise ValueError(f"DeformConfig.bezier_mode must be one of {BEZIER_MODES}, got {self.bezier_mode!r}")
         if self.batch_mode not in BATCH_MODES:
             raise ValueError(f"DeformConfig.batch_mode must be one of {BATCH_MODES}, got {self.batch_mode!r}")
         for name in ("max_flips", "local_blocks", "shuffle_rounds", "inpaint_max_boxes",

@@ -1,0 +1,81 @@
+"""What the TPU compiler says each deformation costs: bytes accessed and FLOPs per cube,
+from ahead-of-time compiles for one chip of a TPU slice on a machine without TPUs (needs libtpu:
+`pip install 'jax[tpu]'`; one such process per machine at a time).
+
+    python -m benchmarks.deform_tpu_cost [--topology v5e:2x2] [--batch 8] [--json PATH]
+
+Each stage is vmapped over `batch` cubes of 64x64x32, as genesis_batch runs on
+accelerators; the pipeline rows are genesis_batch itself with each Bezier mode
+("table": per-voxel gathers from a 4096-entry table; "solve": per-voxel bisection, no
+gather; the TPU default is solve). The TPU compiler costs a per-element gather as
+reading its whole operand per element, which is what this makes visible. For scale,
+the dry run of the width-32 bf16 train step reports its own bytes per chip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import SingleDeviceSharding
+
+from benchmarks.common import write_json
+from genesis_jax.deform import DeformConfig, flip, genesis_batch, inpaint, local_pixel_shuffle, nonlinear_intensity, outpaint
+from genesis_jax.dryrun import topology_devices
+from genesis_jax.program import analyse
+
+
+def stages(cfg: DeformConfig) -> dict:
+    table, solve = (dataclasses.replace(cfg, bezier_mode=m, batch_mode="vmap") for m in ("table", "solve"))
+    per_cube = {
+        "flip": lambda k, x: flip(k, x, x)[0],
+        "local_pixel_shuffle": local_pixel_shuffle,
+        "nonlinear_intensity (table)": lambda k, x: nonlinear_intensity(k, x, mode="table"),
+        "nonlinear_intensity (solve)": lambda k, x: nonlinear_intensity(k, x, mode="solve"),
+        "inpaint": inpaint,
+        "outpaint": outpaint,
+    }
+    fns = {name: (lambda keys, cubes, fn=fn: jax.vmap(fn)(keys, cubes), True) for name, fn in per_cube.items()}
+    fns["pipeline (table)"] = (lambda key, cubes: genesis_batch(key, cubes, table), False)
+    fns["pipeline (solve)"] = (lambda key, cubes: genesis_batch(key, cubes, solve), False)
+    return fns
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--topology", default="v5e:2x2", help="a slice; its first chip is compiled for")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    device = topology_devices(args.topology)[0]
+    on_chip = SingleDeviceSharding(device)
+    cubes = jax.ShapeDtypeStruct((args.batch, *args.shape), jnp.float32, sharding=on_chip)
+    key_type = jax.eval_shape(lambda: jax.random.key(0))
+    one_key = jax.ShapeDtypeStruct(key_type.shape, key_type.dtype, sharding=on_chip)
+    keys = jax.ShapeDtypeStruct((args.batch, *key_type.shape), key_type.dtype, sharding=on_chip)
+    result = {"benchmark": "deform_tpu_cost", "topology": args.topology, "device_kind": device.device_kind,
+              "jax": jax.__version__, "batch": args.batch, "shape": args.shape, "stages": {}}
+    print(f"TPU compiler's cost per cube, {device.device_kind} ({args.topology}), {args.batch} cubes of "
+          f"{tuple(args.shape)}, jax {jax.__version__}")
+    print("| stage | GB accessed per cube | MFLOP per cube | compile s |")
+    print("|---|---:|---:|---:|")
+    for name, (fn, per_key) in stages(DeformConfig()).items():
+        start = time.perf_counter()
+        report = analyse(jax.jit(fn).lower(keys if per_key else one_key, cubes).compile())
+        seconds = time.perf_counter() - start
+        row = {"bytes_per_cube": report.bytes_accessed / args.batch, "flops_per_cube": report.flops / args.batch,
+               "compile_s": seconds}
+        result["stages"][name] = row
+        print(f"| {name} | {row['bytes_per_cube'] / 1e9:.3f} | {row['flops_per_cube'] / 1e6:.1f} | {seconds:.0f} |",
+              flush=True)
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
