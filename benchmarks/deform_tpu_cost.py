@@ -5,9 +5,10 @@ from ahead-of-time compiles for one chip of a TPU slice on a machine without TPU
     python -m benchmarks.deform_tpu_cost [--topology v5e:2x2] [--batch 8] [--json PATH]
 
 Each stage is vmapped over `batch` cubes of 64x64x32, as genesis_batch runs on
-accelerators; the pipeline rows are genesis_batch itself with each Bezier mode
-("table": per-voxel gathers from a 4096-entry table; "solve": per-voxel bisection, no
-gather; the TPU default is solve). The TPU compiler costs a per-element gather as
+accelerators, with each DeformConfig.lookups where it matters ("table": per-voxel
+gathers from per-cube tables, the Bezier map's 4096 points and the shuffle blocks'
+geometry; "compute": recomputed per voxel, no such gathers; the TPU default); the
+pipeline rows are genesis_batch itself. The TPU compiler costs a per-element gather as
 reading its whole operand per element, which is what this makes visible. For scale,
 the dry run of the width-32 bf16 train step reports its own bytes per chip.
 """
@@ -30,18 +31,19 @@ from genesis_jax.program import analyse
 
 
 def stages(cfg: DeformConfig) -> dict:
-    table, solve = (dataclasses.replace(cfg, bezier_mode=m, batch_mode="vmap") for m in ("table", "solve"))
+    table, compute = (dataclasses.replace(cfg, lookups=m, batch_mode="vmap") for m in ("table", "compute"))
     per_cube = {
         "flip": lambda k, x: flip(k, x, x)[0],
-        "local_pixel_shuffle": local_pixel_shuffle,
-        "nonlinear_intensity (table)": lambda k, x: nonlinear_intensity(k, x, mode="table"),
-        "nonlinear_intensity (solve)": lambda k, x: nonlinear_intensity(k, x, mode="solve"),
+        "local_pixel_shuffle (table)": lambda k, x: local_pixel_shuffle(k, x, lookups="table"),
+        "local_pixel_shuffle (compute)": lambda k, x: local_pixel_shuffle(k, x, lookups="compute"),
+        "nonlinear_intensity (table)": lambda k, x: nonlinear_intensity(k, x, lookups="table"),
+        "nonlinear_intensity (compute)": lambda k, x: nonlinear_intensity(k, x, lookups="compute"),
         "inpaint": inpaint,
         "outpaint": outpaint,
     }
     fns = {name: (lambda keys, cubes, fn=fn: jax.vmap(fn)(keys, cubes), True) for name, fn in per_cube.items()}
     fns["pipeline (table)"] = (lambda key, cubes: genesis_batch(key, cubes, table), False)
-    fns["pipeline (solve)"] = (lambda key, cubes: genesis_batch(key, cubes, solve), False)
+    fns["pipeline (compute)"] = (lambda key, cubes: genesis_batch(key, cubes, compute), False)
     return fns
 
 

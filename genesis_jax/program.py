@@ -183,6 +183,21 @@ def _jaxpr_flops(jaxpr) -> float:
     return total
 
 
+def primitive_counts(closed_jaxpr) -> dict[str, int]:
+    """How often each primitive occurs in a traced program, inner programs (jit, cond,
+    scan, shard_map, ...) included: e.g. whether a formulation is free of gathers."""
+    counts: dict[str, int] = {}
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            counts[eqn.primitive.name] = counts.get(eqn.primitive.name, 0) + 1
+            for sub in _sub_jaxprs(eqn.params):
+                walk(sub)
+
+    walk(getattr(closed_jaxpr, "jaxpr", closed_jaxpr))
+    return counts
+
+
 def _sub_jaxprs(params):
     for value in params.values():
         for item in value if isinstance(value, (tuple, list)) else (value,):

@@ -22,7 +22,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from genesis_jax.deform import DeformConfig, sharded_genesis_batch
-from genesis_jax.deform.intensity import resolve_bezier_mode
+from genesis_jax.deform.config import resolve_lookups
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
 from genesis_jax.models.conv import CONV_MODES, resolve_conv_mode
@@ -79,15 +79,15 @@ class PretrainTask:
         if self.platform and self.deform.batch_mode == "auto":
             self.deform = dataclasses.replace(self.deform, batch_mode="map" if self.platform == "cpu" else "vmap")
         if self.platform:  # a dry run compiles for its target, not for this host
-            self.deform = dataclasses.replace(
-                self.deform, bezier_mode=resolve_bezier_mode(self.deform.bezier_mode, self.platform))
+            self.deform = dataclasses.replace(self.deform, lookups=resolve_lookups(self.deform.lookups, self.platform))
         model_dtype(self.cfg.model.dtype)
         if any(d % 8 for d in self.cfg.data.cube_shape):
             raise UserError(f"data.cube_shape {tuple(self.cfg.data.cube_shape)}: every dim must be divisible by 8")
 
     def identity(self) -> dict:
-        # map and vmap: same arrays; the Bezier table and solve: the same map to interpolation error.
-        deform = {k: v for k, v in self.cfg.deform.items() if k not in ("batch_mode", "bezier_mode")}
+        # map and vmap: same arrays; table and compute lookups: the same deformation (the
+        # shuffle bit for bit, the Bezier map to the table's interpolation error).
+        deform = {k: v for k, v in self.cfg.deform.items() if k not in ("batch_mode", "lookups")}
         data = {k: v for k, v in self.cfg.data.items()}
         model = {k: v for k, v in self.cfg.model.items() if k != "conv"}  # formulations: same weights and sums
         return {"model": model, "deform": deform, "data": data}

@@ -133,3 +133,20 @@ def test_tpu_ahead_of_time_compile_splits_the_batch():
     assert (one["devices"], four["devices"]) == (1, 4)
     assert four["per_device"]["flops"] <= 1.1 * one["per_device"]["flops"] / 4
     assert set(four["per_device"]["collectives"]) == {"all-reduce"}
+
+
+def test_the_dry_run_builds_the_deformations_of_its_target_not_of_this_host():
+    """A TPU slice compiled from a CPU host gets the TPU's deformation path: vmapped, and
+    lookups recomputed per voxel (no table gathers); `auto` only, an explicit choice stays."""
+    from genesis_jax.tasks import PretrainTask
+    resolved = {}
+    for platform in ("tpu", "gpu", "cpu"):
+        task = PretrainTask(get_config(), platform=platform)
+        task.check_config()
+        resolved[platform] = (task.deform.batch_mode, task.deform.lookups)
+    assert resolved == {"tpu": ("vmap", "compute"), "gpu": ("vmap", "table"), "cpu": ("map", "table")}
+    cfg = get_config()
+    cfg.deform.lookups = "table"
+    task = PretrainTask(cfg, platform="tpu")
+    task.check_config()
+    assert task.deform.lookups == "table"

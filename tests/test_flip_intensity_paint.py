@@ -8,8 +8,10 @@ from genesis_jax.reference.numpy_genesis import BEZIER_SAMPLES
 from stats import assert_counts_match, assert_rate
 
 from genesis_jax.deform import flip, inpaint, nonlinear_intensity, outpaint
+from genesis_jax.deform.config import resolve_lookups
 from genesis_jax.deform.flip import flip_axes_mask, flip_choices
-from genesis_jax.deform.intensity import apply_table, bezier_params, bezier_table, resolve_bezier_mode, solve_map
+from genesis_jax.deform.intensity import apply_table, bezier_params, bezier_table, solve_map
+from genesis_jax.program import primitive_counts
 from genesis_jax.deform.paint import inpaint_size_range, outpaint_size_range, paint_boxes
 
 TRIALS = 20_000
@@ -82,25 +84,25 @@ def test_bezier_maps_are_monotone_with_fixed_endpoints():
 
 
 def apply_map(mode, x, p1, p2, decreasing):
-    if mode == "solve":
+    if mode == "compute":
         return solve_map(x, p1, p2, decreasing)
     return apply_table(x, bezier_table(p1, p2, decreasing))
 
 
-@pytest.mark.parametrize("mode", ["table", "solve"])
+@pytest.mark.parametrize("mode", ["table", "compute"])
 def test_bezier_map_keeps_exact_ends_exact_like_np_interp(mode):
     """500 curves: an exact 0 maps to exactly 0 (increasing) or 1 (decreasing), an exact 1
     to 1 or 0, as np.interp over the curve's samples does. CT cubes are full of exact 0s
     (air clipped at -1000 HU); bisection alone left them at ~1e-10 or 1 - 1e-7."""
     ends = jnp.array([0.0, 1.0], jnp.float32)
     keys = many_keys(6, 500)
-    mapped = np.asarray(jax.vmap(lambda k: nonlinear_intensity(k, ends, mode=mode))(keys))
+    mapped = np.asarray(jax.vmap(lambda k: nonlinear_intensity(k, ends, lookups=mode))(keys))
     decreasing = np.asarray(jax.vmap(lambda k: bezier_params(k)[2])(keys))
     np.testing.assert_array_equal(mapped[~decreasing], np.tile([0.0, 1.0], ((~decreasing).sum(), 1)))
     np.testing.assert_array_equal(mapped[decreasing], np.tile([1.0, 0.0], (decreasing.sum(), 1)))
 
 
-@pytest.mark.parametrize("mode", ["table", "solve"])
+@pytest.mark.parametrize("mode", ["table", "compute"])
 def test_bezier_map_equals_dense_interp_of_the_original(mode):
     """200 random curves, 20,000 voxels each: the 4096-point table and the per-voxel
     solve agree with np.interp over 100,000 samples to 2e-3 on average per curve and
@@ -135,37 +137,26 @@ def test_solve_is_the_curve_to_float32_and_the_table_to_its_interpolation_error(
     steep), the 4096-point table within 0.05 (seen: 0.010, where the curve is nearly
     vertical), so the solve is the closer of the two to the curve."""
     x = np.linspace(0.0, 1.0, 20_001)
-    worst = {"table": 0.0, "solve": 0.0}
+    worst = {"table": 0.0, "compute": 0.0}
     for key in many_keys(7, 200):
         p1, p2, decreasing = bezier_params(key)
         exact = exact_map(x, np.asarray(p1, float), np.asarray(p2, float), bool(decreasing))
         for mode in worst:
             ours = np.asarray(apply_map(mode, jnp.asarray(x, jnp.float32), p1, p2, decreasing), float)
             worst[mode] = max(worst[mode], np.abs(ours - exact).max())
-    assert worst["solve"] < 1e-4 and worst["table"] < 0.05 and worst["solve"] < worst["table"] / 100, worst
+    assert worst["compute"] < 1e-4 and worst["table"] < 0.05 and worst["compute"] < worst["table"] / 100, worst
 
 
-def test_solve_reads_no_table_and_is_the_tpu_default():
+def test_computed_map_reads_no_table_and_is_the_tpu_default():
     """The mechanism the TPU needs: no gather in the solve path's program (the TPU
     compiler costs a per-voxel gather as reading its whole operand per voxel)."""
-    def names(jaxpr):  # every primitive, inner programs (jit, cond, ...) included
-        found = set()
-        for eqn in jaxpr.eqns:
-            found.add(eqn.primitive.name)
-            for value in eqn.params.values():
-                for item in value if isinstance(value, (tuple, list)) else (value,):
-                    inner = getattr(item, "jaxpr", item)
-                    if hasattr(inner, "eqns"):
-                        found |= names(inner)
-        return found
-
     cube = jnp.zeros(SHAPE, jnp.float32)
-    primitives = {mode: names(jax.make_jaxpr(
-        lambda c, mode=mode: nonlinear_intensity(jax.random.key(0), c, mode=mode))(cube).jaxpr)
-        for mode in ("table", "solve")}
-    assert "gather" in primitives["table"] and "gather" not in primitives["solve"]
-    assert [resolve_bezier_mode("auto", p) for p in ("tpu", "gpu", "cpu")] == ["solve", "table", "table"]
-    assert resolve_bezier_mode("solve", "cpu") == "solve"
+    primitives = {mode: primitive_counts(jax.make_jaxpr(
+        lambda c, mode=mode: nonlinear_intensity(jax.random.key(0), c, lookups=mode))(cube))
+        for mode in ("table", "compute")}
+    assert "gather" in primitives["table"] and "gather" not in primitives["compute"]
+    assert [resolve_lookups("auto", p) for p in ("tpu", "gpu", "cpu")] == ["compute", "table", "table"]
+    assert resolve_lookups("compute", "cpu") == "compute"
 
 
 def test_nonlinear_intensity_keeps_range_and_shape():

@@ -6,7 +6,7 @@ import dataclasses
 
 FLIP_AXES_CHOICES = ("original", "xyz")
 BATCH_MODES = ("auto", "vmap", "map")
-BEZIER_MODES = ("auto", "table", "solve")
+LOOKUPS = ("auto", "table", "compute")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +23,13 @@ class DeformConfig:
       first-order bias below 2**-12, see tests/test_local_shuffle.py).
     bezier_table_size: points of the lookup table through which the Bezier intensity
       map is applied (the original interpolates 100,000 curve samples).
-    bezier_mode: how the intensity map is applied (deform/intensity.py): "table"
-      (interpolate a per-cube table: gathers), "solve" (bisect each voxel's curve
-      parameter: elementwise only), "auto" (solve on TPU, where gathers are costly,
-      table elsewhere). The maps agree to the table's interpolation error.
+    lookups: how per-voxel work reads per-cube data. "table": from small per-cube
+      tables, by gathers (the Bezier map's 4096 points, the shuffle blocks' geometry);
+      fastest on CPU and GPU. "compute": recomputed per voxel instead (each voxel's
+      Bezier parameter bisected, each voxel's block geometry re-hashed from its
+      number), no gathers; the TPU compiler costs a per-voxel gather as reading far
+      more than it does. "auto": compute on TPU, table elsewhere. The shuffle is the
+      same bit for bit; the Bezier map agrees to the table's interpolation error.
     batch_mode: how genesis_batch runs a batch: "vmap" (every stage computed for every
       cube, then selected), "map" (one cube at a time with real branches), or "auto"
       (map on CPU, vmap on accelerators). The results are the same.
@@ -45,7 +48,7 @@ class DeformConfig:
     paint_continue_rate: float = 0.95
     inpaint_max_boxes: int = 5
     outpaint_max_windows: int = 5
-    bezier_mode: str = "auto"
+    lookups: str = "auto"
     batch_mode: str = "auto"
 
     def __post_init__(self):
@@ -56,8 +59,8 @@ class DeformConfig:
                 raise ValueError(f"DeformConfig.{name} must be a probability in [0, 1], got {value!r}")
         if self.flip_axes not in FLIP_AXES_CHOICES:
             raise ValueError(f"DeformConfig.flip_axes must be one of {FLIP_AXES_CHOICES}, got {self.flip_axes!r}")
-        if self.bezier_mode not in BEZIER_MODES:
-            raise ValueError(f"DeformConfig.bezier_mode must be one of {BEZIER_MODES}, got {self.bezier_mode!r}")
+        if self.lookups not in LOOKUPS:
+            raise ValueError(f"DeformConfig.lookups must be one of {LOOKUPS}, got {self.lookups!r}")
         if self.batch_mode not in BATCH_MODES:
             raise ValueError(f"DeformConfig.batch_mode must be one of {BATCH_MODES}, got {self.batch_mode!r}")
         for name in ("max_flips", "local_blocks", "shuffle_rounds", "inpaint_max_boxes",
@@ -68,3 +71,11 @@ class DeformConfig:
             raise ValueError("DeformConfig.outpaint_max_windows must be >= 1 (the first window is always kept)")
         if self.bezier_table_size < 2:
             raise ValueError(f"DeformConfig.bezier_table_size must be >= 2, got {self.bezier_table_size!r}")
+
+
+def resolve_lookups(lookups: str, platform: str | None = None) -> str:
+    """"table" or "compute" for this platform (default: the default backend's)."""
+    if lookups != "auto":
+        return lookups
+    import jax
+    return "compute" if (platform or jax.default_backend()) == "tpu" else "table"

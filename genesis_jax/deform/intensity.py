@@ -7,15 +7,15 @@ and so is y(u). The original samples the curve at 100,000 points and applies
 np.interp: increasing map x(u) -> y(u), or, with probability 0.5, the decreasing map
 x(u) -> y(1 - u) (x sorted ascending while y keeps its order from 1 down to 0).
 
-Two ways to apply it, chosen by DeformConfig.bezier_mode:
+Two ways to apply it, chosen by DeformConfig.lookups:
 - "table": tabulated once per cube on a uniform grid of x (u found by bisection, exact
   to float32) and applied to each voxel by linear interpolation in that table: two
   gathers per voxel instead of a 17-step binary search. Fastest on CPU and GPU.
-- "solve": u found for each voxel by bisection on x(u) = voxel, no table and no gather.
+- "compute": u found for each voxel by bisection on x(u) = voxel, no table and no gather.
   The TPU compiler costs a per-element gather as reading its whole operand per element
   (a 4096-entry table: 16 KiB per voxel), so there elementwise arithmetic is cheaper.
   It is also closer to the curve (no interpolation error).
-"auto" (the default) is solve on TPU, table elsewhere.
+"auto" (the default) is compute on TPU, table elsewhere.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from genesis_jax.deform._random import Stream, seed_from_key, uniform
 from genesis_jax.deform._xla import materialize
+from genesis_jax.deform.config import resolve_lookups
 
 _BISECTION_STEPS = 30
 _SOLVE_STEPS = 24  # 2^-24: float32's resolution of u in [0.5, 1]
@@ -81,16 +82,9 @@ def solve_map(x: jax.Array, p1: jax.Array, p2: jax.Array, decreasing: jax.Array,
     return _cubic_bezier(jnp.where(decreasing, 1.0 - u, u), p1[1], p2[1])
 
 
-def resolve_bezier_mode(mode: str, platform: str | None = None) -> str:
-    """"table" or "solve" for this platform (default: the default backend's)."""
-    if mode != "auto":
-        return mode
-    return "solve" if (platform or jax.default_backend()) == "tpu" else "table"
-
-
-def nonlinear_intensity(key: jax.Array, x: jax.Array, *, table_size: int = 4096, mode: str = "auto") -> jax.Array:
+def nonlinear_intensity(key: jax.Array, x: jax.Array, *, table_size: int = 4096, lookups: str = "auto") -> jax.Array:
     """Map cube x through a random monotone (increasing or decreasing) Bezier curve."""
     p1, p2, decreasing = bezier_params(key)
-    if resolve_bezier_mode(mode) == "solve":
+    if resolve_lookups(lookups) == "compute":
         return solve_map(x, p1, p2, decreasing).astype(x.dtype)
     return apply_table(x, bezier_table(p1, p2, decreasing, size=table_size)).astype(x.dtype)

@@ -36,9 +36,9 @@ def genesis_pair(key: jax.Array, cube: jax.Array, cfg: DeformConfig = DeformConf
     out_paint = functools.partial(outpaint, max_windows=cfg.outpaint_max_windows, continue_rate=cfg.paint_continue_rate)
     # lax.cond: a real branch when this runs per cube (lax.map), a select under vmap.
     x = lax.cond(use_shuffle, lambda v: local_pixel_shuffle(k_shuffle, v, n_blocks=cfg.local_blocks,
-                                                            rounds=cfg.shuffle_rounds), lambda v: v, x)
+                                                            rounds=cfg.shuffle_rounds, lookups=cfg.lookups), lambda v: v, x)
     x = lax.cond(use_intensity, lambda v: nonlinear_intensity(k_intensity, v, table_size=cfg.bezier_table_size,
-                                                                 mode=cfg.bezier_mode),
+                                                                 lookups=cfg.lookups),
                  lambda v: v, x)
     x = lax.cond(use_paint, lambda v: lax.cond(use_inpaint, in_paint, out_paint, k_paint, v),
                  lambda v: v, x)

@@ -23,6 +23,7 @@ from jax import lax
 
 from genesis_jax.deform._random import Stream, hash_u32, mix32, randint, seed_from_key
 from genesis_jax.deform._xla import materialize
+from genesis_jax.deform.config import resolve_lookups
 
 _ROUND_KEY = 0x9E3779B9
 _ROUND_BIT = 0x85EBCA6B
@@ -39,15 +40,20 @@ def block_plan(key: jax.Array, shape: tuple[int, int, int], n_blocks: int = 10_0
     Returns (corner, size, block_key): int32 (n_blocks, 3), int32 (n_blocks, 3), uint32
     (n_blocks,). Size per axis uniform in [1, dim // 10], corner in [0, dim - size].
     """
-    seed = seed_from_key(key)
-    index = jnp.arange(n_blocks)
+    return block_fields(seed_from_key(key), jnp.arange(n_blocks), shape)
+
+
+def block_fields(seed: jax.Array, index: jax.Array, shape: tuple[int, int, int]):
+    """(corner (..., 3), size (..., 3), block_key (...)) of the blocks numbered `index`,
+    any shape: counter hashes of (seed, index), so a block's geometry can be recomputed
+    wherever its number is known, without reading a table."""
     max_size = max_block_size(shape)
     size = jnp.stack([
         randint(seed, stream, index, 1, m)
         for stream, m in zip((Stream.BLOCK_SIZE_X, Stream.BLOCK_SIZE_Y, Stream.BLOCK_SIZE_Z), max_size)
     ], axis=-1)
     corner = jnp.stack([
-        randint(seed, stream, index, 0, dim - size[:, axis])
+        randint(seed, stream, index, 0, dim - size[..., axis])
         for axis, (stream, dim) in enumerate(
             zip((Stream.BLOCK_CORNER_X, Stream.BLOCK_CORNER_Y, Stream.BLOCK_CORNER_Z), shape))
     ], axis=-1)
@@ -127,22 +133,33 @@ def _unpack3(p: jax.Array):
     return p & 1023, (p >> 10) & 1023, p >> 20
 
 
-def shuffle_sources(corner, size, block_key, shape, rounds: int = 12) -> jax.Array:
-    """int32 (X*Y*Z,): flat index of the voxel each output voxel is read from."""
+def shuffle_sources(corner, size, block_key, shape, rounds: int = 12, seed=None) -> jax.Array:
+    """int32 (X*Y*Z,): flat index of the voxel each output voxel is read from.
+
+    With `seed` (the block_plan's seed), each voxel's block geometry is recomputed from
+    its block number (block_fields) instead of read from the tables: the same integers,
+    no per-voxel gather (what the TPU wants; see local_pixel_shuffle).
+    """
     dim_x, dim_y, dim_z = shape
     last = materialize(last_writer(corner, size, shape).reshape(-1))  # read by several gathers
     covered = last >= 0
     block = jnp.maximum(last, 0)
-    # Per-voxel lookups of block data: 1-D gathers are ~10x faster than row or column
-    # gathers on CPU, so the geometry is bit-packed into two words per block, and the
-    # tables are materialized so that their hashes are not recomputed per voxel.
-    corners, sizes, block_key = (materialize(t) for t in (_pack3(corner), _pack3(size), block_key))
-    cx, cy, cz = _unpack3(corners[block])
-    sx, sy, sz = _unpack3(sizes[block])
+    if seed is None:
+        # Per-voxel lookups of block data: 1-D gathers are ~10x faster than row or column
+        # gathers on CPU, so the geometry is bit-packed into two words per block, and the
+        # tables are materialized so that their hashes are not recomputed per voxel.
+        corners, sizes, block_key = (materialize(t) for t in (_pack3(corner), _pack3(size), block_key))
+        cx, cy, cz = _unpack3(corners[block])
+        sx, sy, sz = _unpack3(sizes[block])
+        voxel_key = block_key[block]
+    else:
+        corners, sizes, voxel_key = block_fields(seed, block, shape)
+        cx, cy, cz = (corners[:, axis] for axis in range(3))
+        sx, sy, sz = (sizes[:, axis] for axis in range(3))
     vx, vy, vz = jnp.unravel_index(jnp.arange(dim_x * dim_y * dim_z), shape)
     # Slots are numbered x fastest: slot = lx + sx * (ly + sy * lz).
     slot = (vx - cx) + sx * ((vy - cy) + sy * (vz - cz))
-    target = block_permutation(block_key[block], slot, sx * sy * sz, rounds)
+    target = block_permutation(voxel_key, slot, sx * sy * sz, rounds)
     # Integer division does not vectorise on CPU; float32 is exact here (target < 2**24,
     # and (t + 0.5) / q is never within rounding of an integer).
     plane = sx * sy
@@ -159,8 +176,18 @@ def check_shuffle_shape(shape) -> None:
         raise ValueError(f"local_pixel_shuffle needs a 3D cube with dims in [1, 1023], got shape {tuple(shape)}")
 
 
-def local_pixel_shuffle(key: jax.Array, x: jax.Array, *, n_blocks: int = 10_000, rounds: int = 12) -> jax.Array:
-    """Shuffle voxels within n_blocks random small blocks of cube x (X, Y, Z)."""
+def local_pixel_shuffle(key: jax.Array, x: jax.Array, *, n_blocks: int = 10_000, rounds: int = 12,
+                        lookups: str = "auto") -> jax.Array:
+    """Shuffle voxels within n_blocks random small blocks of cube x (X, Y, Z).
+
+    lookups: "table" reads each voxel's block geometry from per-cube tables (fastest on
+    CPU and GPU); "compute" recomputes it from the block's number (no gather: the TPU
+    compiler costs a per-voxel gather far above its real traffic); "auto": compute on
+    TPU. Both give the same array, bit for bit.
+    """
     check_shuffle_shape(x.shape)
-    corner, size, block_key = block_plan(key, x.shape, n_blocks)
-    return x.reshape(-1)[shuffle_sources(corner, size, block_key, x.shape, rounds)].reshape(x.shape)
+    seed = seed_from_key(key)
+    corner, size, block_key = block_fields(seed, jnp.arange(n_blocks), x.shape)
+    recompute = resolve_lookups(lookups) == "compute"
+    sources = shuffle_sources(corner, size, block_key, x.shape, rounds, seed=seed if recompute else None)
+    return x.reshape(-1)[sources].reshape(x.shape)
