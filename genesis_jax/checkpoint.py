@@ -72,8 +72,12 @@ class Checkpointer:
         _refuse_old_layout(self.directory)
         self.incomplete = sorted(p.name for p in self.directory.glob("*.orbax-checkpoint-tmp*")) \
             if self.directory.is_dir() else []
+        # best_fn is what makes Orbax write a step's metrics at all (without it they are
+        # dropped silently, and BestN then has nothing to keep); which steps are kept is
+        # decided by the preservation policy alone.
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True,
+            best_fn=lambda metrics: metrics["val_loss"], best_mode="min",
             preservation_policy=policies.AnyPreservationPolicy([
                 policies.LatestN(n=keep),
                 policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,

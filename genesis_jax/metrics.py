@@ -24,6 +24,49 @@ def restoration_grid(corrupted: np.ndarray, target: np.ndarray, restored: np.nda
     return (np.concatenate(rows[:-1], axis=0) * 255).astype(np.uint8)
 
 
+def labelled_grid(columns: dict, title: str = "", row_labels=None, scale: int = 3) -> np.ndarray:
+    """uint8 (H, W) image readable at a glance: one row per example; for each named column
+    (e.g. corrupted / restored / original) two views of the cube, the middle axial (Z)
+    slice and the middle coronal (Y) slice, each upsampled by `scale` without blurring
+    (nearest neighbour); column and view names on top, a title above, row labels at the
+    left. columns: name -> array (N, X, Y, Z) in [0, 1]."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    names = list(columns)
+    volumes = [np.clip(np.asarray(columns[name], np.float32), 0.0, 1.0) for name in names]
+    n, dx, dy, dz = volumes[0].shape
+    views = (("axial z=%d" % (dz // 2), lambda v: v[:, :, dz // 2]), ("coronal y=%d" % (dy // 2), lambda v: v[:, dy // 2, :]))
+    tile_w = [dy * scale, dz * scale]
+    gap, left, top = 6, 110 if row_labels else 6, 44 if title else 30
+    width = left + len(names) * (sum(tile_w) + 3 * gap) + gap
+    height = top + n * (dx * scale + gap) + gap
+    image = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((6, 4), title, fill=0, font=font)
+    for c, (name, volume) in enumerate(zip(names, volumes)):
+        x0 = left + c * (sum(tile_w) + 3 * gap)
+        draw.text((x0, top - 26), name, fill=0, font=font)
+        for k, (view, _) in enumerate(views):
+            draw.text((x0 + sum(tile_w[:k]) + k * gap, top - 13), view, fill=96, font=font)
+        for r in range(n):
+            y0 = top + r * (dx * scale + gap)
+            for k, (_, cut) in enumerate(views):
+                pixels = np.kron(cut(volume[r]), np.ones((scale, scale)))
+                tile = Image.fromarray((pixels * 255).round().astype(np.uint8))
+                image.paste(tile, (x0 + sum(tile_w[:k]) + k * gap, y0))
+    for r, label in enumerate(row_labels or []):
+        draw.text((6, top + r * (dx * scale + gap) + 4), str(label), fill=0, font=font)
+    return np.asarray(image)
+
+
+def save_png(image: np.ndarray, path) -> None:
+    from PIL import Image
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
 class MetricWriter:
     """Scalars to TensorBoard (tensorboardX) and images as PNG files (+ TensorBoard)."""
 

@@ -338,6 +338,32 @@ def finish(run: Run, state, step: int, summary: dict) -> dict:
     return summary
 
 
+def read_run_config(workdir):
+    """The config a run directory was trained with (its config.json over the defaults, so
+    tuples stay tuples); UserError if the directory holds no run."""
+    from genesis_jax.configs.base import base_config
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{workdir}: not a genesis-jax run directory (no config.json)")
+    try:
+        recorded = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    cfg = base_config()
+
+    def overlay(target, values, prefix):
+        for key, value in values.items():
+            if key not in target:
+                raise UserError(f"{path}: unknown config field {prefix}{key} (written by another version?)")
+            if isinstance(value, dict):
+                overlay(target[key], value, f"{prefix}{key}.")
+            else:
+                target[key] = tuple(value) if isinstance(target[key], tuple) else value
+
+    overlay(cfg, recorded, "")
+    return cfg
+
+
 def load_checkpoint(cfg, workdir, best: bool = False, task=None):
     """(model, meta) from a run directory's latest (or best) checkpoint, on this host's devices."""
     task = task or PretrainTask(cfg)

@@ -5,6 +5,7 @@ checks that a refusal left it as it was."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from genesis_jax import checkpoint as checkpoint_module
@@ -103,3 +104,23 @@ def test_one_manager_keeps_the_latest_n_and_the_best(tmp_path):
     summary = train(cfg, tmp_path)
     assert summary["best_step"] == 2
     assert checkpoint_steps(tmp_path) == [2, 5, 6]
+
+
+def test_the_best_checkpoint_is_kept_and_found_after_reopening(tmp_path):
+    """Orbax writes a step's metrics only when best_fn is set; without it best_step()
+    was always None, so "best" exports and loads took the latest weights."""
+    from genesis_jax.checkpoint import Checkpointer
+    checkpointer = Checkpointer(tmp_path / "checkpoints", keep=2)
+    checkpointer.save(1, {"w": np.ones(3)}, {"step": 1}, 0.5)
+    checkpointer.save(2, {"w": np.ones(3)}, {"step": 2}, 0.7)
+    for step in range(3, 6):
+        checkpointer.save(step, {"w": np.full(3, step)}, {"step": step}, None)
+    checkpointer.wait()
+    assert checkpointer.best_step() == 1
+    checkpointer.close()
+    reopened = Checkpointer(tmp_path / "checkpoints", keep=2)
+    assert reopened.best_step() == 1 and reopened.steps() == [1, 4, 5]
+    reopened.save(6, {"w": np.ones(3)}, {"step": 6}, None)
+    reopened.wait()
+    assert reopened.best_step() == 1 and 1 in reopened.steps()
+    reopened.close()
