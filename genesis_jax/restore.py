@@ -41,26 +41,12 @@ def parse_args(argv):
 
 def load_model(init: str):
     """(model in eval mode, cube shape, modality, a one-line description)."""
-    from genesis_jax.errors import UserError
-    path = Path(init)
-    if path.is_dir():
-        from genesis_jax.trainer import load_checkpoint, read_run_config
-        cfg = read_run_config(path)
-        model, meta = load_checkpoint(cfg, path, best=True)
-        described = f"{path} (best checkpoint, step {meta.get('step', '?')}, width {cfg.model.width})"
-        shape, modality = tuple(int(d) for d in cfg.data.cube_shape), cfg.data.modality
-    elif path.is_file() and path.suffix in (".pt", ".pth"):
-        from genesis_jax.models import load_pytorch_checkpoint
-        try:
-            model = load_pytorch_checkpoint(path)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        described = f"{path} (PyTorch UNet3D, width {model.width})"
-        shape, modality = (64, 64, 32), "ct"
-    else:
-        raise UserError(f"--init {init}: neither a run directory nor a .pt/.pth file")
+    from genesis_jax.transfer import load_source
+    model, described, cfg = load_source(init)
     model.eval()
-    return model, shape, modality, described
+    if cfg is None:  # an official .pt: the paper's cubes and CT window
+        return model, (64, 64, 32), "ct", described
+    return model, tuple(int(d) for d in cfg.data.cube_shape), cfg.data.modality, described
 
 
 def sample(volume_path, shape, modality, filter_name, n, seed):

@@ -47,7 +47,7 @@ def test_restore_from_an_official_layout_pt(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--init=/nonexistent/run"], "neither a run directory nor a .pt/.pth file"),
+    (["--init=/nonexistent/run"], "neither a genesis-jax run directory nor a .pt/.pth file"),
     (["--cubes=0"], "--cubes must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path, capsys, args, message):
