@@ -1,0 +1,82 @@
+"""Labelled volumes for segmentation fine-tuning: image + label map pairs, and patches
+sampled from them with a bias towards the foreground.
+
+A label volume must share its image's grid (shape and spacing); `label_values` says
+which raw label values become classes 1..K (the rest is background 0), so one label
+file serves several tasks. Patches are drawn from a generator seeded by (seed, step):
+batch `step` is the same whenever it is asked for, which is what exact resume needs.
+A patch is centred on a random foreground voxel with probability `foreground_ratio`
+(small structures such as the aorta are otherwise rare in random patches), else placed
+uniformly. Volumes smaller than the patch are padded (image with its edge values,
+labels with background).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genesis_jax.data.volumes import VolumeError, read_volume, to_unit_range
+
+
+def map_labels(raw: np.ndarray, label_values) -> np.ndarray:
+    """int8 class map: voxels equal to label_values[k - 1] become k, all others 0."""
+    values = [float(v) for v in label_values]
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"label_values must be distinct and non-empty, got {list(label_values)}")
+    if len(values) > 127:
+        raise ValueError(f"at most 127 classes, got {len(values)}")
+    classes = np.zeros(raw.shape, np.int8)
+    for k, value in enumerate(values, start=1):
+        classes[raw == value] = k
+    return classes
+
+
+def read_pair(image_path, label_path, label_values, modality: str = "ct"):
+    """(image in [0, 1] float32, class map int8) of one labelled volume."""
+    image, labels = read_volume(image_path), read_volume(label_path)
+    if image.array.shape != labels.array.shape or not np.allclose(image.spacing, labels.spacing, rtol=1e-4):
+        raise VolumeError(label_path, f"grid {labels.array.shape} at {labels.spacing} mm does not match the image "
+                                      f"{image_path}: {image.array.shape} at {image.spacing} mm")
+    classes = map_labels(labels.array, label_values)
+    if not classes.any():
+        raise VolumeError(label_path, f"no voxel has any of the label values {list(label_values)} "
+                                      f"(values present: {np.unique(labels.array)[:10].tolist()})")
+    return to_unit_range(image.array, modality)[0], classes
+
+
+def pad_pair(image: np.ndarray, classes: np.ndarray, patch_shape):
+    """Both padded to at least patch_shape (image: edge values; labels: background)."""
+    pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(image.shape, patch_shape)]
+    return np.pad(image, pads, mode="edge"), np.pad(classes, pads, constant_values=0)
+
+
+class PatchSampler:
+    """Batches of (image, label) patches: float32 (n, *patch_shape, 2), channel 0 the
+    image in [0, 1], channel 1 the class index (as float, exact for < 2**24 classes)."""
+
+    def __init__(self, pairs, patch_shape, foreground_ratio: float = 0.5, seed: int = 0):
+        if not 0.0 <= foreground_ratio <= 1.0:
+            raise ValueError(f"foreground_ratio must be in [0, 1], got {foreground_ratio!r}")
+        self.patch_shape = tuple(int(p) for p in patch_shape)
+        self.pairs = [pad_pair(image, classes, self.patch_shape) for image, classes in pairs]
+        self.foreground = [np.argwhere(classes > 0) for _, classes in self.pairs]
+        self.foreground_ratio, self.seed = foreground_ratio, seed
+
+    def corner(self, rng: np.random.Generator, volume: int) -> tuple[int, ...]:
+        shape = self.pairs[volume][0].shape
+        high = [s - p for s, p in zip(shape, self.patch_shape)]
+        if rng.random() < self.foreground_ratio and len(self.foreground[volume]):
+            centre = self.foreground[volume][rng.integers(len(self.foreground[volume]))]
+            return tuple(int(np.clip(c - p // 2, 0, h)) for c, p, h in zip(centre, self.patch_shape, high))
+        return tuple(int(rng.integers(h + 1)) for h in high)
+
+    def batch(self, step: int, n: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        out = np.empty((n, *self.patch_shape, 2), np.float32)
+        for i in range(n):
+            volume = int(rng.integers(len(self.pairs)))
+            corner = self.corner(rng, volume)
+            where = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_shape))
+            image, classes = self.pairs[volume]
+            out[i, ..., 0], out[i, ..., 1] = image[where], classes[where]
+        return out
