@@ -2,7 +2,9 @@
 
 A task is an object with:
     name                           recorded in checkpoints
+    picture_name                   the validation PNGs' name (images/val_<picture_name>_<step>.png)
     check_config()                 UserError naming the field for a value it cannot use
+    check_data(require_data)       the same for the data fields (require_data=False: dry run)
     identity() -> dict             config fields a checkpoint must match to be resumed
     build_model(rngs) -> Module    the model, built in this one place
     load_data() -> RunData         training source (.batch) and validation cubes (.rows)
@@ -64,7 +66,7 @@ def restoration_loss(model: UNet3D, corrupted, target):
 class PretrainTask:
     """Models Genesis: corrupt clean cubes on device, restore them, MSE against the originals."""
 
-    name = "pretrain"
+    name, picture_name = "pretrain", "restoration"
 
     def __init__(self, cfg, platform: str | None = None):
         """platform: compile for that platform (the dry run's target) rather than this machine's."""
@@ -83,6 +85,18 @@ class PretrainTask:
         model_dtype(self.cfg.model.dtype)
         if any(d % 8 for d in self.cfg.data.cube_shape):
             raise UserError(f"data.cube_shape {tuple(self.cfg.data.cube_shape)}: every dim must be divisible by 8")
+
+    def check_data(self, require_data: bool = True) -> None:
+        """require_data=False: the dry run, which compiles without reading data."""
+        data = self.cfg.data
+        if data.source not in ("sample", "store", "volumes"):
+            raise UserError(f"data.source must be 'sample', 'store' or 'volumes', got {data.source!r}")
+        if require_data and data.source == "store" and not data.store:
+            raise UserError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
+        if require_data and data.source == "volumes" and not data.volumes:
+            raise UserError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
+        if data.cubes_per_volume < 1:
+            raise UserError(f"data.cubes_per_volume must be >= 1, got {data.cubes_per_volume}")
 
     def identity(self) -> dict:
         # map and vmap: same arrays; table and compute lookups: the same deformation (the
@@ -114,3 +128,122 @@ class PretrainTask:
     def picture(inputs, targets, outputs):
         from genesis_jax.metrics import restoration_grid
         return restoration_grid(inputs, targets, outputs)
+
+
+def parse_label_values(text) -> list[float]:
+    """'5' or '5,6' (or a number) -> [5.0, 6.0]; UserError naming the field."""
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"data.label_values must be numbers separated by commas, got {text!r}") from None
+    if not values or len(set(values)) != len(values):
+        raise UserError(f"data.label_values must be distinct and non-empty, got {text!r}")
+    return values
+
+
+def _paths(text: str) -> list[str]:
+    return [p for p in str(text).split(",") if p]
+
+
+class SegmentationTask:
+    """Fine-tuning for segmentation: image patches in, one sigmoid channel per class out,
+    Dice/BCE against the labels; the U-Net but its last layer initialised from `init`.
+
+    A batch row is (X, Y, Z, 2): the image patch and its class map (data/labelled.py);
+    validation is a frozen set of patches drawn once from the validation volumes, scored
+    by the loss and a hard Dice per class (outputs > 0.5)."""
+
+    name, picture_name = "segmentation", "segmentation"
+
+    def __init__(self, cfg, platform: str | None = None):
+        self.cfg, self.platform = cfg, platform
+
+    @property
+    def n_classes(self) -> int:
+        return len(parse_label_values(self.cfg.data.label_values))
+
+    def check_config(self) -> None:
+        from genesis_jax.losses import SEGMENTATION_LOSSES
+        model_dtype(self.cfg.model.dtype)
+        if self.cfg.loss not in SEGMENTATION_LOSSES:
+            raise UserError(f"loss must be one of {', '.join(SEGMENTATION_LOSSES)}, got {self.cfg.loss!r}")
+        parse_label_values(self.cfg.data.label_values)
+        if any(d % 8 or d < 8 for d in self.cfg.data.patch_shape):
+            raise UserError(f"data.patch_shape {tuple(self.cfg.data.patch_shape)}: every dim must be a multiple of 8")
+        if not 0.0 <= self.cfg.data.foreground_ratio <= 1.0:
+            raise UserError(f"data.foreground_ratio must be in [0, 1], got {self.cfg.data.foreground_ratio}")
+
+    def check_data(self, require_data: bool = True) -> None:
+        data = self.cfg.data
+        for images, labels in (("train_images", "train_labels"), ("val_images", "val_labels")):
+            if require_data and not _paths(data[images]):
+                raise UserError(f"data.{images} is empty: pass --config.data.{images}=A.nii.gz,B.nii.gz")
+            if len(_paths(data[images])) != len(_paths(data[labels])):
+                raise UserError(f"data.{images} has {len(_paths(data[images]))} volumes, data.{labels} "
+                                f"{len(_paths(data[labels]))}: one label volume per image")
+        for name in ("patches_per_epoch", "val_patches"):
+            if data[name] < 1:
+                raise UserError(f"data.{name} must be >= 1, got {data[name]}")
+
+    def identity(self) -> dict:
+        model = {k: v for k, v in self.cfg.model.items() if k != "conv"}
+        return {"model": model, "data": dict(self.cfg.data), "loss": self.cfg.loss, "init": self.cfg.init}
+
+    def build_model(self, rngs) -> UNet3D:
+        model = build_unet(self.cfg.model, rngs, n_class=self.n_classes, platform=self.platform)
+        if self.cfg.init != "scratch":
+            from genesis_jax.transfer import load_source, transfer_weights
+            source, described, _ = load_source(self.cfg.init)
+            transfer_weights(model, source, "all_but_final", described)
+        return model
+
+    def load_data(self):
+        from genesis_jax.data.batches import InMemoryCubes
+        from genesis_jax.data.labelled import PatchSampler, read_pair
+        from genesis_jax.data.sources import RunData, _sha256
+        data, values = self.cfg.data, parse_label_values(self.cfg.data.label_values)
+        pairs = {split: [read_pair(i, l, values, data.modality)
+                         for i, l in zip(_paths(data[f"{split}_images"]), _paths(data[f"{split}_labels"]))]
+                 for split in ("train", "val")}
+        train = PatchSampler(pairs["train"], data.patch_shape, data.foreground_ratio, self.cfg.seed)
+        frozen = PatchSampler(pairs["val"], data.patch_shape, data.foreground_ratio, self.cfg.seed + 1)
+        validation = InMemoryCubes(frozen.batch(0, int(data.val_patches)))
+        paths = [p for key in ("train_images", "train_labels", "val_images", "val_labels") for p in _paths(data[key])]
+        described = (f"{len(pairs['train'])} training and {len(pairs['val'])} validation volume(s), "
+                     f"{len(values)} class(es) from label values {values}, patches {tuple(data.patch_shape)} "
+                     f"({data.foreground_ratio:.0%} centred on foreground)")
+        return RunData(train, validation, int(data.patches_per_epoch), described, _sha256(paths))
+
+    def prepare(self, key, batch, mesh, first_index=0):
+        from genesis_jax.losses import one_hot_classes
+        del key, mesh, first_index  # no augmentation: the patch is the example
+        return batch[..., 0], one_hot_classes(jnp.round(batch[..., 1]).astype(jnp.int32), self.n_classes)
+
+    def loss(self, model, images, targets):
+        from genesis_jax.losses import segmentation_loss
+        probs = model(images[..., None])
+        return segmentation_loss(self.cfg.loss, probs, targets), probs
+
+    def metrics(self, outputs, targets) -> dict:
+        predicted = (outputs > 0.5).astype(jnp.float32)
+        axes = tuple(range(outputs.ndim - 1))
+        inter = jnp.sum(predicted * targets, axis=axes)
+        total = jnp.sum(predicted, axis=axes) + jnp.sum(targets, axis=axes)
+        dice = jnp.where(total > 0, 2 * inter / jnp.maximum(total, 1), 1.0)
+        return {f"dice_{k + 1}": dice[k] for k in range(self.n_classes)}
+
+    @staticmethod
+    def picture(inputs, targets, outputs):
+        from genesis_jax.metrics import labelled_grid
+        return labelled_grid({"image": inputs, "prediction (class 1)": outputs[..., 0],
+                              "label (class 1)": targets[..., 0]}, row_labels=None)
+
+
+TASKS = {"pretrain": PretrainTask, "segmentation": SegmentationTask}
+
+
+def task_for(cfg, platform: str | None = None):
+    """The task a config names (config.task)."""
+    if cfg.get("task", "pretrain") not in TASKS:
+        raise UserError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
+    return TASKS[cfg.get("task", "pretrain")](cfg, platform)

@@ -25,12 +25,12 @@ from genesis_jax.configs import config_path
 
 
 
-def _define_flags():
+def _define_flags(default_config: str = "demo"):
     """Defined on first use, not at import: ml_collections reads the --config.* overrides
     from sys.argv when the flag is defined, and a bad one must become a clean error."""
     if "config" in flags.FLAGS:
         return
-    config_flags.DEFINE_config_file("config", config_path("demo"), "training config: a name or a path",
+    config_flags.DEFINE_config_file("config", config_path(default_config), "training config: a name or a path",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "run directory (default: runs/<config>-<time>)")
     flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process GPU/TPU runs); "
@@ -61,17 +61,17 @@ def _resolve_config_names(argv: list[str]) -> list[str]:
     return out
 
 
-def parse(argv: list[str]):
+def parse(argv: list[str], default_config: str = "demo"):
     """(config, workdir, distributed) from argv; one clear line and exit 2 on a bad flag."""
     argv = _resolve_config_names(argv)
     for arg in argv:
         if arg.startswith("--config=") and not Path(arg.split("=", 1)[1].split(":")[0]).is_file():
             print(f"error: bad flag: no config {arg.split('=', 1)[1]!r} (names: demo, genesis_chest_ct, "
-                  f"multi_device, or a path to a config file)", file=sys.stderr)
+                  f"multi_device, segmentation, or a path to a config file)", file=sys.stderr)
             sys.exit(2)
     sys.argv[:] = argv
     try:
-        _define_flags()
+        _define_flags(default_config)
         flags.FLAGS(argv)
         config = flags.FLAGS.config
     except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config lacks
@@ -132,8 +132,8 @@ def enable_compilation_cache(jax) -> None:
         jax.config.update("jax_compilation_cache_dir", where)
 
 
-def main(argv=None) -> int:
-    config, workdir, distributed, dry_run = parse(list(sys.argv if argv is None else argv))
+def main(argv=None, default_config: str = "demo") -> int:
+    config, workdir, distributed, dry_run = parse(list(sys.argv if argv is None else argv), default_config)
     import jax
     enable_compilation_cache(jax)
     if distributed is not None:
@@ -146,6 +146,10 @@ def main(argv=None) -> int:
         print(f"error: bad config: {e}", file=sys.stderr)
         return 2
     if dry_run is not None:
+        if config.task != "pretrain":
+            print(f"error: --dry_run compiles the pre-training step; the config's task is {config.task!r}",
+                  file=sys.stderr)
+            return 2
         return run_dry(config, dry_run)
     if jax.process_index() == 0:
         print(f"run directory: {workdir}", flush=True)

@@ -29,7 +29,7 @@ from genesis_jax.evaluation import FrozenValidation
 from genesis_jax.metrics import MetricWriter
 from genesis_jax.optim import Plateau, check_optimizer_config, make_optimizer, with_learning_rate
 from genesis_jax.step import init_train_state, make_eval_step, make_train_step, model_from_state
-from genesis_jax.tasks import PretrainTask
+from genesis_jax.tasks import task_for
 
 _VALIDATION_KEY = 2**31 - 1  # fold_in tag of the frozen validation preparation
 
@@ -50,16 +50,9 @@ def validate_config(cfg, task=None, require_data: bool = True) -> None:
     if cfg.keep_checkpoints < 1 or cfg.early_stopping_patience <= 0:
         raise UserError("keep_checkpoints must be >= 1 and early_stopping_patience > 0")
     check_optimizer_config(cfg.optimizer, cfg.schedule)
-    (task or PretrainTask(cfg)).check_config()
-    data = cfg.data
-    if data.source not in ("sample", "store", "volumes"):
-        raise UserError(f"data.source must be 'sample', 'store' or 'volumes', got {data.source!r}")
-    if require_data and data.source == "store" and not data.store:
-        raise UserError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
-    if require_data and data.source == "volumes" and not data.volumes:
-        raise UserError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
-    if data.cubes_per_volume < 1:
-        raise UserError(f"data.cubes_per_volume must be >= 1, got {data.cubes_per_volume}")
+    task = task or task_for(cfg)
+    task.check_config()
+    task.check_data(require_data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,14 +273,14 @@ def evaluate(run: Run, state, step: int, writer: MetricWriter, summary: dict):
         state = state._replace(opt_state=with_learning_rate(state.opt_state, run.cfg.optimizer.learning_rate * scale))
     summary["val_losses"].append((step, val_loss))
     writer.scalars(step, {**{f"val/{k}": v for k, v in metrics.items()}, "val/best": run.early.best_val})
-    writer.image(step, "val/restoration", run.task.picture(inputs, targets, outputs))
+    writer.image(step, f"val/{run.task.picture_name}", run.task.picture(inputs, targets, outputs))
     tqdm.write(f"step {step}: val loss {val_loss:.5f}{' (best)' if improved else ''}")
     return state, val_loss, improved
 
 
 def train(cfg, workdir, task=None) -> dict:
     """Run (or resume) the task (default: pre-training) described by cfg in workdir."""
-    task = task or PretrainTask(cfg)
+    task = task or task_for(cfg)
     validate_config(cfg, task)
     run, state = setup_run(cfg, Path(workdir), task)
     state, step = resume(run, state)
@@ -341,7 +334,7 @@ def finish(run: Run, state, step: int, summary: dict) -> dict:
 def read_run_config(workdir):
     """The config a run directory was trained with (its config.json over the defaults, so
     tuples stay tuples); UserError if the directory holds no run."""
-    from genesis_jax.configs.base import base_config
+    from genesis_jax.configs.base import base_config, segmentation_base
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise UserError(f"{workdir}: not a genesis-jax run directory (no config.json)")
@@ -349,7 +342,10 @@ def read_run_config(workdir):
         recorded = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    cfg = base_config()
+    bases = {"pretrain": base_config, "segmentation": segmentation_base}
+    if recorded.get("task", "pretrain") not in bases:
+        raise UserError(f"{path}: unknown task {recorded.get('task')!r}")
+    cfg = bases[recorded.get("task", "pretrain")]()
 
     def overlay(target, values, prefix):
         for key, value in values.items():
@@ -366,7 +362,7 @@ def read_run_config(workdir):
 
 def load_checkpoint(cfg, workdir, best: bool = False, task=None):
     """(model, meta) from a run directory's latest (or best) checkpoint, on this host's devices."""
-    task = task or PretrainTask(cfg)
+    task = task or task_for(cfg)
     mesh = sharding.make_mesh()
     graphdef, state = build_state(task, make_optimizer(cfg.optimizer, cfg.schedule, 1, cfg.total_steps), 0, mesh)
     checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=cfg.keep_checkpoints)

@@ -51,8 +51,8 @@ def transfer_weights(target: nnx.Module, source: nnx.Module, part: str, source_n
     flat = nnx.to_flat_state(nnx.state(target))
     needed = {path: var for path, var in flat if wanted(str(path[0]))}
     missing = sorted(".".join(map(str, p)) for p in needed.keys() - given.keys())
-    misshaped = sorted(f"{'.'.join(map(str, p))}: {tuple(given[p].shape)} in {source_name}, "
-                       f"{tuple(v.shape)} in the model" for p, v in needed.items()
+    misshaped = sorted(f"{'.'.join(map(str, p))} {tuple(given[p].shape)} there, {tuple(v.shape)} in the model"
+                       for p, v in needed.items()
                        if p in given and tuple(given[p].shape) != tuple(v.shape))
     if not needed:
         raise UserError(f"the model has no {part} weights to initialise")

@@ -7,8 +7,10 @@ import ml_collections
 from genesis_jax.deform import DeformConfig
 
 
-def base_config() -> ml_collections.ConfigDict:
+def common_config() -> ml_collections.ConfigDict:
+    """What every task's config holds: loop, model, optimizer, schedule, early stopping."""
     c = ml_collections.ConfigDict()
+    c.task = "pretrain"              # pretrain | segmentation (which task the loop runs)
     c.seed = 0
     c.batch_size = 6                 # global batch, split over all devices of all processes
     c.total_steps = 100_000
@@ -24,7 +26,6 @@ def base_config() -> ml_collections.ConfigDict:
     # conv: the 3x3x3 convolutions' formulation, auto | native | stacked2d (models/conv.py; auto: stacked 2D
     # convolutions on CPU, where XLA's 3D convolution is slow, native 3D on GPU/TPU); weights do not depend on it.
     c.model = ml_collections.ConfigDict(dict(width=32, bn_mode="batch", dtype="float32", conv="auto"))
-    c.deform = ml_collections.ConfigDict(dataclasses.asdict(DeformConfig()))
     # genesis_jax/optim.py says what each field does; README "Optimizers and schedules".
     c.optimizer = ml_collections.ConfigDict(dict(
         name="sgd",                  # sgd | adam | adamw
@@ -44,7 +45,13 @@ def base_config() -> ml_collections.ConfigDict:
         final_fraction=0.0,          # cosine: the rate at total_steps, as a fraction of learning_rate
     ))
     c.early_stopping_patience = 50   # epochs without a better validation loss
+    return c
 
+
+def base_config() -> ml_collections.ConfigDict:
+    """Pre-training (the paper's recipe)."""
+    c = common_config()
+    c.deform = ml_collections.ConfigDict(dataclasses.asdict(DeformConfig()))
     c.data = ml_collections.ConfigDict(dict(
         source="sample",             # "sample" (embedded chest CT crop), "store", or "volumes"
         store="",                    # cube store path (source="store")
@@ -54,6 +61,34 @@ def base_config() -> ml_collections.ConfigDict:
         cubes_per_volume=32,         # sample/volumes: an epoch is volumes x cubes_per_volume cubes
         cube_shape=(64, 64, 32),
         filter="lung",               # sample/volumes: cube filter of on-the-fly sampling
+        modality="ct",
+    ))
+    return c
+
+
+def segmentation_base() -> ml_collections.ConfigDict:
+    """Segmentation fine-tuning: the paper's target-task defaults (Adam 1e-3, plateau
+    schedule, early stopping), the whole U-Net but its last layer from `init`."""
+    c = common_config()
+    c.task = "segmentation"
+    c.init = "scratch"               # scratch | a genesis-jax run directory | an official-layout .pt
+    c.loss = "dice_bce"              # dice | bce | dice_bce, on the sigmoid outputs (genesis_jax/losses.py)
+    c.batch_size = 4
+    c.total_steps = 2000
+    c.optimizer.name, c.optimizer.learning_rate = "adam", 1e-3
+    c.schedule.kind, c.schedule.plateau_epochs = "plateau", 10
+    c.early_stopping_patience = 30
+    c.export_pytorch = False
+    c.data = ml_collections.ConfigDict(dict(
+        train_images="",             # comma-separated volumes (NIfTI, MHD/MHA, DICOM series folders)
+        train_labels="",             # their label volumes, same order and grids
+        val_images="",
+        val_labels="",
+        label_values="1",            # raw label values that become classes 1..K, e.g. "5" or "5,6"
+        patch_shape=(64, 64, 32),    # each dim divisible by 8
+        foreground_ratio=0.5,        # share of patches centred on a foreground voxel
+        patches_per_epoch=256,       # an epoch is this many training patches
+        val_patches=32,              # frozen validation patches (drawn once from the validation volumes)
         modality="ct",
     ))
     return c

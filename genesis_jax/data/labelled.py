@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from genesis_jax.data.batches import process_slice
 from genesis_jax.data.volumes import VolumeError, read_volume, to_unit_range
 
 
@@ -70,7 +71,8 @@ class PatchSampler:
             return tuple(int(np.clip(c - p // 2, 0, h)) for c, p, h in zip(centre, self.patch_shape, high))
         return tuple(int(rng.integers(h + 1)) for h in high)
 
-    def batch(self, step: int, n: int) -> np.ndarray:
+    def batch(self, step: int, n: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+        """Global batch `step` of n patches (the same on every process), this process's rows."""
         rng = np.random.default_rng([self.seed, step])
         out = np.empty((n, *self.patch_shape, 2), np.float32)
         for i in range(n):
@@ -79,4 +81,4 @@ class PatchSampler:
             where = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_shape))
             image, classes = self.pairs[volume]
             out[i, ..., 0], out[i, ..., 1] = image[where], classes[where]
-        return out
+        return out[process_slice(n, process_index, process_count)]

@@ -1,0 +1,118 @@
+"""python -m genesis_jax.finetune: segmentation on the one loop, from scratch or from a
+pre-trained run, with exact resume and clean errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from genesis_jax.configs.segmentation import get_config
+from genesis_jax.errors import UserError
+from genesis_jax.tasks import SegmentationTask
+from genesis_jax.trainer import read_run_config, train
+from genesis_jax.transfer import load_source
+from runs import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_nifti(path, array):
+    import nibabel as nib
+    nib.save(nib.Nifti1Image(np.asarray(array, np.float32), np.eye(4)), str(path))
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    """Two CT-like volumes, each with a bright ball labelled 1 (and a second structure 2)."""
+    root = tmp_path_factory.mktemp("seg")
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in (40, 40, 24)), indexing="ij"), -1)
+    for i, centre in enumerate(([14, 20, 12], [24, 18, 12])):
+        ball = np.sum((grid - centre) ** 2, -1) < 36
+        image = rng.normal(-500, 100, (40, 40, 24)) + 700 * ball
+        labels = np.where(ball, 1.0, 0.0)
+        labels[2:5, 2:5, 2:5] = 2
+        write_nifti(root / f"ct{i}.nii.gz", image)
+        write_nifti(root / f"seg{i}.nii.gz", labels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pre") / "run"
+    train(tiny_config(total_steps=2), workdir)
+    return workdir
+
+
+def args(volumes, workdir, *extra):
+    return [f"--workdir={workdir}", "--config.model.width=4", "--config.data.patch_shape=(16, 16, 16)",
+            "--config.batch_size=8", "--config.steps_per_epoch=2", "--config.data.val_patches=8",
+            f"--config.data.train_images={volumes / 'ct0.nii.gz'}", f"--config.data.train_labels={volumes / 'seg0.nii.gz'}",
+            f"--config.data.val_images={volumes / 'ct1.nii.gz'}", f"--config.data.val_labels={volumes / 'seg1.nii.gz'}",
+            *extra]
+
+
+def run_cli(argv, tmp_path):
+    """One CLI process per call, as a user runs it (absl flags parse once per process)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, "-m", "genesis_jax.finetune", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_finetune_from_a_pretrained_run_then_resume(volumes, pretrained, tmp_path):
+    workdir = tmp_path / "ft"
+    proc = run_cli(args(volumes, workdir, "--config.total_steps=2", f"--config.init={pretrained}",
+                        "--config.data.label_values=1,2"), tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "step 2: val loss" in proc.stdout and "done: step 2" in proc.stdout
+    assert list((workdir / "images").glob("val_segmentation_*.png"))
+    cfg = read_run_config(workdir)
+    assert cfg.task == "segmentation" and cfg.data.label_values == "1,2" and cfg.data.patch_shape == (16, 16, 16)
+    cfg.total_steps = 4
+    summary = train(cfg, workdir)
+    assert summary["start_step"] == 2 and summary["end_step"] == 4
+    cfg.init = "scratch"  # another init is another run: refused before anything is touched
+    with pytest.raises(UserError, match="init="):
+        train(cfg, workdir)
+
+
+def test_the_model_starts_from_the_pretrained_weights_but_its_last_layer(volumes, pretrained):
+    cfg = get_config()
+    cfg.model.width, cfg.init, cfg.data.label_values = 4, str(pretrained), "1,2"
+    model = SegmentationTask(cfg).build_model(nnx.Rngs(7))
+    source, _, _ = load_source(pretrained)
+    ours = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+    theirs = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(source))}
+    for key, value in ours.items():
+        if key.startswith("out_tr"):
+            assert value.shape[-1] == 2 or value.ndim == 1  # 2 classes, fresh
+        else:
+            np.testing.assert_array_equal(value, theirs[key])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--config.data.train_labels="], "data.train_images has 1 volumes, data.train_labels 0"),
+    (["--config.loss=focal"], "loss must be one of dice, bce, dice_bce"),
+    (["--config.data.patch_shape=(16, 16, 12)"], "every dim must be a multiple of 8"),
+    (["--config.data.label_values=1,x"], "data.label_values must be numbers"),
+])
+def test_bad_configs_are_one_line_and_exit_2(volumes, tmp_path, extra, message):
+    proc = run_cli(args(volumes, tmp_path / "ft", "--config.total_steps=2", *extra), tmp_path)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "ft").exists()
+
+
+def test_label_volumes_on_another_grid_are_refused(volumes, tmp_path):
+    write_nifti(tmp_path / "small.nii.gz", np.ones((40, 40, 20)))
+    proc = run_cli(args(volumes, tmp_path / "ft", "--config.total_steps=2",
+                        f"--config.data.train_labels={tmp_path / 'small.nii.gz'}"), tmp_path)
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert "small.nii.gz" in err and "does not match the image" in err
