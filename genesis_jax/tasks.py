@@ -6,7 +6,9 @@ A task is an object with:
     check_config()                 UserError naming the field for a value it cannot use
     check_data(require_data)       the same for the data fields (require_data=False: dry run)
     identity() -> dict             config fields a checkpoint must match to be resumed
-    build_model(rngs) -> Module    the model, built in this one place
+    build_model(rngs, initialize=True) -> Module
+                                   the model, built in this one place (initialize: pre-trained
+                                   weights in, where the task starts from some)
     load_data() -> RunData         training source (.batch) and validation cubes (.rows)
     prepare(key, batch, mesh, first_index=0) -> (inputs, targets)
                                    on device, inside jit; each device only its own rows
@@ -106,7 +108,8 @@ class PretrainTask:
         model = {k: v for k, v in self.cfg.model.items() if k != "conv"}  # formulations: same weights and sums
         return {"model": model, "deform": deform, "data": data}
 
-    def build_model(self, rngs) -> UNet3D:
+    def build_model(self, rngs, initialize: bool = True) -> UNet3D:
+        del initialize  # pre-training starts from random weights
         return build_unet(self.cfg.model, rngs, platform=self.platform)
 
     def load_data(self):
@@ -157,6 +160,7 @@ class SegmentationTask:
 
     def __init__(self, cfg, platform: str | None = None):
         self.cfg, self.platform = cfg, platform
+        self.val_volumes, self._apply = [], None
 
     @property
     def n_classes(self) -> int:
@@ -189,9 +193,10 @@ class SegmentationTask:
         model = {k: v for k, v in self.cfg.model.items() if k != "conv"}
         return {"model": model, "data": dict(self.cfg.data), "loss": self.cfg.loss, "init": self.cfg.init}
 
-    def build_model(self, rngs) -> UNet3D:
+    def build_model(self, rngs, initialize: bool = True) -> UNet3D:
+        """initialize=False: random weights (a checkpoint of this run replaces them)."""
         model = build_unet(self.cfg.model, rngs, n_class=self.n_classes, platform=self.platform)
-        if self.cfg.init != "scratch":
+        if initialize and self.cfg.init != "scratch":
             from genesis_jax.transfer import load_source, transfer_weights
             source, described, _ = load_source(self.cfg.init)
             transfer_weights(model, source, "all_but_final", described)
@@ -208,6 +213,7 @@ class SegmentationTask:
         train = PatchSampler(pairs["train"], data.patch_shape, data.foreground_ratio, self.cfg.seed)
         frozen = PatchSampler(pairs["val"], data.patch_shape, data.foreground_ratio, self.cfg.seed + 1)
         validation = InMemoryCubes(frozen.batch(0, int(data.val_patches)))
+        self.val_volumes = pairs["val"]
         paths = [p for key in ("train_images", "train_labels", "val_images", "val_labels") for p in _paths(data[key])]
         described = (f"{len(pairs['train'])} training and {len(pairs['val'])} validation volume(s), "
                      f"{len(values)} class(es) from label values {values}, patches {tuple(data.patch_shape)} "
@@ -237,6 +243,33 @@ class SegmentationTask:
         from genesis_jax.metrics import labelled_grid
         return labelled_grid({"image": inputs, "prediction (class 1)": outputs[..., 0],
                               "label (class 1)": targets[..., 0]}, row_labels=None)
+
+    def volume_metrics(self, model, mesh, batch_size: int) -> dict:
+        """Dice per class on the whole validation volumes, by sliding-window inference
+        (patches, overlap 0.5, Gaussian blending); a voxel's class is the most probable
+        one where that probability exceeds 0.5, else background. Means over volumes."""
+        import jax
+        import numpy as np
+        from flax import nnx
+
+        from genesis_jax import sharding
+        from genesis_jax.data.batches import process_slice
+        from genesis_jax.scores import dice_per_class
+        from genesis_jax.sliding import sliding_window
+        model.eval()
+        graphdef, state = nnx.split(model)
+        if self._apply is None:  # one compiled program for every evaluation
+            self._apply = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x),
+                                  in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                                  out_shardings=sharding.replicated(mesh))
+        rows = process_slice(batch_size, jax.process_index(), jax.process_count())
+        dices = []
+        for image, classes in self.val_volumes:
+            probs = sliding_window(lambda b: self._apply(state, b), image, self.cfg.data.patch_shape,
+                                   batch_size=batch_size, put=lambda b: sharding.global_batch(b[rows], mesh))
+            predicted = np.where(probs.max(-1) > 0.5, probs.argmax(-1) + 1, 0)
+            dices.append(dice_per_class(predicted, classes, self.n_classes))
+        return {f"volume_dice_{k + 1}": float(np.mean([d[k] for d in dices])) for k in range(self.n_classes)}
 
 
 TASKS = {"pretrain": PretrainTask, "segmentation": SegmentationTask}

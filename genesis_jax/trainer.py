@@ -114,9 +114,10 @@ class Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def build_state(task, tx, seed: int, mesh):
-    """(graphdef, replicated TrainState): the task's model and the optimizer state."""
-    graphdef, state = init_train_state(task.build_model(nnx.Rngs(seed)), tx)
+def build_state(task, tx, seed: int, mesh, initialize: bool = True):
+    """(graphdef, replicated TrainState): the task's model and the optimizer state.
+    initialize=False: skip copying pre-trained weights in (a checkpoint replaces them)."""
+    graphdef, state = init_train_state(task.build_model(nnx.Rngs(seed), initialize=initialize), tx)
     return graphdef, sharding.replicate(state, mesh)
 
 
@@ -266,6 +267,8 @@ def evaluate(run: Run, state, step: int, writer: MetricWriter, summary: dict):
     """(state, val loss, improved): score the frozen set, update early stopping and the
     plateau rule (which may set a new learning rate in the state), log, picture."""
     metrics, (inputs, targets, outputs) = run.validation.evaluate(run.eval_step, state)
+    if hasattr(run.task, "volume_metrics"):  # scores that need whole volumes (segmentation's Dice)
+        metrics.update(run.task.volume_metrics(model_from_state(run.graphdef, state), run.mesh, run.cfg.batch_size))
     val_loss = metrics["loss"]
     improved = run.early.update(step, val_loss, run.cadence.steps_per_epoch)
     if run.plateau is not None:
@@ -274,7 +277,8 @@ def evaluate(run: Run, state, step: int, writer: MetricWriter, summary: dict):
     summary["val_losses"].append((step, val_loss))
     writer.scalars(step, {**{f"val/{k}": v for k, v in metrics.items()}, "val/best": run.early.best_val})
     writer.image(step, f"val/{run.task.picture_name}", run.task.picture(inputs, targets, outputs))
-    tqdm.write(f"step {step}: val loss {val_loss:.5f}{' (best)' if improved else ''}")
+    extra = "".join(f", {name} {value:.4f}" for name, value in metrics.items() if name.startswith("volume_"))
+    tqdm.write(f"step {step}: val loss {val_loss:.5f}{extra}{' (best)' if improved else ''}")
     return state, val_loss, improved
 
 
@@ -364,7 +368,8 @@ def load_checkpoint(cfg, workdir, best: bool = False, task=None):
     """(model, meta) from a run directory's latest (or best) checkpoint, on this host's devices."""
     task = task or task_for(cfg)
     mesh = sharding.make_mesh()
-    graphdef, state = build_state(task, make_optimizer(cfg.optimizer, cfg.schedule, 1, cfg.total_steps), 0, mesh)
+    graphdef, state = build_state(task, make_optimizer(cfg.optimizer, cfg.schedule, 1, cfg.total_steps), 0, mesh,
+                                  initialize=False)
     checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=cfg.keep_checkpoints)
     try:
         step = checkpointer.best_step() if best else (checkpointer.steps() or [None])[-1]

@@ -70,6 +70,7 @@ def test_finetune_from_a_pretrained_run_then_resume(volumes, pretrained, tmp_pat
                         "--config.data.label_values=1,2"), tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "step 2: val loss" in proc.stdout and "done: step 2" in proc.stdout
+    assert "volume_dice_1" in proc.stdout and "volume_dice_2" in proc.stdout
     assert list((workdir / "images").glob("val_segmentation_*.png"))
     cfg = read_run_config(workdir)
     assert cfg.task == "segmentation" and cfg.data.label_values == "1,2" and cfg.data.patch_shape == (16, 16, 16)
@@ -116,3 +117,29 @@ def test_label_volumes_on_another_grid_are_refused(volumes, tmp_path):
     assert proc.returncode == 1
     err = proc.stderr
     assert "small.nii.gz" in err and "does not match the image" in err
+
+
+class Threshold(nnx.Module):
+    """A 'model' that segments by intensity: class 1 above 0.6, class 2 below 0.1."""
+
+    def __call__(self, x):
+        import jax.numpy as jnp
+        return jnp.concatenate([(x > 0.6), (x < 0.1)], axis=-1).astype(jnp.float32)
+
+
+def test_whole_volume_dice_by_sliding_window():
+    """A perfect segmenter scores Dice 1 on every class of a volume larger than the patch
+    and of odd size; dropping class 2 from its output scores 0 on that class."""
+    from genesis_jax import sharding
+    image = np.random.default_rng(0).random((37, 29, 21)).astype(np.float32)
+    classes = np.where(image > 0.6, 1, np.where(image < 0.1, 2, 0)).astype(np.int8)
+    cfg = get_config()
+    cfg.data.patch_shape, cfg.data.label_values = (16, 16, 8), "1,2"
+    task = SegmentationTask(cfg)
+    task.val_volumes = [(image, classes)]
+    scores = task.volume_metrics(Threshold(), sharding.make_mesh(), batch_size=8)
+    assert scores == {"volume_dice_1": 1.0, "volume_dice_2": 1.0}
+    task.val_volumes = [(image, np.where(classes == 2, 0, classes).astype(np.int8))]
+    task._apply = None
+    scores = task.volume_metrics(Threshold(), sharding.make_mesh(), batch_size=8)
+    assert scores["volume_dice_1"] == 1.0 and scores["volume_dice_2"] == 0.0
