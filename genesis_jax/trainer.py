@@ -171,7 +171,10 @@ def setup_run(cfg, workdir: Path, task):
     data = task.load_data()
     cadence = Cadence.from_config(cfg, data.train_cubes)
     tx = make_optimizer(cfg.optimizer, cfg.schedule, cadence.steps_per_epoch, cfg.total_steps)
-    graphdef, state = build_state(task, tx, cfg.seed, mesh)
+    # A run that will resume gets its weights from its checkpoint: pre-trained weights are
+    # copied in only for a fresh start (so a moved or deleted init source does not stop a resume).
+    resuming = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+    graphdef, state = build_state(task, tx, cfg.seed, mesh, initialize=not resuming)
     root_key = jax.random.key(cfg.seed)
     workdir.mkdir(parents=True, exist_ok=True)
     run = Run(cfg, task, workdir, mesh, data, cadence, graphdef, tx,

@@ -75,7 +75,11 @@ def test_finetune_from_a_pretrained_run_then_resume(volumes, pretrained, tmp_pat
     cfg = read_run_config(workdir)
     assert cfg.task == "segmentation" and cfg.data.label_values == "1,2" and cfg.data.patch_shape == (16, 16, 16)
     cfg.total_steps = 4
-    summary = train(cfg, workdir)
+    (pretrained / "config.json").rename(pretrained / "config.json.moved")  # the init source is gone
+    try:
+        summary = train(cfg, workdir)  # the resume reads the run's own checkpoint, not the source
+    finally:
+        (pretrained / "config.json.moved").rename(pretrained / "config.json")
     assert summary["start_step"] == 2 and summary["end_step"] == 4
     cfg.init = "scratch"  # another init is another run: refused before anything is touched
     with pytest.raises(UserError, match="init="):
