@@ -43,18 +43,23 @@ def bezier_params(key: jax.Array):
     return draws[0:2], draws[2:4], draws[4] < 0.5
 
 
-def bezier_table(p1: jax.Array, p2: jax.Array, decreasing: jax.Array, size: int = 4096) -> jax.Array:
-    """float32 (size,): the intensity map at x = 0, 1/(size-1), ..., 1."""
-    grid = jnp.linspace(0.0, 1.0, size, dtype=jnp.float32)
-    low, high = jnp.zeros_like(grid), jnp.ones_like(grid)
-    for _ in range(_BISECTION_STEPS):  # x(u) is monotone: bisect u for each grid x
+def curve_map(x: jax.Array, p1: jax.Array, p2: jax.Array, decreasing: jax.Array, steps: int) -> jax.Array:
+    """The intensity map at values x in [0, 1]: u with x(u) = x found by `steps` bisection
+    steps (x(u) is monotone), then y(u), or y(1 - u) for the decreasing map."""
+    low, high = jnp.zeros_like(x), jnp.ones_like(x)
+    for _ in range(steps):  # unrolled: XLA fuses the whole search into one elementwise kernel
         mid = 0.5 * (low + high)
-        below = _cubic_bezier(mid, p1[0], p2[0]) < grid
+        below = _cubic_bezier(mid, p1[0], p2[0]) < x
         low, high = jnp.where(below, mid, low), jnp.where(below, high, mid)
     # The ends are exact, as in np.interp over the curve's samples: x = 0 is u = 0 and x = 1 is
-    # u = 1 (bisection alone stops 2^-31 inside, and CT cubes are full of exact 0s).
-    u = (0.5 * (low + high)).at[0].set(0.0).at[-1].set(1.0)
+    # u = 1 (bisection alone stops 2^-steps inside, and CT cubes are full of exact 0s).
+    u = jnp.where(x <= 0.0, 0.0, jnp.where(x >= 1.0, 1.0, 0.5 * (low + high)))
     return _cubic_bezier(jnp.where(decreasing, 1.0 - u, u), p1[1], p2[1])
+
+
+def bezier_table(p1: jax.Array, p2: jax.Array, decreasing: jax.Array, size: int = 4096) -> jax.Array:
+    """float32 (size,): the intensity map at x = 0, 1/(size-1), ..., 1."""
+    return curve_map(jnp.linspace(0.0, 1.0, size, dtype=jnp.float32), p1, p2, decreasing, _BISECTION_STEPS)
 
 
 def apply_table(x: jax.Array, table: jax.Array) -> jax.Array:
@@ -71,15 +76,7 @@ def apply_table(x: jax.Array, table: jax.Array) -> jax.Array:
 def solve_map(x: jax.Array, p1: jax.Array, p2: jax.Array, decreasing: jax.Array,
               steps: int = _SOLVE_STEPS) -> jax.Array:
     """The intensity map at every voxel of x, each voxel's u found by its own bisection."""
-    v = jnp.clip(x.astype(jnp.float32), 0.0, 1.0)
-    low, high = jnp.zeros_like(v), jnp.ones_like(v)
-    for _ in range(steps):  # unrolled: XLA fuses the whole search into one elementwise kernel
-        mid = 0.5 * (low + high)
-        below = _cubic_bezier(mid, p1[0], p2[0]) < v
-        low, high = jnp.where(below, mid, low), jnp.where(below, high, mid)
-    # Exact ends, as np.interp over the curve's samples gives them (see bezier_table).
-    u = jnp.where(v <= 0.0, 0.0, jnp.where(v >= 1.0, 1.0, 0.5 * (low + high)))
-    return _cubic_bezier(jnp.where(decreasing, 1.0 - u, u), p1[1], p2[1])
+    return curve_map(jnp.clip(x.astype(jnp.float32), 0.0, 1.0), p1, p2, decreasing, steps)
 
 
 def nonlinear_intensity(key: jax.Array, x: jax.Array, *, table_size: int = 4096, lookups: str = "auto") -> jax.Array:
