@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     cfg.model.width, cfg.model.dtype, cfg.batch_size = args.width, args.dtype, args.batch
     cfg.data.cube_shape = tuple(args.shape)
     mesh = sharding.make_mesh(jax.devices()[:1])
-    report, seconds = compile_step(cfg, mesh, target_step(cfg, mesh, jax.default_backend()), args.batch)
+    report, _, seconds = compile_step(cfg, mesh, target_step(cfg, mesh, jax.default_backend()), args.batch)
     result = {"compile_s": seconds, "peak_bytes": report.peak_bytes, "width": args.width, "batch": args.batch,
               "shape": list(args.shape), "dtype": args.dtype, "cache_files": len(os.listdir(args.cache))}
     print(json.dumps(result))

@@ -48,7 +48,8 @@ def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, 
     step = make_model_step(graphdef, tx, restoration_loss)
     cubes = jax.random.uniform(jax.random.key(0), (batch, *shape), jnp.float32)
     start = time.perf_counter()
-    compiled = step.lower(state, cubes, cubes).compile()
+    traced = step.trace(state, cubes, cubes)
+    compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
@@ -57,7 +58,7 @@ def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, 
         return loss
 
     median = statistics.median(timed(run, steps, warmup))
-    flops = program.model_flops(jax.make_jaxpr(step)(state, cubes, cubes)) / batch
+    flops = program.model_flops(traced.jaxpr) / batch
     return {"batch": batch, "width": width, "dtype": jnp.dtype(dtype).name, "fast_upconv": fast_upconv,
             "compile_s": compile_s, "median_step_s": median, "samples_per_s": batch / median,
             "flops_per_sample": flops, "flops_source": "jaxpr convolutions and matmuls",

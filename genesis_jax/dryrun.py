@@ -116,21 +116,16 @@ def target_step(cfg, mesh, platform: str):
 
 
 def compile_step(cfg, mesh, target, global_batch: int):
-    """(ProgramReport, compile seconds) of the target step (target_step) at this global batch."""
+    """(ProgramReport, model FLOPs of the global step, compile seconds) of the target step
+    (target_step) at this global batch; the FLOPs come from the jaxpr the compile traced
+    (program.model_flops: the same on every backend)."""
     step, state = target
     cubes = jax.ShapeDtypeStruct((global_batch, *cfg.data.cube_shape), jnp.float32,
                                  sharding=sharding.batch_sharded(mesh))
     start = time.perf_counter()
-    compiled = step.lower(state, cubes, jax.ShapeDtypeStruct((), jnp.int32)).compile()
-    return program.analyse(compiled), time.perf_counter() - start
-
-
-def step_model_flops(cfg, target, global_batch: int) -> float:
-    """Convolution and matmul FLOPs of one global step, counted from its jaxpr (the same on
-    every backend; see program.model_flops)."""
-    step, state = target
-    cubes = jax.ShapeDtypeStruct((global_batch, *cfg.data.cube_shape), jnp.float32)
-    return program.model_flops(jax.make_jaxpr(step)(state, cubes, jax.ShapeDtypeStruct((), jnp.int32)))
+    traced = step.trace(state, cubes, jax.ShapeDtypeStruct((), jnp.int32))
+    compiled = traced.lower().compile()
+    return program.analyse(compiled), program.model_flops(traced.jaxpr), time.perf_counter() - start
 
 
 def largest_batch(per_device: int, peak: int, per_device_2: int, peak_2: int, memory: float):
@@ -149,10 +144,10 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
     sharding.check_batch_size(cfg.batch_size, mesh)
     platform = devices[0].platform
     target = target_step(cfg, mesh, platform)
-    report, seconds = compile_step(cfg, mesh, target, cfg.batch_size)
+    report, step_flops, seconds = compile_step(cfg, mesh, target, cfg.batch_size)
     per_device = cfg.batch_size // mesh.size
     memory, memory_source, peak_flops = device_spec(devices[0], device_memory_gb)
-    model_flops = step_model_flops(cfg, target, cfg.batch_size) / mesh.size  # per device
+    model_flops = step_flops / mesh.size  # per device
     result = {
         "target": topology or (platform if devices[0].device_kind == platform
                                  else f"{platform} ({devices[0].device_kind})"),
@@ -179,7 +174,7 @@ def fit_batch(cfg, mesh, target, per_device, report, memory, max_checks=4) -> di
     """The largest per-device batch whose compiled peak fits `memory` (see the module doc)."""
     def peak_at(batch):
         try:
-            compiled, _ = compile_step(cfg, mesh, target, batch * mesh.size)
+            compiled, _, _ = compile_step(cfg, mesh, target, batch * mesh.size)
         except Exception as e:  # the TPU compiler refuses a program larger than HBM
             if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
                 return math.inf

@@ -150,7 +150,8 @@ def format_bytes(n: float) -> str:
 
 
 def model_flops(closed_jaxpr) -> float:
-    """FLOPs of the convolutions and matrix products of a traced program (`jax.make_jaxpr`).
+    """FLOPs of the convolutions and matrix products of a traced program (`jax.make_jaxpr`, or
+    the `.jaxpr` of `jax.jit(f).trace(...)`).
 
     Counted from the program as written, before any compiler sees it, so the count is the
     same on every backend: XLA's `cost_analysis()` leaves out work it hands to libraries
