@@ -70,26 +70,9 @@ def to_input_grid(labels_lps: np.ndarray, image):
     return apply_orientation(ras, ornt_transform(io_orientation(canonical.affine), io_orientation(image.affine)))
 
 
-def predict_labels(model, task, volume: np.ndarray, overlap: float, blend: str, batch: int) -> np.ndarray:
-    """int class map (0 background, 1..K) of a [0, 1] volume."""
-    import jax
-    from flax import nnx
-
-    from genesis_jax import sharding
-    from genesis_jax.sliding import sliding_window
-    mesh = sharding.make_mesh()
-    batch = max(mesh.size, batch - batch % mesh.size)
-    graphdef, state = nnx.split(model)
-    apply = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x),
-                    in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                    out_shardings=sharding.replicated(mesh))
-    probs = sliding_window(lambda b: apply(state, b), volume, task.cfg.data.patch_shape, overlap=overlap,
-                           blend=blend, batch_size=batch, put=lambda b: sharding.global_batch(b, mesh))
-    return np.where(probs.max(-1) > 0.5, probs.argmax(-1) + 1, 0)
-
-
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from genesis_jax import sharding
     from genesis_jax.data.labelled import map_labels
     from genesis_jax.data.volumes import to_unit_range
     from genesis_jax.errors import UserError
@@ -106,8 +89,10 @@ def main(argv=None) -> int:
             if truth_volume.array.shape != volume.array.shape:
                 raise UserError(f"{args.labels}: shape {truth_volume.array.shape}, the input's is {volume.array.shape}")
             truth = map_labels(truth_volume.array, parse_label_values(task.cfg.data.label_values))
-        classes = predict_labels(model, task, to_unit_range(volume.array, task.cfg.data.modality)[0], args.overlap,
-                                 args.blend, args.batch or task.cfg.batch_size)
+        mesh = sharding.make_mesh()
+        batch = args.batch or task.cfg.batch_size
+        classes = task.segment(model, to_unit_range(volume.array, task.cfg.data.modality)[0], mesh,
+                               max(mesh.size, batch - batch % mesh.size), args.overlap, args.blend)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

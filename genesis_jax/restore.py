@@ -84,6 +84,7 @@ def restoration_table(model, cubes, seed: int):
     import jax.numpy as jnp
     from flax import nnx
 
+    from genesis_jax.tasks import restoration_mse
     graphdef, state = nnx.split(model)
     restore = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x[..., None])[..., 0])
     cubes = jnp.asarray(cubes)
@@ -91,7 +92,7 @@ def restoration_table(model, cubes, seed: int):
     for i, name in enumerate(DEFORMATIONS):
         corrupted, target = corrupt(name, jax.random.key(seed * 1000 + i), cubes)
         restored = restore(state, corrupted)
-        rows[name] = (float(jnp.mean((restored - target) ** 2)), float(jnp.mean((corrupted - target) ** 2)),
+        rows[name] = (float(restoration_mse(restored, target)), float(restoration_mse(corrupted, target)),
                       tuple(np.asarray(a) for a in (corrupted, restored, target)))
     return rows
 

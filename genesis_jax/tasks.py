@@ -244,31 +244,36 @@ class SegmentationTask:
         return labelled_grid({"image": inputs, "prediction (class 1)": outputs[..., 0],
                               "label (class 1)": targets[..., 0]}, row_labels=None)
 
-    def volume_metrics(self, model, mesh, batch_size: int) -> dict:
-        """Dice per class on the whole validation volumes, by sliding-window inference
-        (patches, overlap 0.5, Gaussian blending); a voxel's class is the most probable
-        one where that probability exceeds 0.5, else background. Means over volumes."""
+    def segment(self, model, volume, mesh, batch_size: int, overlap: float = 0.5, blend: str = "gaussian"):
+        """int class map (0 background, 1..K) of a [0, 1] volume, by sliding-window inference
+        with patches of data.patch_shape split over the mesh; a voxel's class is the most
+        probable one where that probability exceeds 0.5. Compiled once per task."""
         import jax
         import numpy as np
         from flax import nnx
 
         from genesis_jax import sharding
         from genesis_jax.data.batches import process_slice
-        from genesis_jax.scores import dice_per_class
         from genesis_jax.sliding import sliding_window
         model.eval()
         graphdef, state = nnx.split(model)
-        if self._apply is None:  # one compiled program for every evaluation
+        if self._apply is None:
             self._apply = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x),
                                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                                   out_shardings=sharding.replicated(mesh))
         rows = process_slice(batch_size, jax.process_index(), jax.process_count())
-        dices = []
-        for image, classes in self.val_volumes:
-            probs = sliding_window(lambda b: self._apply(state, b), image, self.cfg.data.patch_shape,
-                                   batch_size=batch_size, put=lambda b: sharding.global_batch(b[rows], mesh))
-            predicted = np.where(probs.max(-1) > 0.5, probs.argmax(-1) + 1, 0)
-            dices.append(dice_per_class(predicted, classes, self.n_classes))
+        probs = sliding_window(lambda b: self._apply(state, b), volume, self.cfg.data.patch_shape, overlap=overlap,
+                               blend=blend, batch_size=batch_size, put=lambda b: sharding.global_batch(b[rows], mesh))
+        return np.where(probs.max(-1) > 0.5, probs.argmax(-1) + 1, 0)
+
+    def volume_metrics(self, model, mesh, batch_size: int) -> dict:
+        """Dice per class on the whole validation volumes (segment: overlap 0.5, Gaussian
+        blending), means over volumes."""
+        import numpy as np
+
+        from genesis_jax.scores import dice_per_class
+        dices = [dice_per_class(self.segment(model, image, mesh, batch_size), classes, self.n_classes)
+                 for image, classes in self.val_volumes]
         return {f"volume_dice_{k + 1}": float(np.mean([d[k] for d in dices])) for k in range(self.n_classes)}
 
 
