@@ -66,6 +66,10 @@ def _show(value) -> str:
         (",".join(map(str, value)) if isinstance(value, list) else str(value))
 
 
+def _val_loss(metrics: dict) -> float:
+    return metrics["val_loss"]
+
+
 class Checkpointer:
     def __init__(self, directory, keep: int = 3):
         self.directory = Path(directory).absolute()
@@ -77,10 +81,10 @@ class Checkpointer:
         # decided by the preservation policy alone.
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True,
-            best_fn=lambda metrics: metrics["val_loss"], best_mode="min",
+            best_fn=_val_loss, best_mode="min",
             preservation_policy=policies.AnyPreservationPolicy([
                 policies.LatestN(n=keep),
-                policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
+                policies.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
                                keep_checkpoints_without_metrics=False)]))
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         for name in self.incomplete:

@@ -49,10 +49,15 @@ def blend_weights(patch_shape, blend: str) -> np.ndarray:
     return np.maximum(weights / weights.max(), 1e-3)
 
 
+def patch_pads(shape, patch_shape) -> list[tuple[int, int]]:
+    """np.pad widths that bring shape up to at least patch_shape, split evenly before and after."""
+    return [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(shape, patch_shape)]
+
+
 def pad_to_patch(volume: np.ndarray, patch_shape) -> tuple[np.ndarray, tuple[slice, ...]]:
     """(volume padded with its edge values to at least patch_shape, the slices that crop
-    the original back out). Padding is split evenly before and after."""
-    pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(volume.shape, patch_shape)]
+    the original back out)."""
+    pads = patch_pads(volume.shape, patch_shape)
     crop = tuple(slice(before, before + s) for (before, _), s in zip(pads, volume.shape))
     return np.pad(volume, pads, mode="edge"), crop
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from genesis_jax.data.batches import process_slice
 from genesis_jax.data.volumes import VolumeError, read_volume, to_unit_range
+from genesis_jax.sliding import patch_pads
 
 
 def map_labels(raw: np.ndarray, label_values) -> np.ndarray:
@@ -47,7 +48,7 @@ def read_pair(image_path, label_path, label_values, modality: str = "ct"):
 
 def pad_pair(image: np.ndarray, classes: np.ndarray, patch_shape):
     """Both padded to at least patch_shape (image: edge values; labels: background)."""
-    pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(image.shape, patch_shape)]
+    pads = patch_pads(image.shape, patch_shape)
     return np.pad(image, pads, mode="edge"), np.pad(classes, pads, constant_values=0)
 
 
