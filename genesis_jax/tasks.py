@@ -25,6 +25,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from genesis_jax.data.volumes import split_paths
 from genesis_jax.deform import DeformConfig, sharded_genesis_batch
 from genesis_jax.deform.config import resolve_lookups
 from genesis_jax.errors import UserError
@@ -144,10 +145,6 @@ def parse_label_values(text) -> list[float]:
     return values
 
 
-def _paths(text: str) -> list[str]:
-    return [p for p in str(text).split(",") if p]
-
-
 class SegmentationTask:
     """Fine-tuning for segmentation: image patches in, one sigmoid channel per class out,
     Dice/BCE against the labels; the U-Net but its last layer initialised from `init`.
@@ -180,11 +177,11 @@ class SegmentationTask:
     def check_data(self, require_data: bool = True) -> None:
         data = self.cfg.data
         for images, labels in (("train_images", "train_labels"), ("val_images", "val_labels")):
-            if require_data and not _paths(data[images]):
+            if require_data and not split_paths(data[images]):
                 raise UserError(f"data.{images} is empty: pass --config.data.{images}=A.nii.gz,B.nii.gz")
-            if len(_paths(data[images])) != len(_paths(data[labels])):
-                raise UserError(f"data.{images} has {len(_paths(data[images]))} volumes, data.{labels} "
-                                f"{len(_paths(data[labels]))}: one label volume per image")
+            if len(split_paths(data[images])) != len(split_paths(data[labels])):
+                raise UserError(f"data.{images} has {len(split_paths(data[images]))} volumes, data.{labels} "
+                                f"{len(split_paths(data[labels]))}: one label volume per image")
         for name in ("patches_per_epoch", "val_patches"):
             if data[name] < 1:
                 raise UserError(f"data.{name} must be >= 1, got {data[name]}")
@@ -208,13 +205,14 @@ class SegmentationTask:
         from genesis_jax.data.sources import RunData, _sha256
         data, values = self.cfg.data, parse_label_values(self.cfg.data.label_values)
         pairs = {split: [read_pair(i, l, values, data.modality)
-                         for i, l in zip(_paths(data[f"{split}_images"]), _paths(data[f"{split}_labels"]))]
+                         for i, l in zip(split_paths(data[f"{split}_images"]), split_paths(data[f"{split}_labels"]))]
                  for split in ("train", "val")}
         train = PatchSampler(pairs["train"], data.patch_shape, data.foreground_ratio, self.cfg.seed)
         frozen = PatchSampler(pairs["val"], data.patch_shape, data.foreground_ratio, self.cfg.seed + 1)
         validation = InMemoryCubes(frozen.batch(0, int(data.val_patches)))
         self.val_volumes = pairs["val"]
-        paths = [p for key in ("train_images", "train_labels", "val_images", "val_labels") for p in _paths(data[key])]
+        keys = ("train_images", "train_labels", "val_images", "val_labels")
+        paths = [p for key in keys for p in split_paths(data[key])]
         described = (f"{len(pairs['train'])} training and {len(pairs['val'])} validation volume(s), "
                      f"{len(values)} class(es) from label values {values}, patches {tuple(data.patch_shape)} "
                      f"({data.foreground_ratio:.0%} centred on foreground)")

@@ -16,7 +16,7 @@ import numpy as np
 from genesis_jax.data.batches import InMemoryCubes, StoreBatches, VolumeBatches
 from genesis_jax.data.sampler import SamplerConfig
 from genesis_jax.data.store import open_store, store_digest
-from genesis_jax.data.volumes import find_inputs, read_volume, to_unit_range
+from genesis_jax.data.volumes import find_inputs, read_volume, split_paths, to_unit_range
 from genesis_jax.errors import UserError
 
 _VALIDATION_SEED_OFFSET = 1_000_003
@@ -51,7 +51,7 @@ def load_run_data(data, seed: int) -> RunData:
     elif data.source == "volumes":
         if not data.volumes:
             raise UserError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
-        paths = find_inputs([p for p in data.volumes.split(",") if p])
+        paths = find_inputs(split_paths(data.volumes))
     else:
         raise UserError(f"data.source must be 'sample', 'store' or 'volumes', got {data.source!r}")
     volumes = [to_unit_range(read_volume(p).array, data.modality)[0] for p in paths]

@@ -58,6 +58,11 @@ def is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def split_paths(text) -> list[str]:
+    """A config's comma-separated list of paths ("a.nii.gz,b.nii.gz"), empty items dropped."""
+    return [p for p in str(text).split(",") if p]
+
+
 def find_inputs(paths) -> list[Path]:
     """Files and directories -> the volumes to read, sorted.
 
