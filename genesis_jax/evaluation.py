@@ -37,6 +37,7 @@ class FrozenValidation:
         self.images = min(images, self.batches[0][1])
         self._first_rows = jax.jit(lambda tree: jax.tree.map(lambda a: a[: self.images], tree),
                                    out_shardings=sharding.replicated(mesh))
+        self._gather = jax.jit(lambda tree: tree, out_shardings=sharding.replicated(mesh))
         self._local = jax.process_index(), jax.process_count()
 
     def _global_batch(self, start: int, stop: int):
@@ -44,14 +45,18 @@ class FrozenValidation:
         rows = process_slice(stop - start, index, count)
         return sharding.global_batch(self.cubes.rows(start + rows.start, start + rows.stop), self.mesh)
 
-    def evaluate(self, eval_step, state):
+    def evaluate(self, eval_step, state, keep: bool = False):
         """(metrics: example-weighted means over the set, (inputs, targets, outputs) of the
-        first `images` examples as numpy arrays)."""
-        totals, picture = {}, None
+        first `images` examples as numpy arrays, keep: (targets, outputs) of every example
+        as numpy arrays, for scores of the whole set (small outputs only), else None)."""
+        totals, picture, kept = {}, None, []
         for start, stop in self.batches:
             metrics, arrays = eval_step(state, self._global_batch(start, stop), start)
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + float(value) * (stop - start)
             if picture is None:
                 picture = tuple(np.asarray(a) for a in self._first_rows(arrays))
-        return {name: total / self.size for name, total in totals.items()}, picture
+            if keep:
+                kept.append(tuple(np.asarray(a) for a in self._gather(arrays[1:])))
+        scored = tuple(np.concatenate(parts) for parts in zip(*kept)) if keep else None
+        return {name: total / self.size for name, total in totals.items()}, picture, scored

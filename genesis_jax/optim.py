@@ -4,6 +4,11 @@
                         adamw (torch.optim.AdamW: decoupled weight decay)
     optimizer.weight_decay   sgd/adam: L2 added to the gradient, as torch does; adamw: decoupled
     optimizer.clip_norm      > 0: clip the gradient's global norm first (torch.nn.utils.clip_grad_norm_)
+    optimizer.pretrained_lr_multiplier   fine-tuning: the pre-trained parameters' updates x this
+    optimizer.freeze_pretrained_steps    fine-tuning: the pre-trained parameters stay as loaded for
+                        the first K steps (their updates are zeroed after the optimizer, so Adam's
+                        moments keep tracking their gradients and the first unfrozen step is a
+                        normal Adam step, not a cold start; weight decay is zeroed with them)
     schedule.kind       constant; step (x gamma every step_epochs epochs, torch StepLR);
                         cosine (linear warm-up over warmup_epochs, then cosine to
                         final_fraction x the rate at total_steps); plateau (x gamma on
@@ -23,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,11 +53,14 @@ class OptimizerSpec:
     eps: float = 1e-8
     weight_decay: float = 0.0
     clip_norm: float = 0.0
+    pretrained_lr_multiplier: float = 1.0
+    freeze_pretrained_steps: int = 0
+    pretrained: tuple = ()           # top-level module names holding pre-trained weights
 
     @classmethod
-    def from_config(cls, optimizer) -> "OptimizerSpec":
+    def from_config(cls, optimizer, pretrained=()) -> "OptimizerSpec":
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(optimizer).items() if k in fields})
+        return cls(**{k: v for k, v in dict(optimizer).items() if k in fields}, pretrained=tuple(pretrained))
 
 
 def check_optimizer_config(optimizer, schedule) -> None:
@@ -68,6 +77,8 @@ def check_optimizer_config(optimizer, schedule) -> None:
     for name in ("b1", "b2"):
         if not 0 <= optimizer[name] < 1:
             raise UserError(f"optimizer.{name} must be in [0, 1), got {optimizer[name]}")
+    if optimizer.get("pretrained_lr_multiplier", 1.0) < 0 or optimizer.get("freeze_pretrained_steps", 0) < 0:
+        raise UserError("optimizer.pretrained_lr_multiplier and optimizer.freeze_pretrained_steps must be >= 0")
     if not 0 < schedule.gamma <= 1:
         raise UserError(f"schedule.gamma must be in (0, 1], got {schedule.gamma}")
     for name in ("step_epochs", "plateau_epochs"):
@@ -88,7 +99,29 @@ def _transform(learning_rate, *, spec: OptimizerSpec) -> optax.GradientTransform
         parts.append(optax.sgd(learning_rate, momentum=spec.momentum or None, nesterov=spec.nesterov))
     else:
         parts.append(optax.adam(learning_rate, b1=spec.b1, b2=spec.b2, eps=spec.eps))
-    return optax.chain(*parts)
+    return optax.chain(*parts, *_pretrained_scaling(spec))
+
+
+class _StepCount(NamedTuple):
+    count: jax.Array
+
+
+def _pretrained_scaling(spec: OptimizerSpec) -> list:
+    """[] or one transformation that scales the pre-trained parameters' updates: 0 for the
+    first freeze_pretrained_steps updates, pretrained_lr_multiplier after."""
+    if not spec.pretrained or (spec.pretrained_lr_multiplier == 1.0 and spec.freeze_pretrained_steps == 0):
+        return []
+
+    def is_pretrained(path) -> bool:
+        return str(getattr(path[0], "key", path[0])) in spec.pretrained
+
+    def update(updates, state, params=None):
+        factor = jnp.where(state.count < spec.freeze_pretrained_steps, 0.0, spec.pretrained_lr_multiplier)
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda path, u: u * factor.astype(u.dtype) if is_pretrained(path) else u, updates)
+        return scaled, _StepCount(optax.safe_increment(state.count))
+
+    return [optax.GradientTransformation(lambda params: _StepCount(jnp.zeros([], jnp.int32)), update)]
 
 
 def learning_rate_schedule(optimizer, schedule, steps_per_epoch: int, total_steps: int):
@@ -104,10 +137,13 @@ def learning_rate_schedule(optimizer, schedule, steps_per_epoch: int, total_step
     return lr
 
 
-def make_optimizer(optimizer, schedule, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
-    """optax transformation for the config's optimizer and schedule; call update(grads, state, params)."""
+def make_optimizer(optimizer, schedule, steps_per_epoch: int, total_steps: int,
+                   pretrained=()) -> optax.GradientTransformation:
+    """optax transformation for the config's optimizer and schedule; call update(grads, state, params).
+    pretrained: the top-level module names whose weights were loaded (the task's), which
+    optimizer.pretrained_lr_multiplier and optimizer.freeze_pretrained_steps act on."""
     check_optimizer_config(optimizer, schedule)
-    inner = functools.partial(_transform, spec=OptimizerSpec.from_config(optimizer))
+    inner = functools.partial(_transform, spec=OptimizerSpec.from_config(optimizer, pretrained))
     return optax.inject_hyperparams(inner)(
         learning_rate=learning_rate_schedule(optimizer, schedule, steps_per_epoch, total_steps))
 

@@ -145,7 +145,36 @@ def parse_label_values(text) -> list[float]:
     return values
 
 
-class SegmentationTask:
+class FineTuneTask:
+    """What the fine-tuning tasks share: `init` says where the weights of `part`
+    (transfer.PARTS) come from; the optimizer scales or freezes those parameters'
+    updates (optimizer.pretrained_lr_multiplier, optimizer.freeze_pretrained_steps)."""
+
+    part = "all_but_final"
+
+    def check_init(self) -> None:
+        optimizer = self.cfg.optimizer
+        tuned = optimizer.pretrained_lr_multiplier != 1.0 or optimizer.freeze_pretrained_steps > 0
+        if self.cfg.init == "scratch" and tuned:
+            raise UserError("optimizer.pretrained_lr_multiplier and optimizer.freeze_pretrained_steps act on "
+                            "pre-trained weights, and init is 'scratch': pass --config.init=RUN_DIR|MODEL.pt")
+        if self.cfg.export_pytorch and self.name != "segmentation":
+            raise UserError(f"export_pytorch writes a U-Net; a {self.name} run has none (set it False)")
+
+    def pretrained_modules(self) -> tuple:
+        """The top-level modules whose weights come from init (none from scratch)."""
+        from genesis_jax.transfer import PARTS
+        return () if self.cfg.init == "scratch" else PARTS[self.part]
+
+    def initialize(self, model) -> None:
+        """Copy `part` of the init source's weights into model (nothing from scratch)."""
+        if self.cfg.init != "scratch":
+            from genesis_jax.transfer import load_source, transfer_weights
+            source, described, _ = load_source(self.cfg.init)
+            transfer_weights(model, source, self.part, described)
+
+
+class SegmentationTask(FineTuneTask):
     """Fine-tuning for segmentation: image patches in, one sigmoid channel per class out,
     Dice/BCE against the labels; the U-Net but its last layer initialised from `init`.
 
@@ -166,6 +195,7 @@ class SegmentationTask:
     def check_config(self) -> None:
         from genesis_jax.losses import SEGMENTATION_LOSSES
         model_dtype(self.cfg.model.dtype)
+        self.check_init()
         if self.cfg.loss not in SEGMENTATION_LOSSES:
             raise UserError(f"loss must be one of {', '.join(SEGMENTATION_LOSSES)}, got {self.cfg.loss!r}")
         parse_label_values(self.cfg.data.label_values)
@@ -193,10 +223,8 @@ class SegmentationTask:
     def build_model(self, rngs, initialize: bool = True) -> UNet3D:
         """initialize=False: random weights (a checkpoint of this run replaces them)."""
         model = build_unet(self.cfg.model, rngs, n_class=self.n_classes, platform=self.platform)
-        if initialize and self.cfg.init != "scratch":
-            from genesis_jax.transfer import load_source, transfer_weights
-            source, described, _ = load_source(self.cfg.init)
-            transfer_weights(model, source, "all_but_final", described)
+        if initialize:
+            self.initialize(model)
         return model
 
     def load_data(self):
@@ -275,7 +303,107 @@ class SegmentationTask:
         return {f"volume_dice_{k + 1}": float(np.mean([d[k] for d in dices])) for k in range(self.n_classes)}
 
 
-TASKS = {"pretrain": PretrainTask, "segmentation": SegmentationTask}
+class ClassificationTask(FineTuneTask):
+    """Fine-tuning for classification: the official TargetNet (GenesisClassifier: the
+    U-Net's encoder, global average pooling, Dense 1024, ReLU, Dense) on labelled cubes
+    (data/classified.py), the encoder initialised from `init`.
+
+    Two classes: one logit, sigmoid + binary cross-entropy (the paper's target tasks are
+    binary: one output is the official head's form). More: one logit per class, softmax +
+    cross-entropy (the classes exclude each other). Validation: the loss and accuracy
+    (batch means), and ROC AUC over the whole set (one-vs-rest mean for > 2 classes)."""
+
+    name, picture_name, part = "classification", "classification", "encoder"
+
+    def __init__(self, cfg, platform: str | None = None):
+        self.cfg, self.platform = cfg, platform
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.cfg.data.classes == 2 else int(self.cfg.data.classes)
+
+    def check_config(self) -> None:
+        model_dtype(self.cfg.model.dtype)
+        self.check_init()
+        if self.cfg.data.classes < 2:
+            raise UserError(f"data.classes must be >= 2, got {self.cfg.data.classes}")
+        if any(d % 8 or d < 8 for d in self.cfg.data.cube_shape):
+            raise UserError(f"data.cube_shape {tuple(self.cfg.data.cube_shape)}: every dim must be a multiple of 8")
+
+    def check_data(self, require_data: bool = True) -> None:
+        for name in ("train_csv", "val_csv"):
+            if require_data and not self.cfg.data[name]:
+                raise UserError(f"data.{name} is empty: pass --config.data.{name}=PATH.csv "
+                                f"(rows image,x,y,z,label or cube,label)")
+
+    def identity(self) -> dict:
+        model = {k: v for k, v in self.cfg.model.items() if k != "conv"}
+        return {"model": model, "data": dict(self.cfg.data), "init": self.cfg.init}
+
+    def build_model(self, rngs, initialize: bool = True):
+        from genesis_jax.models import GenesisClassifier
+        unet = build_unet(self.cfg.model, rngs, platform=self.platform)
+        model = GenesisClassifier(unet, n_class=self.n_outputs, rngs=rngs)
+        if initialize:
+            self.initialize(model)
+        return model
+
+    def load_data(self):
+        from genesis_jax.data.classified import LabelledCubes, class_counts
+        from genesis_jax.data.sources import RunData, _sha256
+        data = self.cfg.data
+        split = {name: LabelledCubes(data[f"{name}_csv"], int(data.classes), data.cube_shape, data.store,
+                                     data.modality, self.cfg.seed) for name in ("train", "val")}
+        described = (f"{len(split['train'])} training cubes (per class {class_counts(split['train'].labels, data.classes)}"
+                     f"), {len(split['val'])} validation cubes (per class "
+                     f"{class_counts(split['val'].labels, data.classes)}), cubes {tuple(data.cube_shape)}")
+        paths = [data.train_csv, data.val_csv, *{p for s in split.values() for p in s.sources}]
+        return RunData(split["train"], split["val"], len(split["train"]), described, _sha256(paths))
+
+    def prepare(self, key, batch, mesh, first_index=0):
+        del key, mesh, first_index  # no augmentation: the cube is the example
+        return batch[..., 0], jnp.round(batch[:, 0, 0, 0, 1]).astype(jnp.int32)
+
+    def loss(self, model, cubes, labels):
+        import optax
+        logits = model(cubes[..., None])
+        if self.n_outputs == 1:
+            return jnp.mean(optax.sigmoid_binary_cross_entropy(logits[:, 0], labels.astype(jnp.float32))), logits
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)), logits
+
+    def predicted_classes(self, logits):
+        return (logits[:, 0] > 0).astype(jnp.int32) if self.n_outputs == 1 else jnp.argmax(logits, axis=-1)
+
+    def metrics(self, logits, labels) -> dict:
+        return {"accuracy": jnp.mean((self.predicted_classes(logits) == labels).astype(jnp.float32))}
+
+    def set_metrics(self, labels, logits) -> dict:
+        """ROC AUC over the whole validation set (absent where a class is missing from it)."""
+        import numpy as np
+
+        from genesis_jax.scores import roc_auc
+        labels, logits = np.asarray(labels), np.asarray(logits, np.float64)
+        if self.n_outputs == 1:
+            pairs = [(logits[:, 0], labels == 1)]
+        else:
+            pairs = [(logits[:, k], labels == k) for k in range(self.n_outputs)]
+        if not all(0 < truth.sum() < len(truth) for _, truth in pairs):
+            return {}
+        return {"auc": float(np.mean([roc_auc(score, truth.astype(int)) for score, truth in pairs]))}
+
+    def picture(self, cubes, labels, logits):
+        import numpy as np
+
+        from genesis_jax.metrics import labelled_grid
+        logits = np.asarray(logits)
+        if self.n_outputs == 1:
+            rows = [f"label {int(t)}, p(1) {1 / (1 + np.exp(-z[0])):.2f}" for t, z in zip(labels, logits)]
+        else:
+            rows = [f"label {int(t)}, predicted {int(np.argmax(z))}" for t, z in zip(labels, logits)]
+        return labelled_grid({"cube": cubes}, row_labels=rows)
+
+
+TASKS = {"pretrain": PretrainTask, "segmentation": SegmentationTask, "classification": ClassificationTask}
 
 
 def task_for(cfg, platform: str | None = None):

@@ -21,7 +21,7 @@ from pathlib import Path
 from absl import flags
 from ml_collections import config_flags
 
-from genesis_jax.configs import config_path
+from genesis_jax.configs import NAMES, config_path
 
 
 
@@ -66,8 +66,8 @@ def parse(argv: list[str], default_config: str = "demo"):
     argv = _resolve_config_names(argv)
     for arg in argv:
         if arg.startswith("--config=") and not Path(arg.split("=", 1)[1].split(":")[0]).is_file():
-            print(f"error: bad flag: no config {arg.split('=', 1)[1]!r} (names: demo, genesis_chest_ct, "
-                  f"multi_device, segmentation, or a path to a config file)", file=sys.stderr)
+            print(f"error: bad flag: no config {arg.split('=', 1)[1]!r} (names: {', '.join(NAMES)}, "
+                  f"or a path to a config file)", file=sys.stderr)
             sys.exit(2)
     sys.argv[:] = argv
     try:

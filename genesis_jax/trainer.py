@@ -164,13 +164,19 @@ class Run:
                 "plateau": self.plateau.to_json() if self.plateau else None}
 
 
+def task_optimizer(cfg, task, steps_per_epoch: int):
+    """The run's optax transformation; the task names its pre-trained modules (fine-tuning)."""
+    pretrained = task.pretrained_modules() if hasattr(task, "pretrained_modules") else ()
+    return make_optimizer(cfg.optimizer, cfg.schedule, steps_per_epoch, cfg.total_steps, pretrained)
+
+
 def setup_run(cfg, workdir: Path, task):
     """(Run, initial state): mesh, data, model, optimizer, steps, validation, checkpointer."""
     mesh = sharding.make_mesh(jax.devices()[: cfg.num_devices] if cfg.num_devices else None)
     sharding.check_batch_size(cfg.batch_size, mesh)
     data = task.load_data()
     cadence = Cadence.from_config(cfg, data.train_cubes)
-    tx = make_optimizer(cfg.optimizer, cfg.schedule, cadence.steps_per_epoch, cfg.total_steps)
+    tx = task_optimizer(cfg, task, cadence.steps_per_epoch)
     # A run that will resume gets its weights from its checkpoint: pre-trained weights are
     # copied in only for a fresh start (so a moved or deleted init source does not stop a resume).
     resuming = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
@@ -269,7 +275,10 @@ class TrainLog:
 def evaluate(run: Run, state, step: int, writer: MetricWriter, summary: dict):
     """(state, val loss, improved): score the frozen set, update early stopping and the
     plateau rule (which may set a new learning rate in the state), log, picture."""
-    metrics, (inputs, targets, outputs) = run.validation.evaluate(run.eval_step, state)
+    whole_set = hasattr(run.task, "set_metrics")  # scores of the whole set at once (classification's AUC)
+    metrics, (inputs, targets, outputs), scored = run.validation.evaluate(run.eval_step, state, keep=whole_set)
+    if whole_set:
+        metrics.update(run.task.set_metrics(*scored))
     if hasattr(run.task, "volume_metrics"):  # scores that need whole volumes (segmentation's Dice)
         metrics.update(run.task.volume_metrics(model_from_state(run.graphdef, state), run.mesh, run.cfg.batch_size))
     val_loss = metrics["loss"]
@@ -280,7 +289,7 @@ def evaluate(run: Run, state, step: int, writer: MetricWriter, summary: dict):
     summary["val_losses"].append((step, val_loss))
     writer.scalars(step, {**{f"val/{k}": v for k, v in metrics.items()}, "val/best": run.early.best_val})
     writer.image(step, f"val/{run.task.picture_name}", run.task.picture(inputs, targets, outputs))
-    extra = "".join(f", {name} {value:.4f}" for name, value in metrics.items() if name.startswith("volume_"))
+    extra = "".join(f", {name} {value:.4f}" for name, value in metrics.items() if name != "loss")
     tqdm.write(f"step {step}: val loss {val_loss:.5f}{extra}{' (best)' if improved else ''}")
     return state, val_loss, improved
 
@@ -341,7 +350,7 @@ def finish(run: Run, state, step: int, summary: dict) -> dict:
 def read_run_config(workdir):
     """The config a run directory was trained with (its config.json over the defaults, so
     tuples stay tuples); UserError if the directory holds no run."""
-    from genesis_jax.configs.base import base_config, segmentation_base
+    from genesis_jax.configs.base import base_config, classification_base, segmentation_base
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise UserError(f"{workdir}: not a genesis-jax run directory (no config.json)")
@@ -349,7 +358,7 @@ def read_run_config(workdir):
         recorded = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    bases = {"pretrain": base_config, "segmentation": segmentation_base}
+    bases = {"pretrain": base_config, "segmentation": segmentation_base, "classification": classification_base}
     if recorded.get("task", "pretrain") not in bases:
         raise UserError(f"{path}: unknown task {recorded.get('task')!r}")
     cfg = bases[recorded.get("task", "pretrain")]()
@@ -371,8 +380,7 @@ def load_checkpoint(cfg, workdir, best: bool = False, task=None):
     """(model, meta) from a run directory's latest (or best) checkpoint, on this host's devices."""
     task = task or task_for(cfg)
     mesh = sharding.make_mesh()
-    graphdef, state = build_state(task, make_optimizer(cfg.optimizer, cfg.schedule, 1, cfg.total_steps), 0, mesh,
-                                  initialize=False)
+    graphdef, state = build_state(task, task_optimizer(cfg, task, 1), 0, mesh, initialize=False)
     checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=cfg.keep_checkpoints)
     try:
         step = checkpointer.best_step() if best else (checkpointer.steps() or [None])[-1]

@@ -19,7 +19,8 @@ from flax import nnx
 from genesis_jax.errors import UserError
 
 ENCODER = ("down_tr64", "down_tr128", "down_tr256", "down_tr512")
-PARTS = ("encoder", "all_but_final")
+DECODER = ("up_tr256", "up_tr128", "up_tr64")
+PARTS = {"encoder": ENCODER, "all_but_final": ENCODER + DECODER}  # part -> its top-level modules
 
 
 def load_source(init):
@@ -45,8 +46,8 @@ def transfer_weights(target: nnx.Module, source: nnx.Module, part: str, source_n
     """Copy `part` of source's weights into target in place; the copied paths, sorted.
     UserError naming every missing or mis-shaped array (target left unchanged)."""
     if part not in PARTS:
-        raise UserError(f"part must be one of {PARTS}, got {part!r}")
-    wanted = (lambda top: top in ENCODER) if part == "encoder" else (lambda top: top != "out_tr")
+        raise UserError(f"part must be one of {tuple(PARTS)}, got {part!r}")
+    wanted = PARTS[part].__contains__
     given = {path: var for path, var in nnx.to_flat_state(nnx.state(source)) if wanted(str(path[0]))}
     flat = nnx.to_flat_state(nnx.state(target))
     needed = {path: var for path, var in flat if wanted(str(path[0]))}

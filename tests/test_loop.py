@@ -53,7 +53,7 @@ def test_validation_is_scored_batch_by_batch_and_pictured_from_that_pass():
 
     cubes = np.random.default_rng(0).random((24, *CUBE), dtype=np.float32)
     validation = FrozenValidation(InMemoryCubes(cubes), batch_size=8, mesh=mesh, images=2)
-    metrics, (inputs, targets, outputs) = validation.evaluate(spy, state)
+    metrics, (inputs, targets, outputs), _ = validation.evaluate(spy, state)
     assert calls == [(8, 0), (8, 8), (8, 16)]
 
     @jax.jit

@@ -195,3 +195,38 @@ def test_unknown_schedule_is_named():
     schedule.kind = "linear"
     with pytest.raises(UserError, match="schedule.kind must be one of constant, step, cosine, plateau"):
         make_optimizer(optimizer, schedule, 1, 1)
+
+
+def updates_over(optimizer, steps, pretrained=("down_tr64",)):
+    """The updates of `steps` optimizer steps on a 'pre-trained' and a 'new' module, with
+    gradients that change each step."""
+    _, schedule = config()
+    tx = make_optimizer(optimizer, schedule, 1, steps, pretrained)
+    params = {"down_tr64": jnp.ones(3), "out_tr": jnp.ones(3)}
+    state, out = tx.init(params), []
+    for s in range(steps):
+        grads = {name: jnp.arange(1.0, 4.0) * (s + 1) * (1 if name == "out_tr" else -0.5) for name in params}
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        out.append({k: np.asarray(v) for k, v in updates.items()})
+    return out
+
+
+def test_pretrained_updates_are_frozen_for_k_steps_then_scaled():
+    sgd, _ = config(name="sgd", learning_rate=0.1, momentum=0.0)
+    plain = updates_over(sgd, 4)
+    tuned = updates_over(ConfigDict({**sgd.to_dict(), "pretrained_lr_multiplier": 0.25,
+                                     "freeze_pretrained_steps": 2}), 4)
+    for step in range(4):
+        np.testing.assert_array_equal(tuned[step]["out_tr"], plain[step]["out_tr"])  # new layers: untouched
+        expected = 0.0 if step < 2 else 0.25 * plain[step]["down_tr64"]
+        np.testing.assert_allclose(tuned[step]["down_tr64"], expected, rtol=1e-6)
+    assert updates_over(sgd, 1, pretrained=())[0]["down_tr64"].any()  # scratch: nothing is frozen
+
+
+def test_adam_keeps_tracking_frozen_gradients_so_unfreezing_is_a_normal_step():
+    adam, _ = config(name="adam", learning_rate=0.1)
+    plain = updates_over(adam, 4)
+    frozen = updates_over(ConfigDict({**adam.to_dict(), "freeze_pretrained_steps": 3}), 4)
+    assert not frozen[2]["down_tr64"].any()
+    np.testing.assert_allclose(frozen[3]["down_tr64"], plain[3]["down_tr64"], rtol=1e-6)

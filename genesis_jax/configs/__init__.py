@@ -3,7 +3,7 @@
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent
-NAMES = ("demo", "genesis_chest_ct", "multi_device", "segmentation")
+NAMES = ("demo", "genesis_chest_ct", "multi_device", "segmentation", "classification")
 
 
 def config_path(name_or_path: str) -> str:

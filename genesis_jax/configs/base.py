@@ -66,19 +66,27 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def segmentation_base() -> ml_collections.ConfigDict:
-    """Segmentation fine-tuning: the paper's target-task defaults (Adam 1e-3, plateau
-    schedule, early stopping), the whole U-Net but its last layer from `init`."""
+def finetune_base() -> ml_collections.ConfigDict:
+    """What every fine-tuning task shares: the paper's target-task defaults (Adam 1e-3,
+    plateau schedule, early stopping) and where the pre-trained weights come from."""
     c = common_config()
-    c.task = "segmentation"
     c.init = "scratch"               # scratch | a genesis-jax run directory | an official-layout .pt
-    c.loss = "dice_bce"              # dice | bce | dice_bce, on the sigmoid outputs (genesis_jax/losses.py)
     c.batch_size = 4
     c.total_steps = 2000
     c.optimizer.name, c.optimizer.learning_rate = "adam", 1e-3
+    c.optimizer.pretrained_lr_multiplier = 1.0   # the pre-trained parameters' updates x this
+    c.optimizer.freeze_pretrained_steps = 0      # keep the pre-trained parameters as loaded for K steps
     c.schedule.kind, c.schedule.plateau_epochs = "plateau", 10
     c.early_stopping_patience = 30
     c.export_pytorch = False
+    return c
+
+
+def segmentation_base() -> ml_collections.ConfigDict:
+    """Segmentation fine-tuning: the whole U-Net but its last layer from `init`."""
+    c = finetune_base()
+    c.task = "segmentation"
+    c.loss = "dice_bce"              # dice | bce | dice_bce, on the sigmoid outputs (genesis_jax/losses.py)
     c.data = ml_collections.ConfigDict(dict(
         train_images="",             # comma-separated volumes (NIfTI, MHD/MHA, DICOM series folders)
         train_labels="",             # their label volumes, same order and grids
@@ -89,6 +97,23 @@ def segmentation_base() -> ml_collections.ConfigDict:
         foreground_ratio=0.5,        # share of patches centred on a foreground voxel
         patches_per_epoch=256,       # an epoch is this many training patches
         val_patches=32,              # frozen validation patches (drawn once from the validation volumes)
+        modality="ct",
+    ))
+    return c
+
+
+def classification_base() -> ml_collections.ConfigDict:
+    """Classification fine-tuning: the official TargetNet (the U-Net's encoder from `init`,
+    global average pooling, Dense 1024, ReLU, Dense) on labelled cubes listed in CSVs."""
+    c = finetune_base()
+    c.task = "classification"
+    c.batch_size = 8
+    c.data = ml_collections.ConfigDict(dict(
+        train_csv="",                # image,x,y,z,label or cube,label rows (genesis_jax/data/classified.py)
+        val_csv="",
+        store="",                    # the cube store that cube,label rows index
+        classes=2,                   # 2: one logit, sigmoid + BCE; more: softmax + cross-entropy
+        cube_shape=(64, 64, 32),     # each dim divisible by 8
         modality="ct",
     ))
     return c

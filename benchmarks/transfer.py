@@ -1,0 +1,153 @@
+"""The transfer experiment: does Genesis pre-training help a real segmentation task?
+
+    python -m benchmarks.transfer [--out runs/transfer] [--seeds 0,1,2] [--steps 200]
+                                  [--json P] [--markdown P]
+
+The task: the aorta in ../shared/data/chest_ct_cropped.nii.gz (120 x 126 x 164 voxels,
+1.5 mm) with its mask chest_ct_cropped_aorta.nii.gz. The volume is cut along z (file
+slice index, 0 = inferior) into
+    train  z   0 ..  75   (76 slices, 114 mm)
+    val    z  76 ..  99   (24 slices: model selection and early stopping only)
+    gap    z 100 .. 115   (16 slices, 24 mm, never read)
+    test   z 116 .. 163   (48 slices; the aorta is in 116 .. 151)
+so no test voxel is seen in fine-tuning; the gap keeps training patches (up to 16 slices
+deep) away from the test slab's edge.
+
+Pre-training: `python -m genesis_jax.train` on ../shared/data/chest_ct.nii.gz, the whole
+scan of the same patient (the cropped volume is a crop of it, so pre-training has seen
+the test region's image, never its labels: what the paper's setting allows, a target
+task's unlabelled images in the pre-training data). Width 8, 32x32x16 cubes (CPU-sized;
+the paper's model is width 32 on 64x64x32). Fine-tuning: the same width and patch shape,
+Adam 1e-3 with the plateau schedule, Dice + BCE, `--steps` steps of batch 8, from scratch
+and from the pre-trained run, at each seed; then `python -m genesis_jax.predict` on the
+test slab (best checkpoint by validation loss, overlap 0.5, Gaussian blending) gives the
+test Dice. Every stage is a CLI run, printed before it runs; finished stages are reused
+(a run directory that reached its last step resumes as done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data"  # spelled as the pre-training command was (the path is in its identity)
+SPLITS = {"train": (0, 76), "val": (76, 100), "test": (116, 164)}
+WIDTH, CUBE = 8, "(32, 32, 16)"
+
+
+def split_volumes(out: Path) -> dict:
+    """Write the image and mask slabs of each split as NIfTI (affine kept, so each slab
+    sits where it was); {split: (image path, mask path)}."""
+    import nibabel as nib
+    image, mask = nib.load(DATA / "chest_ct_cropped.nii.gz"), nib.load(DATA / "chest_ct_cropped_aorta.nii.gz")
+    paths = {}
+    for split, (lo, hi) in SPLITS.items():
+        pair = (out / f"{split}_ct.nii.gz", out / f"{split}_aorta.nii.gz")
+        for source, path in zip((image, mask), pair):
+            if not path.exists():
+                nib.save(source.slicer[:, :, lo:hi], str(path))
+        paths[split] = pair
+    return paths
+
+
+def run(argv: list[str]) -> tuple[float, str]:
+    """(seconds, stdout) of one CLI run; its output streams to this terminal's stderr."""
+    print("$ python " + " ".join(argv), file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+        sys.exit(f"error: {' '.join(argv[:2])} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+    return time.perf_counter() - start, proc.stdout
+
+
+def pretrain(out: Path, steps: int) -> tuple[Path, float]:
+    workdir = out / "pretrain"
+    seconds, _ = run(["-m", "genesis_jax.train", "--config=demo", f"--workdir={workdir}",
+                      f"--config.model.width={WIDTH}", f"--config.total_steps={steps}", "--config.steps_per_epoch=50",
+                      "--config.eval_every=100", "--config.checkpoint_every=100", "--config.schedule.step_epochs=5",
+                      "--config.data.val_cubes=32", "--config.data.source=volumes",
+                      f"--config.data.volumes={DATA / 'chest_ct.nii.gz'}", "--config.data.filter=lung"])
+    return workdir, seconds
+
+
+def finetune(out: Path, paths: dict, init: str, seed: int, steps: int) -> tuple[Path, float]:
+    name = "scratch" if init == "scratch" else "genesis"
+    workdir = out / f"{name}_seed{seed}"
+    seconds, _ = run(["-m", "genesis_jax.finetune", "--config=segmentation", f"--workdir={workdir}",
+                      f"--config.init={init}", f"--config.seed={seed}", f"--config.model.width={WIDTH}",
+                      f"--config.data.patch_shape={CUBE}", "--config.batch_size=8", f"--config.total_steps={steps}",
+                      "--config.steps_per_epoch=25", "--config.eval_every=25", "--config.checkpoint_every=50",
+                      "--config.data.val_patches=16", "--config.log_every=5",
+                      f"--config.data.train_images={paths['train'][0]}", f"--config.data.train_labels={paths['train'][1]}",
+                      f"--config.data.val_images={paths['val'][0]}", f"--config.data.val_labels={paths['val'][1]}"])
+    return workdir, seconds
+
+
+def test_dice(workdir: Path, paths: dict) -> float:
+    _, stdout = run(["-m", "genesis_jax.predict", f"--workdir={workdir}", f"--input={paths['test'][0]}",
+                     f"--out={workdir / 'test_prediction.nii.gz'}", f"--labels={paths['test'][1]}"])
+    scores = json.loads(stdout.strip().splitlines()[-1])
+    return float(scores["dice"]["1"])
+
+
+def summarize(rows: list[dict]) -> dict:
+    out = {}
+    for init in ("scratch", "genesis"):
+        dice = [r["test_dice"] for r in rows if r["init"] == init]
+        out[init] = {"mean": statistics.mean(dice), "stdev": statistics.stdev(dice) if len(dice) > 1 else 0.0,
+                     "min": min(dice), "max": max(dice), "n": len(dice)}
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["| init | seed | test Dice (aorta) | fine-tune wall time |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['init']} | {r['seed']} | {r['test_dice']:.4f} | {r['seconds'] / 60:.1f} min |"
+              for r in result["runs"]]
+    lines += ["", "| init | test Dice mean | stdev | min .. max | runs |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {init} | {s['mean']:.4f} | {s['stdev']:.4f} | {s['min']:.4f} .. {s['max']:.4f} | {s['n']} |"
+              for init, s in result["summary"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/transfer"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps per run")
+    parser.add_argument("--pretrain-steps", type=int, default=1000)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args(argv)
+    for name in ("chest_ct.nii.gz", "chest_ct_cropped.nii.gz", "chest_ct_cropped_aorta.nii.gz"):
+        if not (DATA / name).is_file():
+            sys.exit(f"error: {DATA / name} not found: the experiment needs the project's shared data")
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = split_volumes(args.out)
+    pretrained, pretrain_seconds = pretrain(args.out, args.pretrain_steps)
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for init in ("scratch", str(pretrained)):
+            workdir, seconds = finetune(args.out, paths, init, seed, args.steps)
+            rows.append({"init": "scratch" if init == "scratch" else "genesis", "seed": seed, "seconds": seconds,
+                         "test_dice": test_dice(workdir, paths), "workdir": str(workdir)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    import jax
+    result = {"splits_z": SPLITS, "width": WIDTH, "cube": CUBE, "finetune_steps": args.steps,
+              "pretrain_steps": args.pretrain_steps, "pretrain_seconds_this_call": pretrain_seconds,
+              "runs": rows, "summary": summarize(rows), "jax": jax.__version__, "device": str(jax.devices()[0])}
+    print(markdown(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    if args.markdown:
+        args.markdown.write_text(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
