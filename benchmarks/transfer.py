@@ -92,8 +92,8 @@ def finetune(out: Path, paths: dict, init: str, seed: int, steps: int) -> tuple[
 def test_dice(workdir: Path, paths: dict) -> float:
     _, stdout = run(["-m", "genesis_jax.predict", f"--workdir={workdir}", f"--input={paths['test'][0]}",
                      f"--out={workdir / 'test_prediction.nii.gz'}", f"--labels={paths['test'][1]}"])
-    scores = json.loads(stdout.strip().splitlines()[-1])
-    return float(scores["dice"]["1"])
+    scores = json.loads(stdout.strip().splitlines()[-1])  # {"dice": {"1.0": ...}, "iou": ...}: one class
+    return float(next(iter(scores["dice"].values())))
 
 
 def summarize(rows: list[dict]) -> dict:
