@@ -22,7 +22,8 @@ Adam 1e-3 with the plateau schedule, Dice + BCE, `--steps` steps of batch 8, fro
 and from the pre-trained run, at each seed; then `python -m genesis_jax.predict` on the
 test slab (best checkpoint by validation loss, overlap 0.5, Gaussian blending) gives the
 test Dice. Every stage is a CLI run, printed before it runs; finished stages are reused
-(a run directory that reached its last step resumes as done).
+(a run directory that reached its last step resumes as done). --pretrained=RUN skips the
+pre-training stage and fine-tunes from that run instead.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps per run")
     parser.add_argument("--pretrain-steps", type=int, default=1000)
+    parser.add_argument("--pretrained", type=Path, help="an existing pre-training run (width 8) to fine-tune from "
+                        "instead of running the pre-training stage")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
@@ -129,7 +132,10 @@ def main(argv=None) -> dict:
             sys.exit(f"error: {DATA / name} not found: the experiment needs the project's shared data")
     args.out.mkdir(parents=True, exist_ok=True)
     paths = split_volumes(args.out)
-    pretrained, pretrain_seconds = pretrain(args.out, args.pretrain_steps)
+    if args.pretrained:
+        pretrained, pretrain_seconds = args.pretrained, None
+    else:
+        pretrained, pretrain_seconds = pretrain(args.out, args.pretrain_steps)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for init in ("scratch", str(pretrained)):
@@ -139,7 +145,8 @@ def main(argv=None) -> dict:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     import jax
     result = {"splits_z": SPLITS, "width": WIDTH, "cube": CUBE, "finetune_steps": args.steps,
-              "pretrain_steps": args.pretrain_steps, "pretrain_seconds_this_call": pretrain_seconds,
+              "pretrain_steps": args.pretrain_steps, "pretrained": str(pretrained),
+              "pretrain_seconds": pretrain_seconds,
               "runs": rows, "summary": summarize(rows), "jax": jax.__version__, "device": str(jax.devices()[0])}
     print(markdown(result))
     if args.json:
