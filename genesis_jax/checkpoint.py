@@ -20,6 +20,7 @@ and renames on commit); any found are reported and removed.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -68,6 +69,17 @@ def _show(value) -> str:
 
 def _val_loss(metrics: dict) -> float:
     return metrics["val_loss"]
+
+
+class _SavesWithoutMetricsAreIntended(logging.Filter):
+    """With best_fn set, Orbax warns at every save that carries no metrics; ours carry
+    val_loss only when it improved (the best checkpoint), so that warning is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_SavesWithoutMetricsAreIntended())
 
 
 class Checkpointer:

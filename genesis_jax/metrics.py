@@ -1,27 +1,10 @@
-"""TensorBoard scalars and restoration images for a run directory."""
+"""TensorBoard scalars and labelled PNG grids of validation examples for a run directory."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-
-
-def restoration_grid(corrupted: np.ndarray, target: np.ndarray, restored: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) image: one row per example, columns input | target | restoration, each
-    the middle Z slice and a middle Y slice; 2-pixel gaps."""
-    rows = []
-    for c, t, r in zip(corrupted, target, restored):
-        tiles = []
-        for volume in (c, t, r):
-            volume = np.clip(np.asarray(volume, np.float32), 0.0, 1.0)
-            axial = volume[:, :, volume.shape[2] // 2]
-            coronal = volume[:, volume.shape[1] // 2, :]
-            tiles.append(np.concatenate([axial, np.ones((axial.shape[0], 2)), coronal], axis=1))
-        gap = np.ones((tiles[0].shape[0], 4))
-        rows.append(np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1))
-        rows.append(np.ones((2, rows[-1].shape[1])))
-    return (np.concatenate(rows[:-1], axis=0) * 255).astype(np.uint8)
 
 
 def labelled_grid(columns: dict, title: str = "", row_labels=None, scale: int = 3) -> np.ndarray:
@@ -37,8 +20,12 @@ def labelled_grid(columns: dict, title: str = "", row_labels=None, scale: int = 
     volumes = [np.clip(np.asarray(columns[name], np.float32), 0.0, 1.0) for name in names]
     n, dx, dy, dz = volumes[0].shape
     views = (("axial z=%d" % (dz // 2), lambda v: v[:, :, dz // 2]), ("coronal y=%d" % (dy // 2), lambda v: v[:, dy // 2, :]))
-    tile_w = [dy * scale, dz * scale]
-    gap, left, top = 6, 110 if row_labels else 6, 44 if title else 30
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    # a view's slot is as wide as its tile or its name, whichever is wider (names never overlap)
+    tile_w = [int(max(size * scale, probe.textlength(view, font=font) + 4)) for size, (view, _) in zip((dy, dz), views)]
+    left = 12 + max((probe.textlength(str(label), font=font) for label in row_labels), default=0) \
+        if row_labels else 6
+    gap, left, top = 6, int(left), 44 if title else 30
     width = left + len(names) * (sum(tile_w) + 3 * gap) + gap
     height = top + n * (dx * scale + gap) + gap
     image = Image.new("L", (width, height), 255)

@@ -14,7 +14,8 @@ A task is an object with:
                                    on device, inside jit; each device only its own rows
     loss(model, inputs, targets) -> (scalar loss, outputs)
     metrics(outputs, targets) -> dict   extra validation metrics (batch means)
-    picture(inputs, targets, outputs) -> uint8 image of the first examples
+    picture(inputs, targets, outputs, title, key) -> uint8 image of the first examples
+                                   (title: step and loss; key: the one they were prepared with)
 The loop owns everything else: mesh, jitted sharded steps, evaluation, checkpoints,
 preemption, logs and progress.
 """
@@ -128,10 +129,14 @@ class PretrainTask:
     def metrics(outputs, targets) -> dict:
         return {}
 
-    @staticmethod
-    def picture(inputs, targets, outputs):
-        from genesis_jax.metrics import restoration_grid
-        return restoration_grid(inputs, targets, outputs)
+    def picture(self, inputs, targets, outputs, title="", key=None):
+        """corrupted / restored / original of each example, rows named by the deformations
+        its key drew (the picture's examples are the batch's first: first_index 0)."""
+        from genesis_jax.deform.pipeline import describe_draws
+        from genesis_jax.metrics import labelled_grid
+        rows = describe_draws(key, len(inputs), self.deform) if key is not None else None
+        return labelled_grid({"corrupted (input)": inputs, "restored (output)": outputs,
+                              "original (target)": targets}, title=title, row_labels=rows)
 
 
 def parse_label_values(text) -> list[float]:
@@ -265,10 +270,10 @@ class SegmentationTask(FineTuneTask):
         return {f"dice_{k + 1}": dice[k] for k in range(self.n_classes)}
 
     @staticmethod
-    def picture(inputs, targets, outputs):
+    def picture(inputs, targets, outputs, title="", key=None):
         from genesis_jax.metrics import labelled_grid
         return labelled_grid({"image": inputs, "prediction (class 1)": outputs[..., 0],
-                              "label (class 1)": targets[..., 0]}, row_labels=None)
+                              "label (class 1)": targets[..., 0]}, title=title)
 
     def segment(self, model, volume, mesh, batch_size: int, overlap: float = 0.5, blend: str = "gaussian"):
         """int class map (0 background, 1..K) of a [0, 1] volume, by sliding-window inference
@@ -391,7 +396,7 @@ class ClassificationTask(FineTuneTask):
             return {}
         return {"auc": float(np.mean([roc_auc(score, truth.astype(int)) for score, truth in pairs]))}
 
-    def picture(self, cubes, labels, logits):
+    def picture(self, cubes, labels, logits, title="", key=None):
         import numpy as np
 
         from genesis_jax.metrics import labelled_grid
@@ -400,7 +405,7 @@ class ClassificationTask(FineTuneTask):
             rows = [f"label {int(t)}, p(1) {1 / (1 + np.exp(-z[0])):.2f}" for t, z in zip(labels, logits)]
         else:
             rows = [f"label {int(t)}, predicted {int(np.argmax(z))}" for t, z in zip(labels, logits)]
-        return labelled_grid({"cube": cubes}, row_labels=rows)
+        return labelled_grid({"cube": cubes}, title=title, row_labels=rows)
 
 
 TASKS = {"pretrain": PretrainTask, "segmentation": SegmentationTask, "classification": ClassificationTask}

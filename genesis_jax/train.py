@@ -1,10 +1,12 @@
 """python -m genesis_jax.train [--config=demo|genesis_chest_ct|multi_device|PATH] [--workdir=DIR]
-[--config.FIELD=VALUE ...] [--distributed]
+[--config.FIELD=VALUE ...] [--distributed] [--print_config]
 python -m genesis_jax.train --dry_run [--topology=v5e:2x2] [--device_memory_gb=GB] [--json=PATH] [config flags]
 
-With no flags: the demo config on the embedded chest CT sample, in a new directory under
-./runs/ that is printed first. Running the same command with the same --workdir resumes
-from its latest checkpoint. SIGTERM saves a checkpoint at the next step and exits 0.
+Pre-trains the Genesis U-Net (self-supervised restoration of corrupted cubes). With no
+flags: the demo config on the embedded chest CT sample, in a new directory under ./runs/
+that is printed first. Running the same command with the same --workdir resumes from
+its latest checkpoint. SIGTERM or Ctrl-C saves a checkpoint at the end of the step and
+exits (a second Ctrl-C aborts at once).
 --dry_run compiles the configured step without data or training and reports per-device
 memory, FLOPs, collectives and the largest batch that fits (genesis_jax/dryrun.py).
 Compiled programs are cached in ~/.cache/genesis_jax/xla (GENESIS_JAX_CACHE=DIR to move
@@ -14,6 +16,7 @@ it, =off to disable; JAX_COMPILATION_CACHE_DIR, if set, wins).
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,7 +35,9 @@ def _define_flags(default_config: str = "demo"):
         return
     config_flags.DEFINE_config_file("config", config_path(default_config), "training config: a name or a path",
                                     lock_config=True)
-    flags.DEFINE_string("workdir", None, "run directory (default: runs/<config>-<time>)")
+    flags.DEFINE_string("workdir", None, "run directory (default: runs/<config>-<time>); the same one again resumes")
+    flags.DEFINE_bool("print_config", False, "print every config field (with your overrides) as name = value "
+                      "# meaning, then exit")
     flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process GPU/TPU runs); "
                       "on TPU VMs and under SLURM it finds its peers itself, elsewhere pass the three flags below")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed)")
@@ -50,6 +55,26 @@ def _define_flags(default_config: str = "demo"):
 
 
 _DRY_RUN_FLAGS = ("topology", "device_memory_gb", "json", "fit_compiles")
+_HELP = ("-h", "--help", "--helpshort", "--helpfull", "-help")
+
+
+def help_text(program: str, doc: str, default_config: str) -> str:
+    """--help: usage, the named configs, every flag, and how to see every config field."""
+    from genesis_jax.configs import summary
+    _define_flags(default_config)
+    names = [n for n in NAMES if (n in ("segmentation", "classification")) == (program == "genesis_jax.finetune")]
+    lines = [doc.strip(), "", "configs (--config=NAME, or the path of a config file):"]
+    lines += [f"  {n:<18s}{summary(n)}{' (default)' if n == default_config else ''}" for n in names]
+    lines += ["", "flags:"]
+    for name in ("workdir", "print_config", "distributed", "coordinator_address", "num_processes", "process_id",
+                 "dry_run", *_DRY_RUN_FLAGS):
+        if program == "genesis_jax.finetune" and (name == "dry_run" or name in _DRY_RUN_FLAGS):
+            continue
+        lines.append(f"  --{name:<22s}{flags.FLAGS[name].help}")
+    lines += [f"  --config.FIELD=VALUE    override one config field, e.g. --config.batch_size=16; "
+              f"every field, its default and meaning: python -m {program} --config=NAME --print_config",
+              "  -h, --help              this text"]
+    return "\n".join(lines)
 
 
 def _resolve_config_names(argv: list[str]) -> list[str]:
@@ -61,8 +86,28 @@ def _resolve_config_names(argv: list[str]) -> list[str]:
     return out
 
 
-def parse(argv: list[str], default_config: str = "demo"):
-    """(config, workdir, distributed) from argv; one clear line and exit 2 on a bad flag."""
+def unknown_field_message(error: Exception, argv: list[str]) -> str:
+    """One line from ml_collections' error for an override of a missing field, whose text
+    is a quoted name, maybe followed by a 'Did you mean' line."""
+    while error.args and isinstance(error.args[0], BaseException):  # AttributeError(KeyError(...))
+        error = error.args[0]
+    lines = str(error.args[0] if error.args else error).strip().splitlines() or ["?"]
+    locked = re.match(r'Key "([^"]+)" does not exist', lines[0])
+    name = locked.group(1) if locked else lines[0].strip("'\"")
+    flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and
+                 a.split("=", 1)[0].rsplit(".", 1)[-1] == name), None)
+    where = f" (in {flag})" if flag else ""
+    hint = re.search(r'Did you mean "([^"]+)"', " ".join(lines[1:]))
+    return (f"unknown config field {name!r}{where}" + (f"; did you mean {hint.group(1)!r}?" if hint else "")
+            + " (--print_config lists every field)")
+
+
+def parse(argv: list[str], default_config: str = "demo", program: str = "genesis_jax.train", doc: str = __doc__):
+    """(config, workdir, distributed, dry_run, print_config) from argv; one clear line and
+    exit 2 on a bad flag; --help prints help_text and exits 0."""
+    if any(arg in _HELP for arg in argv[1:]):
+        print(help_text(program, doc, default_config))
+        sys.exit(0)
     argv = _resolve_config_names(argv)
     for arg in argv:
         if arg.startswith("--config=") and not Path(arg.split("=", 1)[1].split(":")[0]).is_file():
@@ -75,7 +120,7 @@ def parse(argv: list[str], default_config: str = "demo"):
         flags.FLAGS(argv)
         config = flags.FLAGS.config
     except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config lacks
-        print(f"error: unknown config field {str(e).strip(chr(34))} in an override", file=sys.stderr)
+        print(f"error: {unknown_field_message(e, argv)}", file=sys.stderr)
         sys.exit(2)
     except (flags.Error, OSError, TypeError, ValueError) as e:
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
@@ -93,7 +138,7 @@ def parse(argv: list[str], default_config: str = "demo"):
     elif any(flags.FLAGS[k].value is not None for k in _DRY_RUN_FLAGS):
         print(f"error: bad flag: {', '.join('--' + k for k in _DRY_RUN_FLAGS)} go with --dry_run", file=sys.stderr)
         sys.exit(2)
-    return config, workdir, distributed, dry_run
+    return config, workdir, distributed, dry_run, flags.FLAGS.print_config
 
 
 def run_dry(config, options) -> int:
@@ -132,8 +177,13 @@ def enable_compilation_cache(jax) -> None:
         jax.config.update("jax_compilation_cache_dir", where)
 
 
-def main(argv=None, default_config: str = "demo") -> int:
-    config, workdir, distributed, dry_run = parse(list(sys.argv if argv is None else argv), default_config)
+def main(argv=None, default_config: str = "demo", program: str = "genesis_jax.train", doc: str = __doc__) -> int:
+    config, workdir, distributed, dry_run, print_config = parse(list(sys.argv if argv is None else argv),
+                                                                default_config, program, doc)
+    if print_config:
+        from genesis_jax.configs import describe
+        print(describe(config))
+        return 0
     import jax
     enable_compilation_cache(jax)
     if distributed is not None:
@@ -151,19 +201,21 @@ def main(argv=None, default_config: str = "demo") -> int:
                   file=sys.stderr)
             return 2
         return run_dry(config, dry_run)
-    if jax.process_index() == 0:
-        print(f"run directory: {workdir}", flush=True)
     try:
         summary = train(config, workdir)
     except (UserError, TrainingDiverged) as e:  # anything else is a bug: its traceback stays
         print(f"error: {e}", file=sys.stderr)
         return 1
+
     if not summary.get("preempted") and jax.process_index() == 0:
         vals = summary["val_losses"]
         if vals:
             print(f"done: step {summary['end_step']}, validation loss {vals[0][1]:.5f} (step {vals[0][0]}) -> "
                   f"{vals[-1][1]:.5f} (step {vals[-1][0]}), best {summary['best_val']:.5f} at step "
                   f"{summary['best_step']}; run directory {workdir}")
+        elif summary["start_step"] == summary["end_step"]:  # resumed a run that had already finished
+            print(f"done: the run had already finished at step {summary['end_step']} (best validation loss "
+                  f"{summary['best_val']:.5f} at step {summary['best_step']}); run directory {workdir}")
         if summary.get("pytorch_export"):
             print(f"best weights for PyTorch: {summary['pytorch_export']}")
     return 0

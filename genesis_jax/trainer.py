@@ -12,7 +12,9 @@ import dataclasses
 import json
 import math
 import platform
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -94,24 +96,43 @@ class EarlyStopping:
 
 
 class Preemption:
-    """SIGTERM: save at the next step boundary and exit cleanly. One process reads its own
-    flag; several ask JAX's preemption sync point (through Orbax), which agrees on one
-    step for all of them without a collective per step."""
+    """SIGTERM and Ctrl-C (SIGINT): save at the next step boundary and exit cleanly; a
+    second Ctrl-C aborts at once (exit 130, nothing saved). One process reads
+    its own flag; several ask JAX's preemption sync point (through Orbax), which agrees on
+    one step for all of them without a collective per step (there, SIGINT keeps its
+    default: a cluster delivers SIGTERM)."""
+
+    SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
     def __init__(self, checkpointer: Checkpointer):
-        self.checkpointer, self.requested = checkpointer, False
+        self.checkpointer, self.requested = checkpointer, None
         self.single = jax.process_count() == 1
-        self._previous = signal.signal(signal.SIGTERM, self._handle) if self.single else None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS} if self.single else {}
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if self.requested == "Ctrl-C" and signum == signal.SIGINT:
+            self._abort()
+        self.requested = self.SIGNALS[signum]
+        tqdm.write(f"{self.requested}: saving a checkpoint at the end of this step, then exiting"
+                   + (" (Ctrl-C again aborts now, without saving)" if signum == signal.SIGINT else ""))
 
     def reached(self, step: int) -> bool:
-        return self.requested if self.single else self.checkpointer.reached_preemption(step)
+        return bool(self.requested) if self.single else self.checkpointer.reached_preemption(step)
 
     def restore(self):
-        if self.single:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        if self.requested == "Ctrl-C":  # still exiting: a second Ctrl-C aborts quietly, not with a traceback
+            signal.signal(signal.SIGINT, self._abort)
+
+    def _abort(self, signum=None, frame=None):
+        # Exit here: an exception raised from a handler can land where it is swallowed
+        # (a weakref callback, a finally that waits on the async save). An unfinished
+        # checkpoint write is removed, with a warning, by the next run.
+        sys.stderr.write(f"\naborted: nothing saved since the last checkpoint in {self.checkpointer.directory} "
+                         f"(run the same command to resume from it)\n")
+        sys.stderr.flush()
+        os._exit(130)
 
 
 def build_state(task, tx, seed: int, mesh, initialize: bool = True):
@@ -145,6 +166,7 @@ class Run:
     tx: object
     train_step: object
     eval_step: object
+    validation_key: object      # the frozen validation examples' preparation key
     validation: FrozenValidation
     checkpointer: Checkpointer
     identity: dict
@@ -182,10 +204,11 @@ def setup_run(cfg, workdir: Path, task):
     resuming = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
     graphdef, state = build_state(task, tx, cfg.seed, mesh, initialize=not resuming)
     root_key = jax.random.key(cfg.seed)
+    validation_key = jax.random.fold_in(root_key, _VALIDATION_KEY)
     workdir.mkdir(parents=True, exist_ok=True)
     run = Run(cfg, task, workdir, mesh, data, cadence, graphdef, tx,
               train_step=make_train_step(graphdef, tx, task, root_key, mesh),
-              eval_step=make_eval_step(graphdef, task, jax.random.fold_in(root_key, _VALIDATION_KEY), mesh),
+              eval_step=make_eval_step(graphdef, task, validation_key, mesh), validation_key=validation_key,
               validation=FrozenValidation(data.validation, cfg.batch_size, mesh, cfg.images),
               checkpointer=Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints),
               identity=run_identity(cfg, task, cadence),
@@ -245,6 +268,12 @@ class TrainLog:
     def add(self, step: int, metrics) -> None:
         self.pending.append((step, metrics))
 
+    def due(self, step: int) -> bool:
+        """Every log_every steps, and after log_seconds without a log on slow hardware (one
+        process only: the non-finite check must happen at the same step on every process)."""
+        overdue = jax.process_count() == 1 and time.perf_counter() - self.window_start >= self.run.cfg.log_seconds
+        return self.run.cadence.due(self.run.cadence.log_every, step) or overdue
+
     def check(self) -> list[dict]:
         fetched = jax.device_get([metrics for _, metrics in self.pending])
         for (step, _), metrics in zip(self.pending, fetched):
@@ -288,7 +317,9 @@ def evaluate(run: Run, state, step: int, writer: MetricWriter, summary: dict):
         state = state._replace(opt_state=with_learning_rate(state.opt_state, run.cfg.optimizer.learning_rate * scale))
     summary["val_losses"].append((step, val_loss))
     writer.scalars(step, {**{f"val/{k}": v for k, v in metrics.items()}, "val/best": run.early.best_val})
-    writer.image(step, f"val/{run.task.picture_name}", run.task.picture(inputs, targets, outputs))
+    title = f"step {step}: validation loss {val_loss:.5f} (best {run.early.best_val:.5f})"
+    writer.image(step, f"val/{run.task.picture_name}",
+                 run.task.picture(inputs, targets, outputs, title, run.validation_key))
     extra = "".join(f", {name} {value:.4f}" for name, value in metrics.items() if name != "loss")
     tqdm.write(f"step {step}: val loss {val_loss:.5f}{extra}{' (best)' if improved else ''}")
     return state, val_loss, improved
@@ -301,6 +332,8 @@ def train(cfg, workdir, task=None) -> dict:
     run, state = setup_run(cfg, Path(workdir), task)
     state, step = resume(run, state)
     write_run_info(run)
+    if jax.process_index() == 0:
+        print(f"run directory: {run.workdir}", flush=True)
     summary = {"workdir": str(workdir), "start_step": step, "val_losses": [], "train_losses": [],
                "learning_rates": [], "preempted": False}
     writer = MetricWriter(run.workdir, enabled=jax.process_index() == 0)
@@ -313,12 +346,12 @@ def train(cfg, workdir, task=None) -> dict:
             step += 1  # from here on, `step` counts completed steps (checkpoints are numbered so)
             log.add(step, metrics)
             bar.update(1)
-            if run.cadence.due(run.cadence.log_every, step):
+            if log.due(step):
                 log.log(step, bar)
             val_loss, improved = None, False
             if run.cadence.due(run.cadence.eval_every, step):
                 state, val_loss, improved = evaluate(run, state, step, writer, summary)
-            summary["preempted"] = preemption.reached(step)
+            summary["preempted"] = preemption.reached(step) and (preemption.requested or "SIGTERM")
             if run.cadence.due(run.cadence.checkpoint_every, step) or improved or summary["preempted"] \
                     or run.early.stopped:
                 log.check()
@@ -335,8 +368,8 @@ def train(cfg, workdir, task=None) -> dict:
 
 def finish(run: Run, state, step: int, summary: dict) -> dict:
     if summary["preempted"]:
-        print(f"SIGTERM: saved the checkpoint of step {step} in {run.checkpointer.directory}; exiting "
-              f"(run the same command to resume)", flush=True)
+        print(f"{summary['preempted']}: saved the checkpoint of step {step} in {run.checkpointer.directory}; "
+              f"exiting (run the same command to resume)", flush=True)
     elif run.early.stopped:
         tqdm.write(f"early stopping at step {step}: no better validation loss for {run.cfg.early_stopping_patience} "
                    f"epochs (best {run.early.best_val:.5f} at step {run.early.best_step})")

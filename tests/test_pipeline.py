@@ -123,3 +123,21 @@ def test_map_and_vmap_batch_modes_give_the_same_pairs():
     by_vmap = genesis_batch(jax.random.key(5), cubes, DeformConfig(batch_mode="vmap"))
     for a, b in zip(by_map, by_vmap):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_named_deformations_are_the_ones_applied():
+    """describe_draws names, per example, exactly what genesis_batch did to it: the flipped
+    axes (the target is the cube flipped along them) and whether any stage changed the input."""
+    from genesis_jax.deform.pipeline import describe_draws
+    cubes = random_cubes(24)
+    key = jax.random.key(3)
+    corrupted, target = (np.asarray(a) for a in genesis_batch(key, jnp.asarray(cubes), DeformConfig()))
+    names = describe_draws(key, 24, DeformConfig())
+    assert len(set(names)) > 4  # a mix of draws, so the check below sees each kind
+    for cube, inp, tgt, name in zip(cubes, corrupted, target, names):
+        flipped = name.split(" + ")[0][5:].split(",") if name.startswith("flip ") else []
+        np.testing.assert_array_equal(tgt, np.flip(cube, [("x", "y", "z").index(a) for a in flipped]), err_msg=name)
+        stages = [part for part in name.split(" + ") if not part.startswith("flip") and part != "none"]
+        assert np.array_equal(inp, tgt) == (not stages), name
+    offset = describe_draws(key, 4, DeformConfig(), first_index=20)
+    assert offset == names[20:24]

@@ -180,3 +180,97 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
     saved = [int(text.split("SIGTERM: saved the checkpoint of step ")[1].split()[0]) for text in texts]
     assert saved[0] == saved[1], saved
     assert (tmp_path / "mp" / "checkpoints" / str(saved[0])).exists()
+
+
+def shown_lines(output: str) -> list[str]:
+    """The lines a terminal shows: what follows the last carriage return of each line."""
+    return [line.split("\r")[-1] for line in output.split("\n")]
+
+
+def wait_for_steps(proc, workdir, seconds=240) -> str:
+    deadline, output = time.time() + seconds, ""
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        output += line
+        if "loss=" in line or (workdir / "tensorboard").exists() and "step/s" in line:
+            break
+    return output
+
+
+def test_ctrl_c_saves_like_sigterm_and_says_so_on_its_own_line(tmp_path):
+    proc = run_cli([*TINY_FLAGS, "--config.total_steps=100000", "--config.log_every=1"], tmp_path)
+    output = wait_for_steps(proc, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=240)
+    output += rest
+    assert proc.returncode == 0, output
+    shown = shown_lines(output)
+    assert any(line.startswith("Ctrl-C: saving a checkpoint at the end of this step, then exiting (Ctrl-C again "
+                               "aborts now, without saving)") for line in shown), output
+    assert any(line.startswith("Ctrl-C: saved the checkpoint of step") for line in shown), output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+
+
+def test_a_second_ctrl_c_aborts_at_once_in_one_line(tmp_path):
+    proc = run_cli([*TINY_FLAGS, "--config.total_steps=100000", "--config.log_every=1"], tmp_path)
+    output = wait_for_steps(proc, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)  # two signals sent at once merge into one (POSIX does not queue them)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=240)
+    output += rest
+    assert proc.returncode == 130, output
+    assert "aborted: nothing saved since the last checkpoint" in output and "Traceback" not in output
+
+
+def test_help_lists_the_configs_flags_and_how_to_see_every_field(tmp_path):
+    for program, configs in (("genesis_jax.train", ("demo", "genesis_chest_ct", "multi_device")),
+                             ("genesis_jax.finetune", ("segmentation", "classification"))):
+        for flag in ("--help", "-h", "--helpfull"):
+            proc = subprocess.run([sys.executable, "-m", program, flag], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=120)
+            assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+            assert all(f"\n  {name} " in proc.stdout for name in configs), proc.stdout
+            assert "--workdir" in proc.stdout and "--print_config" in proc.stdout
+
+
+def test_print_config_lists_every_field_with_a_meaning_and_the_overrides(tmp_path):
+    proc = run_cli(["--config=classification", "--print_config", "--config.batch_size=16"], tmp_path / "run")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "batch_size = 16 " in out and "data.train_csv = ''" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_config_field_has_a_meaning():
+    from genesis_jax.configs import describe
+    from genesis_jax.configs.base import base_config, classification_base, segmentation_base
+    for config in (base_config(), segmentation_base(), classification_base()):
+        undocumented = [line for line in describe(config).splitlines() if "  # " not in line]
+        assert not undocumented, undocumented
+
+
+def test_an_unknown_field_is_one_clean_line_with_a_suggestion(tmp_path):
+    proc = run_cli(["--config.bach_size=3"], tmp_path / "run")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert out.strip().splitlines()[-1] == ("error: unknown config field 'bach_size' (in --config.bach_size); did you "
+                                            "mean 'batch_size'? (--print_config lists every field)")
+
+
+def test_a_run_that_fails_before_starting_names_no_run_directory(tmp_path):
+    proc = run_cli([*TINY_FLAGS, "--config.data.source=store", f"--config.data.store={tmp_path / 'none.zarr'}"],
+                   tmp_path / "run")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "none.zarr" in out, out
+    assert "run directory" not in out and not (tmp_path / "run").exists()
+
+
+def test_resuming_a_finished_run_says_it_is_done(tmp_path):
+    first = run_cli([*TINY_FLAGS, "--config.total_steps=2", "--config.eval_every=2"], tmp_path)
+    out, _ = first.communicate(timeout=240)
+    assert first.returncode == 0 and "run directory:" in out, out
+    again = run_cli([*TINY_FLAGS, "--config.total_steps=2", "--config.eval_every=2"], tmp_path)
+    out, _ = again.communicate(timeout=240)
+    assert again.returncode == 0, out
+    assert "done: the run had already finished at step 2 (best validation loss" in out, out

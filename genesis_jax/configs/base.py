@@ -10,29 +10,35 @@ from genesis_jax.deform import DeformConfig
 def common_config() -> ml_collections.ConfigDict:
     """What every task's config holds: loop, model, optimizer, schedule, early stopping."""
     c = ml_collections.ConfigDict()
-    c.task = "pretrain"              # pretrain | segmentation (which task the loop runs)
-    c.seed = 0
+    c.task = "pretrain"              # pretrain | segmentation | classification (which task the loop runs)
+    c.seed = 0                       # every random draw of the run derives from it (exact resume)
     c.batch_size = 6                 # global batch, split over all devices of all processes
-    c.total_steps = 100_000
+    c.total_steps = 100_000          # optimizer steps of the whole run
     c.steps_per_epoch = 0            # 0: training cubes // batch_size (see data.cubes_per_volume)
     c.eval_every = 0                 # 0: once per epoch
     c.checkpoint_every = 0           # 0: once per epoch
     c.keep_checkpoints = 3           # latest N kept, plus the best by validation loss
-    c.log_every = 10
+    c.log_every = 10                 # log (progress bar, TensorBoard) every N steps ...
+    c.log_seconds = 30.0             # ... and after this many seconds without a log (one process)
     c.images = 4                     # validation examples drawn in the PNG grids
     c.export_pytorch = True          # also write the best weights as a PyTorch state_dict
     c.num_devices = 0                # 0: all devices; N: the first N (tests, debugging)
 
-    # conv: the 3x3x3 convolutions' formulation, auto | native | stacked2d (models/conv.py; auto: stacked 2D
-    # convolutions on CPU, where XLA's 3D convolution is slow, native 3D on GPU/TPU); weights do not depend on it.
-    c.model = ml_collections.ConfigDict(dict(width=32, bn_mode="batch", dtype="float32", conv="auto"))
+    c.model = ml_collections.ConfigDict(dict(
+        width=32,                    # channels of the first stage (32: the official 19.07M-parameter U-Net)
+        bn_mode="batch",             # batch (official: batch statistics also in eval) | running
+        dtype="float32",             # compute dtype, float32 | bfloat16 (parameters stay float32)
+        conv="auto",                 # 3x3x3 conv formulation, auto | native | stacked2d (models/conv.py; same weights)
+    ))
     # genesis_jax/optim.py says what each field does; README "Optimizers and schedules".
     c.optimizer = ml_collections.ConfigDict(dict(
         name="sgd",                  # sgd | adam | adamw
-        learning_rate=1.0,
+        learning_rate=1.0,           # the base rate (the schedule scales it)
         momentum=0.9,                # sgd
         nesterov=False,              # sgd
-        b1=0.9, b2=0.999, eps=1e-8,  # adam, adamw
+        b1=0.9,                      # adam, adamw: first-moment decay
+        b2=0.999,                    # adam, adamw: second-moment decay
+        eps=1e-8,                    # adam, adamw: denominator epsilon
         weight_decay=0.0,            # sgd, adam: L2 in the gradient (torch); adamw: decoupled
         clip_norm=0.0,               # > 0: clip the gradient's global norm first
     ))
@@ -59,9 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
         val_fraction=0.1,            # store: share of cubes held out for validation
         val_cubes=32,                # sample/volumes: frozen validation cubes
         cubes_per_volume=32,         # sample/volumes: an epoch is volumes x cubes_per_volume cubes
-        cube_shape=(64, 64, 32),
-        filter="lung",               # sample/volumes: cube filter of on-the-fly sampling
-        modality="ct",
+        cube_shape=(64, 64, 32),     # cube size (X, Y, Z), each divisible by 8; a store must hold this size
+        filter="lung",               # sample/volumes: lung (chest CT) | foreground (any body part) | none
+        modality="ct",               # ct: the HU window [-1000, 1000] -> [0, 1]; mr: 0.5-99.5 percentiles
     ))
     return c
 
@@ -90,14 +96,14 @@ def segmentation_base() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         train_images="",             # comma-separated volumes (NIfTI, MHD/MHA, DICOM series folders)
         train_labels="",             # their label volumes, same order and grids
-        val_images="",
-        val_labels="",
+        val_images="",               # comma-separated validation volumes (model selection)
+        val_labels="",               # their label volumes
         label_values="1",            # raw label values that become classes 1..K, e.g. "5" or "5,6"
         patch_shape=(64, 64, 32),    # each dim divisible by 8
         foreground_ratio=0.5,        # share of patches centred on a foreground voxel
         patches_per_epoch=256,       # an epoch is this many training patches
         val_patches=32,              # frozen validation patches (drawn once from the validation volumes)
-        modality="ct",
+        modality="ct",               # ct: the HU window [-1000, 1000] -> [0, 1]; mr: 0.5-99.5 percentiles
     ))
     return c
 
@@ -110,10 +116,10 @@ def classification_base() -> ml_collections.ConfigDict:
     c.batch_size = 8
     c.data = ml_collections.ConfigDict(dict(
         train_csv="",                # image,x,y,z,label or cube,label rows (genesis_jax/data/classified.py)
-        val_csv="",
+        val_csv="",                  # the same for validation (model selection, AUC)
         store="",                    # the cube store that cube,label rows index
         classes=2,                   # 2: one logit, sigmoid + BCE; more: softmax + cross-entropy
         cube_shape=(64, 64, 32),     # each dim divisible by 8
-        modality="ct",
+        modality="ct",               # ct: the HU window [-1000, 1000] -> [0, 1]; mr: 0.5-99.5 percentiles
     ))
     return c

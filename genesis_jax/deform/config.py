@@ -35,21 +35,21 @@ class DeformConfig:
       (map on CPU, vmap on accelerators). The results are the same.
     """
 
-    flip_rate: float = 0.4
-    max_flips: int = 3
-    flip_axes: str = "original"
-    local_rate: float = 0.5
-    local_blocks: int = 10_000
-    shuffle_rounds: int = 12
-    nonlinear_rate: float = 0.9
-    bezier_table_size: int = 4096
-    paint_rate: float = 0.9
-    inpaint_rate: float = 0.2
-    paint_continue_rate: float = 0.95
-    inpaint_max_boxes: int = 5
-    outpaint_max_windows: int = 5
-    lookups: str = "auto"
-    batch_mode: str = "auto"
+    flip_rate: float = 0.4              # another flip follows with this probability (up to max_flips)
+    max_flips: int = 3                  # flips per cube at most
+    flip_axes: str = "original"         # original (the official code's axes) | xyz (genesis_jax/deform/config.py)
+    local_rate: float = 0.5             # probability of the local pixel shuffle
+    local_blocks: int = 10_000          # shuffle blocks per cube
+    shuffle_rounds: int = 12            # rounds of each block's permutation (genesis_jax/deform/config.py)
+    nonlinear_rate: float = 0.9         # probability of the Bezier intensity map
+    bezier_table_size: int = 4096       # points of the Bezier lookup table
+    paint_rate: float = 0.9             # probability of painting (in- or out-)
+    inpaint_rate: float = 0.2           # given painting: in-paint with this probability, else out-paint
+    paint_continue_rate: float = 0.95   # probability of each further box/window
+    inpaint_max_boxes: int = 5          # in-painted boxes at most
+    outpaint_max_windows: int = 5       # out-painting windows at most
+    lookups: str = "auto"               # auto | table | compute (genesis_jax/deform/config.py)
+    batch_mode: str = "auto"            # auto | vmap | map (genesis_jax/deform/config.py)
 
     def __post_init__(self):
         for name in ("flip_rate", "local_rate", "nonlinear_rate", "paint_rate",

@@ -16,6 +16,31 @@ from genesis_jax.deform.paint import check_paint_shape, inpaint, outpaint
 from genesis_jax.deform.shuffle import local_pixel_shuffle
 
 
+def draws(key: jax.Array, cfg: DeformConfig):
+    """What one cube's key decides: (stage keys (shuffle, intensity, paint), flipped axes
+    bool (3,), stages drawn bool (4,): shuffle, intensity, paint, in-paint rather than
+    out-paint). genesis_pair applies them; describe_draws names them."""
+    k_flip, k_shuffle, k_intensity, k_paint, k_stage = jax.random.split(key, 5)
+    drawn = jax.random.uniform(k_stage, (4,)) < jnp.array([cfg.local_rate, cfg.nonlinear_rate, cfg.paint_rate,
+                                                           cfg.inpaint_rate])
+    flips = random_flip_mask(k_flip, flip_rate=cfg.flip_rate, max_flips=cfg.max_flips, flip_axes=cfg.flip_axes)
+    return (k_shuffle, k_intensity, k_paint), flips, drawn
+
+
+def describe_draws(key: jax.Array, n: int, cfg: DeformConfig, first_index: int = 0) -> list[str]:
+    """Examples first_index .. first_index + n - 1 of a batch prepared with key: what was
+    done to each, e.g. 'flip x,z + shuffle + in-paint' or 'none' (picture labels)."""
+    import numpy as np
+    flips, drawn = jax.vmap(lambda k: draws(k, cfg)[1:])(example_keys(key, n, first_index))
+    names = []
+    for flipped, (shuffle, intensity, paint, inpaint) in zip(np.asarray(flips), np.asarray(drawn)):
+        parts = [f"flip {','.join(a for a, f in zip('xyz', flipped) if f)}"] if flipped.any() else []
+        parts += [name for name, on in (("shuffle", shuffle), ("intensity", intensity),
+                                        ("in-paint" if inpaint else "out-paint", paint)) if on]
+        names.append(" + ".join(parts) or "none")
+    return names
+
+
 def genesis_pair(key: jax.Array, cube: jax.Array, cfg: DeformConfig = DeformConfig()):
     """(corrupted, target) for one cube (X, Y, Z) in [0, 1], in the spec's order.
 
@@ -24,13 +49,11 @@ def genesis_pair(key: jax.Array, cube: jax.Array, cfg: DeformConfig = DeformConf
     out-paint).
     """
     check_paint_shape(cube.shape)
-    k_flip, k_shuffle, k_intensity, k_paint, k_stage = jax.random.split(key, 5)
-    use_shuffle, use_intensity, use_paint, use_inpaint = (
-        jax.random.uniform(k_stage, (4,)) < jnp.array([cfg.local_rate, cfg.nonlinear_rate, cfg.paint_rate, cfg.inpaint_rate]))
+    (k_shuffle, k_intensity, k_paint), flips, drawn = draws(key, cfg)
+    use_shuffle, use_intensity, use_paint, use_inpaint = drawn
 
     # Input and target are the same flipped cube: flip once.
-    target = apply_flips(cube, random_flip_mask(k_flip, flip_rate=cfg.flip_rate, max_flips=cfg.max_flips,
-                                                flip_axes=cfg.flip_axes))
+    target = apply_flips(cube, flips)
     x = target
     in_paint = functools.partial(inpaint, max_boxes=cfg.inpaint_max_boxes, continue_rate=cfg.paint_continue_rate)
     out_paint = functools.partial(outpaint, max_windows=cfg.outpaint_max_windows, continue_rate=cfg.paint_continue_rate)
