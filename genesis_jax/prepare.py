@@ -1,9 +1,13 @@
 """python -m genesis_jax.prepare INPUT... --out STORE: CT/MR volumes to a Genesis cube store.
 
 INPUT: files (.nii, .nii.gz, .mhd, .mha, .nrrd) or directories, searched recursively; a
-directory of DICOM slices is one volume. Each volume is read, optionally resampled,
+directory of DICOM slices is one volume; @sample is the chest CT crop bundled with the
+package (genesis_jax.data.sample_path()). Each volume is read, optionally resampled,
 windowed to [0, 1] (CT: HU [-1000, 1000]; MR: 0.5-99.5 percentiles), and cut into up to
---cubes-per-volume 64x64x32 cubes by the Genesis sampler and filter. The store is
+--cubes-per-volume cubes (--cube-shape, default the paper's 64x64x32) by the Genesis
+sampler and filter. Filters: `lung` (the official one, for chest CT) keeps crops that
+are mostly lung, and so rejects every crop of a scan without lungs (abdomen, head, MR);
+`foreground` keeps crops that are not mostly air, for any body part; `none` keeps all. The store is
 written to a temporary directory and renamed to STORE at the end: a failed run leaves
 no store behind. STORE may be a TensorStore kvstore URL (gs://, s3://, file://): pod
 workers then read it from the bucket (there it is written in place and marked complete
@@ -12,8 +16,11 @@ at the end; a failed run deletes what it wrote).
 By default the first bad input stops the run with one line naming the file and the
 problem (exit code 1). With --skip-bad, bad inputs are skipped and listed at the end.
 
-Example:
-    python -m genesis_jax.prepare ../shared/data/chest_ct.nii.gz --out cubes.zarr --filter foreground
+Examples:
+    python -m genesis_jax.prepare /data/LUNA16 --out cubes.zarr                # chest CTs, the paper's cubes
+    python -m genesis_jax.prepare abdomen/*.nii.gz --out cubes.zarr --filter foreground
+    python -m genesis_jax.prepare @sample --out small.zarr --filter foreground --cube-shape 32 32 16
+        # @sample: the chest CT crop bundled with genesis-jax; 32x32x16 cubes for a CPU
 """
 
 from __future__ import annotations
@@ -34,14 +41,20 @@ from genesis_jax.data.volumes import VolumeError, find_inputs, read_volume, resa
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m genesis_jax.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="volume files or directories")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="volume files or directories (@sample: the "
+                        "bundled chest CT crop)")
     parser.add_argument("--out", required=True, help="the cube store to create: a directory (replaced if it exists) "
                         "or a TensorStore kvstore URL (gs://bucket/cubes.zarr, s3://..., file://...)")
     parser.add_argument("--cubes-per-volume", type=int, default=32)
     parser.add_argument("--tries-per-cube", type=int, default=50, help="at most this many tries per wanted cube")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--filter", choices=FILTERS, default="lung",
-                        help="lung: the original chest-CT filter; foreground: reject mostly-air crops; none")
+                        help="lung (default, the official chest-CT filter): keep crops that are mostly lung, which "
+                        "rejects every crop of a scan without lungs; foreground: keep crops that are not mostly air "
+                        "(abdomen, head, any body part); none: keep every crop")
+    parser.add_argument("--cube-shape", type=int, nargs=3, default=(64, 64, 32), metavar=("X", "Y", "Z"),
+                        help="cube size in voxels, each a multiple of 8 (default 64 64 32, the paper's; "
+                        "32 32 16 for CPU-sized runs, with --config.data.cube_shape='(32, 32, 16)' in train)")
     parser.add_argument("--modality", choices=("ct", "mr"), default="ct")
     parser.add_argument("--window", type=float, nargs=2, default=(-1000.0, 1000.0), metavar=("LOW", "HIGH"),
                         help="CT HU window (default -1000 1000)")
@@ -55,6 +68,8 @@ def parse_args(argv):
         parser.error("--spacing takes one value or three (X Y Z)")
     if args.cubes_per_volume < 1 or args.tries_per_cube < 1:
         parser.error("--cubes-per-volume and --tries-per-cube must be >= 1")
+    if any(d < 8 or d % 8 for d in args.cube_shape):
+        parser.error(f"--cube-shape {' '.join(map(str, args.cube_shape))}: each size must be a multiple of 8")
     return args
 
 
@@ -75,10 +90,13 @@ def prepare_volume(path, index, args, cfg):
 
 def run(argv=None) -> int:
     args = parse_args(argv)
-    cfg = SamplerConfig(filter=args.filter, cubes_per_volume=args.cubes_per_volume,
+    cfg = SamplerConfig(crop=tuple(args.cube_shape), filter=args.filter, cubes_per_volume=args.cubes_per_volume,
                         tries_per_cube=args.tries_per_cube, border=tuple(args.border) if args.border else "auto")
     inputs, skipped, sources, empty = {}, [], [], []  # dict: ordered and duplicate-free
     for argument in args.inputs:
+        if argument == "@sample":
+            from genesis_jax.data import sample_path
+            argument = str(sample_path())
         try:
             inputs.update(dict.fromkeys(find_inputs([argument])))
         except VolumeError as e:
@@ -88,7 +106,7 @@ def run(argv=None) -> int:
             skipped.append(str(e))
     start = time.perf_counter()
     try:
-        writer = CubeStoreWriter(args.out)
+        writer = CubeStoreWriter(args.out, cfg.crop)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -105,7 +123,9 @@ def run(argv=None) -> int:
             writer.append(cubes)
             sources.append(record)
             if record["cubes"] == 0:
-                empty.append(f"{path}: the {args.filter} filter rejected all {record['tries']} crops")
+                empty.append(f"{path}: the {args.filter} filter rejected all {record['tries']} crops"
+                             + (" (it keeps chest-CT crops that are mostly lung; for other scans use --filter "
+                                "foreground)" if args.filter == "lung" else ""))
         if writer.count == 0:
             print(f"error: no cubes from {len(inputs)} input(s); nothing written to {args.out}", file=sys.stderr)
             for line in skipped + empty:

@@ -49,6 +49,8 @@ def validate_config(cfg, task=None, require_data: bool = True) -> None:
     for name in ("steps_per_epoch", "eval_every", "checkpoint_every"):
         if cfg[name] < 0:
             raise UserError(f"{name} must be >= 0 (0: once per epoch), got {cfg[name]}")
+    if cfg.log_seconds < 0:
+        raise UserError(f"log_seconds must be >= 0, got {cfg.log_seconds}")
     if cfg.keep_checkpoints < 1 or cfg.early_stopping_patience <= 0:
         raise UserError("keep_checkpoints must be >= 1 and early_stopping_patience > 0")
     check_optimizer_config(cfg.optimizer, cfg.schedule)
@@ -431,7 +433,8 @@ def export_best(run: Run, state) -> str | None:
         from genesis_jax.models import save_pytorch_checkpoint
         import torch  # noqa: F401
     except ImportError:
-        print("note: torch is not installed; skipping the PyTorch export (pip install 'genesis-jax[torch]')")
+        print("note: torch is not installed; skipping the PyTorch export "
+              "(pip install torch, or pip install -e '.[torch]' in a clone)")
         return None
     best = run.checkpointer.best_step()
     if best is not None:

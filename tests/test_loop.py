@@ -199,3 +199,16 @@ def test_the_cli_caches_compiled_programs_in_a_documented_directory(monkeypatch,
         jax_module.config.update("jax_compilation_cache_dir", before)
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax's own"))
     assert cli.compilation_cache_dir() == str(tmp_path / "jax's own")
+
+
+@pytest.mark.parametrize("log_seconds, logged", [(0.0, [1, 2, 3]), (3600.0, [3])])
+def test_the_loop_logs_by_time_as_well_as_by_steps(tmp_path, monkeypatch, log_seconds, logged):
+    """log_every=100 alone would log only at the last step; log_seconds=0 logs at every one."""
+    from genesis_jax import trainer
+    seen = []
+    real_log = trainer.TrainLog.log
+    monkeypatch.setattr(trainer.TrainLog, "log", lambda self, step, bar: (seen.append(step), real_log(self, step, bar)))
+    cfg = tiny_config(total_steps=3, log_every=100, eval_every=100, checkpoint_every=100)
+    cfg.log_seconds = log_seconds
+    trainer.train(cfg, tmp_path / "run")
+    assert seen == logged

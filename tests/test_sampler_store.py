@@ -249,3 +249,33 @@ def test_prepare_to_an_unknown_url_scheme_is_one_line(tmp_path, capsys):
     assert run([str(sample_path()), "--out", "nosuchscheme://bucket/cubes.zarr"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: nosuchscheme://bucket/cubes.zarr: cannot create"), err
+
+
+def test_prepare_the_bundled_sample_at_a_cpu_cube_shape_feeds_the_demo(tmp_path, capsys):
+    """The README's CPU recipe: @sample, 32x32x16 cubes, then the demo config reads them."""
+    from genesis_jax.configs.demo import get_config
+    from genesis_jax.data.sources import load_run_data
+    from genesis_jax.prepare import run
+    assert run(["@sample", "--out", str(tmp_path / "s.zarr"), "--filter", "foreground", "--cube-shape", "32", "32",
+                "16", "--cubes-per-volume", "20"]) == 0
+    array, attributes = open_store(tmp_path / "s.zarr")
+    assert array.shape == (20, 32, 32, 16) and attributes["cube_shape"] == [32, 32, 16]
+    data = get_config().data
+    data.source, data.store = "store", str(tmp_path / "s.zarr")
+    assert load_run_data(data, seed=0).validation.rows(0, 2).shape == (2, 32, 32, 16)
+
+
+def test_a_lung_filter_that_keeps_nothing_suggests_the_foreground_filter(tmp_path, capsys):
+    from genesis_jax.prepare import run
+    assert run(["@sample", "--out", str(tmp_path / "s.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert "the lung filter rejected all 1600 crops" in err and "use --filter foreground" in err
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("shape", [["30", "32", "16"], ["32", "32", "4"]])
+def test_a_cube_shape_not_made_of_multiples_of_8_is_refused(tmp_path, capsys, shape):
+    from genesis_jax.prepare import run
+    with pytest.raises(SystemExit) as exit_:
+        run(["@sample", "--out", str(tmp_path / "s.zarr"), "--cube-shape", *shape])
+    assert exit_.value.code == 2 and "each size must be a multiple of 8" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Fields shared by every config: the paper's recipe (GUIDE.md section 3) as defaults."""
+"""Fields shared by every config: the official Models Genesis recipe as defaults."""
 
 import dataclasses
 

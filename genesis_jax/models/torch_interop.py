@@ -29,7 +29,7 @@ _UPCONV_TO_JAX, _UPCONV_TO_TORCH = (2, 3, 4, 0, 1), (3, 4, 0, 1, 2)
 
 
 def _torch():
-    return require("torch", "PyTorch interop", "pip install 'genesis-jax[torch]'")
+    return require("torch", "PyTorch interop", "pip install torch, or pip install -e '.[torch]' in a clone")
 
 
 def torch_key(path: tuple) -> str:
