@@ -231,6 +231,12 @@ def resume(run: Run, state):
         if mismatch:
             raise UserError(f"{run.workdir} was trained with {'; '.join(mismatch)}. Resume with the recorded "
                             f"values (see {run.workdir / 'config.json'}) or use a new --workdir")
+        recorded = meta.get("data_sha256")
+        if recorded and recorded != run.data.digest and not run.cfg.allow_data_change:
+            raise UserError(f"{run.workdir}: the data changed since the run started (sha256 {recorded[:16]}... "
+                            f"recorded, {run.data.digest[:16]}... now: {run.data.description}); the resume would "
+                            f"not repeat the run. Use a new --workdir, or pass --config.allow_data_change=True to "
+                            f"go on with the new data")
 
     restored = run.checkpointer.restore_latest(abstract_like(state), check)
     if restored is None:

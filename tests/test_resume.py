@@ -124,3 +124,48 @@ def test_the_best_checkpoint_is_kept_and_found_after_reopening(tmp_path):
     reopened.wait()
     assert reopened.best_step() == 1 and 1 in reopened.steps()
     reopened.close()
+
+
+def write_store(path, n, seed):
+    from genesis_jax.data import CubeStoreWriter
+    cubes = np.random.default_rng(seed).random((n, 16, 16, 16), dtype=np.float32)
+    with CubeStoreWriter(path, (16, 16, 16)) as writer:
+        writer.append(cubes)
+        writer.commit({"seed": seed})
+
+
+def test_a_store_that_changed_under_the_run_is_refused_unless_allowed(tmp_path):
+    """The store is re-prepared at the same path with other cubes and another size: the
+    resume names both digests and stops; allow_data_change=True goes on with the new data."""
+    store = tmp_path / "cubes.zarr"
+    write_store(store, 32, seed=0)
+    cfg = tiny_config(total_steps=2, steps_per_epoch=2)
+    cfg.data.source, cfg.data.store, cfg.data.val_fraction = "store", str(store), 0.25  # 8 cubes: one per device
+    train(cfg, tmp_path / "run")
+    from genesis_jax.data.store import store_digest
+    before = store_digest(store)
+    write_store(store, 40, seed=1)
+    after = store_digest(store)
+    assert before != after
+    cfg.total_steps = 3
+    with pytest.raises(UserError, match="the data changed since the run started") as error:
+        train(cfg, tmp_path / "run")
+    assert before[:16] in str(error.value) and after[:16] in str(error.value)
+    assert "--config.allow_data_change=True" in str(error.value)
+    assert checkpoint_steps(tmp_path / "run") == [1, 2]
+    cfg.allow_data_change = True
+    assert train(cfg, tmp_path / "run")["end_step"] == 3
+    cfg.allow_data_change, cfg.total_steps = False, 4  # the checkpoint of step 3 records the new data
+    assert train(cfg, tmp_path / "run")["end_step"] == 4
+
+
+def test_a_store_with_the_same_metadata_but_other_cubes_has_another_digest(tmp_path):
+    from genesis_jax.data import CubeStoreWriter
+    from genesis_jax.data.store import store_digest
+    digests = []
+    for value in (0.25, 0.5):
+        with CubeStoreWriter(tmp_path / "s.zarr", (8, 8, 8)) as writer:
+            writer.append(np.full((4, 8, 8, 8), value, np.float32))
+            writer.commit({"seed": 0, "sources": ["same.nii.gz"]})
+        digests.append(store_digest(tmp_path / "s.zarr"))
+    assert digests[0] != digests[1]

@@ -1,6 +1,7 @@
 """The cube sampler equals the spec's loops; stores and batch sources are deterministic,
 split over processes, and read only what they serve."""
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +128,7 @@ def test_store_roundtrip_attributes_and_chunking(tmp_path):
     cubes = make_store(tmp_path / "s.zarr")
     array, attributes = open_store(tmp_path / "s.zarr")
     np.testing.assert_array_equal(array.read().result(), cubes)
-    assert attributes == {"seed": 5, "sources": ["a"], "cubes": 10}
+    assert attributes == {"seed": 5, "sources": ["a"], "cubes": 10, "cubes_sha256": hashlib.sha256(cubes.tobytes()).hexdigest()}
     assert list(array.chunk_layout.read_chunk.shape) == [1, 8, 8, 6]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -205,7 +206,7 @@ def test_store_at_a_url_roundtrips_and_feeds_training(tmp_path, scheme):
     cubes = make_store(url)
     array, attributes = open_store(url)
     np.testing.assert_array_equal(array.read().result(), cubes)
-    assert attributes == {"seed": 5, "sources": ["a"], "cubes": 10}
+    assert attributes == {"seed": 5, "sources": ["a"], "cubes": 10, "cubes_sha256": hashlib.sha256(cubes.tobytes()).hexdigest()}
     np.testing.assert_array_equal(StoreBatches(url, seed=1).batch(0, 4), StoreBatches(url, seed=1).batch(0, 4))
     data = base_config().data
     data.source, data.store, data.cube_shape, data.val_fraction = "store", url, (8, 8, 6), 0.2

@@ -23,6 +23,7 @@ def common_config() -> ml_collections.ConfigDict:
     c.images = 4                     # validation examples drawn in the PNG grids
     c.export_pytorch = True          # also write the best weights as a PyTorch state_dict
     c.num_devices = 0                # 0: all devices; N: the first N (tests, debugging)
+    c.allow_data_change = False      # resume even though the data's sha256 differs from the run's start
 
     c.model = ml_collections.ConfigDict(dict(
         width=32,                    # channels of the first stage (32: the official 19.07M-parameter U-Net)

@@ -114,6 +114,7 @@ class CubeStoreWriter:
             raise UserError(f"{path}: cannot create a cube store there ({str(e).splitlines()[0]})") from None
         self.count = 0
         self.committed = False
+        self.content = hashlib.sha256()  # of every cube written, in order: the store's digest sees contents
 
     def append(self, cubes: np.ndarray) -> None:
         if len(cubes) == 0:
@@ -122,12 +123,15 @@ class CubeStoreWriter:
             raise UserError(f"cubes of shape {cubes.shape[1:]} do not fit a store of {self.cube_shape}")
         new_count = self.count + len(cubes)
         self.array = self.array.resize(exclusive_max=[new_count, *self.cube_shape], expand_only=True).result()
-        self.array[self.count:new_count].write(np.asarray(cubes, np.float32)).result()
+        cubes = np.ascontiguousarray(cubes, np.float32)
+        self.array[self.count:new_count].write(cubes).result()
+        self.content.update(cubes.tobytes())
         self.count = new_count
 
     def commit(self, attributes: dict):
         """Record the attributes, then publish the store at its final location."""
-        _write_attributes(self.tmp or self.location, {**attributes, "cubes": self.count})
+        _write_attributes(self.tmp or self.location, {**attributes, "cubes": self.count,
+                                                      "cubes_sha256": self.content.hexdigest()})
         if self.tmp is not None:
             if self.location.exists():
                 shutil.rmtree(self.location)
@@ -164,7 +168,9 @@ def open_store(path):
 
 
 def store_digest(path) -> str:
-    """sha256 of the store's zarr.json (shape, codecs and the attributes naming its sources)."""
+    """sha256 of the store's zarr.json: shape, codecs and the attributes, which name its
+    sources and hold the sha256 of its cubes (written by CubeStoreWriter.commit), so a
+    store re-prepared with other contents or another size has another digest."""
     meta = _read_metadata(store_location(path))
     if meta is None:
         raise UserError(f"{path}: not a cube store (no zarr.json)")
