@@ -11,13 +11,12 @@ import pytest
 from flax import nnx
 
 from genesis_jax.configs.classification import get_config
-from genesis_jax.data.classified import LabelledCubes, crop_centred, read_label_csv
+from genesis_jax.data.classified import LabelledCubes, crop_centred
 from genesis_jax.errors import UserError
 from genesis_jax.scores import roc_auc
 from genesis_jax.tasks import ClassificationTask
 from genesis_jax.trainer import read_run_config, train
 from genesis_jax.transfer import load_source
-from runs import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,13 +45,6 @@ def labelled(tmp_path_factory):
     for name, part in (("train.csv", rows), ("val.csv", rows[::2] + rows[1::2])):
         (root / name).write_text("image,x,y,z,label\n" + "".join(",".join(map(str, r)) + "\n" for r in part))
     return root
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pre") / "run"
-    train(tiny_config(total_steps=2), workdir)
-    return workdir
 
 
 def tiny(labelled, **data):

@@ -15,7 +15,6 @@ from genesis_jax.errors import UserError
 from genesis_jax.tasks import SegmentationTask
 from genesis_jax.trainer import read_run_config, train
 from genesis_jax.transfer import load_source
-from runs import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,13 +38,6 @@ def volumes(tmp_path_factory):
         write_nifti(root / f"ct{i}.nii.gz", image)
         write_nifti(root / f"seg{i}.nii.gz", labels)
     return root
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pre") / "run"
-    train(tiny_config(total_steps=2), workdir)
-    return workdir
 
 
 def args(volumes, workdir, *extra):

@@ -33,10 +33,10 @@ def describe_draws(key: jax.Array, n: int, cfg: DeformConfig, first_index: int =
     import numpy as np
     flips, drawn = jax.vmap(lambda k: draws(k, cfg)[1:])(example_keys(key, n, first_index))
     names = []
-    for flipped, (shuffle, intensity, paint, inpaint) in zip(np.asarray(flips), np.asarray(drawn)):
+    for flipped, (shuffled, intensity, painted, inside) in zip(np.asarray(flips), np.asarray(drawn)):
         parts = [f"flip {','.join(a for a, f in zip('xyz', flipped) if f)}"] if flipped.any() else []
-        parts += [name for name, on in (("shuffle", shuffle), ("intensity", intensity),
-                                        ("in-paint" if inpaint else "out-paint", paint)) if on]
+        parts += [name for name, on in (("shuffle", shuffled), ("intensity", intensity),
+                                        ("in-paint" if inside else "out-paint", painted)) if on]
         names.append(" + ".join(parts) or "none")
     return names
 
