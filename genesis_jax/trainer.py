@@ -99,7 +99,7 @@ class EarlyStopping:
 
 class Preemption:
     """SIGTERM and Ctrl-C (SIGINT): save at the next step boundary and exit cleanly; a
-    second Ctrl-C aborts at once (exit 130, nothing saved). One process reads
+    second Ctrl-C ends the process at once (exit 130, nothing saved). One process reads
     its own flag; several ask JAX's preemption sync point (through Orbax), which agrees on
     one step for all of them without a collective per step (there, SIGINT keeps its
     default: a cluster delivers SIGTERM)."""
@@ -124,17 +124,20 @@ class Preemption:
     def restore(self):
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
-        if self.requested == "Ctrl-C":  # still exiting: a second Ctrl-C aborts quietly, not with a traceback
-            signal.signal(signal.SIGINT, self._abort)
 
-    def _abort(self, signum=None, frame=None):
-        # Exit here: an exception raised from a handler can land where it is swallowed
-        # (a weakref callback, a finally that waits on the async save). An unfinished
-        # checkpoint write is removed, with a warning, by the next run.
-        sys.stderr.write(f"\naborted: nothing saved since the last checkpoint in {self.checkpointer.directory} "
-                         f"(run the same command to resume from it)\n")
-        sys.stderr.flush()
-        os._exit(130)
+    def _abort(self):
+        abort_now(f"nothing saved since the last checkpoint in {self.checkpointer.directory} (run the same "
+                  f"command to resume from it)")
+
+
+def abort_now(why: str) -> None:
+    """End the process at once, exit code 130, one line. Not an exception: one raised from
+    a signal handler can land where it is swallowed (a weakref callback, a finally that
+    waits on the async save). An unfinished checkpoint write is removed, with a warning,
+    by the next run."""
+    sys.stderr.write(f"\naborted: {why}\n")
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def build_state(task, tx, seed: int, mesh, initialize: bool = True):

@@ -31,7 +31,7 @@ def describe_draws(key: jax.Array, n: int, cfg: DeformConfig, first_index: int =
     """Examples first_index .. first_index + n - 1 of a batch prepared with key: what was
     done to each, e.g. 'flip x,z + shuffle + in-paint' or 'none' (picture labels)."""
     import numpy as np
-    flips, drawn = jax.vmap(lambda k: draws(k, cfg)[1:])(example_keys(key, n, first_index))
+    flips, drawn = _drawn(key, cfg, n, first_index)
     names = []
     for flipped, (shuffled, intensity, painted, inside) in zip(np.asarray(flips), np.asarray(drawn)):
         parts = [f"flip {','.join(a for a, f in zip('xyz', flipped) if f)}"] if flipped.any() else []
@@ -39,6 +39,13 @@ def describe_draws(key: jax.Array, n: int, cfg: DeformConfig, first_index: int =
                                         ("in-paint" if inside else "out-paint", painted)) if on]
         names.append(" + ".join(parts) or "none")
     return names
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "n"))
+def _drawn(key, cfg: DeformConfig, n: int, first_index):
+    """(flipped axes (n, 3), stages drawn (n, 4)) of examples first_index .. + n - 1: one
+    compiled program, not an eager op per primitive."""
+    return jax.vmap(lambda k: draws(k, cfg)[1:])(example_keys(key, n, first_index))
 
 
 def genesis_pair(key: jax.Array, cube: jax.Array, cfg: DeformConfig = DeformConfig()):
