@@ -56,6 +56,18 @@ def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None) -
                   dtype=model_dtype(model_cfg.dtype), rngs=rngs, conv=conv)
 
 
+def model_identity(model_cfg) -> dict:
+    """The model fields a checkpoint must match; conv is left out (its formulations have
+    the same weights and sums)."""
+    return {k: v for k, v in model_cfg.items() if k != "conv"}
+
+
+def check_multiple_of_8(field: str, shape) -> None:
+    """UserError naming the field unless every dim is a positive multiple of 8 (the U-Net pools three times)."""
+    if any(d % 8 or d < 8 for d in shape):
+        raise UserError(f"{field} {tuple(shape)}: every dim must be a multiple of 8")
+
+
 def restoration_mse(restored, target):
     """Mean squared error between a restoration and its target, in float32."""
     return jnp.mean(jnp.square(restored - target.astype(jnp.float32)))
@@ -107,8 +119,7 @@ class PretrainTask:
         # shuffle bit for bit, the Bezier map to the table's interpolation error).
         deform = {k: v for k, v in self.cfg.deform.items() if k not in ("batch_mode", "lookups")}
         data = {k: v for k, v in self.cfg.data.items()}
-        model = {k: v for k, v in self.cfg.model.items() if k != "conv"}  # formulations: same weights and sums
-        return {"model": model, "deform": deform, "data": data}
+        return {"model": model_identity(self.cfg.model), "deform": deform, "data": data}
 
     def build_model(self, rngs, initialize: bool = True) -> UNet3D:
         del initialize  # pre-training starts from random weights
@@ -163,8 +174,6 @@ class FineTuneTask:
         if self.cfg.init == "scratch" and tuned:
             raise UserError("optimizer.pretrained_lr_multiplier and optimizer.freeze_pretrained_steps act on "
                             "pre-trained weights, and init is 'scratch': pass --config.init=RUN_DIR|MODEL.pt")
-        if self.cfg.export_pytorch and self.name != "segmentation":
-            raise UserError(f"export_pytorch writes a U-Net; a {self.name} run has none (set it False)")
 
     def pretrained_modules(self) -> tuple:
         """The top-level modules whose weights come from init (none from scratch)."""
@@ -204,8 +213,7 @@ class SegmentationTask(FineTuneTask):
         if self.cfg.loss not in SEGMENTATION_LOSSES:
             raise UserError(f"loss must be one of {', '.join(SEGMENTATION_LOSSES)}, got {self.cfg.loss!r}")
         parse_label_values(self.cfg.data.label_values)
-        if any(d % 8 or d < 8 for d in self.cfg.data.patch_shape):
-            raise UserError(f"data.patch_shape {tuple(self.cfg.data.patch_shape)}: every dim must be a multiple of 8")
+        check_multiple_of_8("data.patch_shape", self.cfg.data.patch_shape)
         if not 0.0 <= self.cfg.data.foreground_ratio <= 1.0:
             raise UserError(f"data.foreground_ratio must be in [0, 1], got {self.cfg.data.foreground_ratio}")
 
@@ -222,8 +230,8 @@ class SegmentationTask(FineTuneTask):
                 raise UserError(f"data.{name} must be >= 1, got {data[name]}")
 
     def identity(self) -> dict:
-        model = {k: v for k, v in self.cfg.model.items() if k != "conv"}
-        return {"model": model, "data": dict(self.cfg.data), "loss": self.cfg.loss, "init": self.cfg.init}
+        return {"model": model_identity(self.cfg.model), "data": dict(self.cfg.data), "loss": self.cfg.loss,
+                "init": self.cfg.init}
 
     def build_model(self, rngs, initialize: bool = True) -> UNet3D:
         """initialize=False: random weights (a checkpoint of this run replaces them)."""
@@ -332,8 +340,9 @@ class ClassificationTask(FineTuneTask):
         self.check_init()
         if self.cfg.data.classes < 2:
             raise UserError(f"data.classes must be >= 2, got {self.cfg.data.classes}")
-        if any(d % 8 or d < 8 for d in self.cfg.data.cube_shape):
-            raise UserError(f"data.cube_shape {tuple(self.cfg.data.cube_shape)}: every dim must be a multiple of 8")
+        check_multiple_of_8("data.cube_shape", self.cfg.data.cube_shape)
+        if self.cfg.export_pytorch:
+            raise UserError("export_pytorch writes a U-Net; a classification run has none (set it False)")
 
     def check_data(self, require_data: bool = True) -> None:
         for name in ("train_csv", "val_csv"):
@@ -342,8 +351,7 @@ class ClassificationTask(FineTuneTask):
                                 f"(rows image,x,y,z,label or cube,label)")
 
     def identity(self) -> dict:
-        model = {k: v for k, v in self.cfg.model.items() if k != "conv"}
-        return {"model": model, "data": dict(self.cfg.data), "init": self.cfg.init}
+        return {"model": model_identity(self.cfg.model), "data": dict(self.cfg.data), "init": self.cfg.init}
 
     def build_model(self, rngs, initialize: bool = True):
         from genesis_jax.models import GenesisClassifier
