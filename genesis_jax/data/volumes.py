@@ -9,7 +9,12 @@ units (HU for CT).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -90,18 +95,152 @@ def find_inputs(paths) -> list[Path]:
     return sorted(found)
 
 
-def _read_dicom_series(directory: Path):
+# A header may promise any size; past this many voxels (8 GiB as float32, ~8x a large CT)
+# it is refused before anything is allocated, rather than exhausting memory.
+MAX_VOXELS = 2**31
+# Slices of a DICOM series further apart than this fraction of their usual spacing mean a
+# missing or damaged slice (ITK would only warn, and read the gap as if it were not there).
+SLICE_SPACING_TOLERANCE = 0.01
+
+
+def _check_size(path, shape) -> None:
+    """VolumeError for a header size the volume cannot have (checked before reading voxels)."""
+    size = "x".join(map(str, shape))
+    if len(shape) != 3:
+        raise VolumeError(path, f"{len(shape)}D image of size {size}; need a 3D volume")
+    if min(shape) < 1:
+        raise VolumeError(path, f"empty or invalid size {size} in the header")
+    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+        raise VolumeError(path, f"implausible size {size} in the header (over {MAX_VOXELS:,} voxels): a damaged "
+                                f"header?")
+
+
+@contextlib.contextmanager
+def _itk_messages():
+    """Collect what ITK, GDCM and MetaIO print on the process's stderr (C++ std::cerr, fd 2)
+    while they read, so the user gets our one line instead, with the relevant part in it."""
+    messages: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            messages.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines()
+                            if line.strip())
+
+
+def _unreadable(path, error: RuntimeError, messages: list[str]) -> VolumeError:
+    # What the reader printed explains more ("data not read completely") than its exception
+    # ("File cannot be read"), so it comes first.
+    lines = messages + [line.strip() for line in str(error).strip().splitlines()]
+    reason = next((line for line in lines if "rror" in line or "not" in line.lower()), "")
+    return VolumeError(path, "not a readable image (corrupt, truncated or not an image file)"
+                             f"{': ' + reason[:160] if reason else ''}")
+
+
+def _read_itk_file(path: Path):
+    """One image file through SimpleITK, its header checked before the voxels are read."""
     sitk = _sitk()
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory))
-    if not series:
-        raise VolumeError(directory, "no readable DICOM series in this directory")
-    if len(series) > 1:
-        raise VolumeError(directory, f"{len(series)} DICOM series mixed in one directory ({', '.join(series[:3])}"
-                                     f"{', ...' if len(series) > 3 else ''}); put each series in its own directory")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), series[0])
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return reader.Execute()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    with _itk_messages() as messages:
+        try:
+            reader.ReadImageInformation()
+            _check_size(path, reader.GetSize())
+            if reader.GetNumberOfComponents() != 1:
+                raise VolumeError(path, f"{reader.GetNumberOfComponents()} components per voxel; need a scalar "
+                                        f"volume")
+            return reader.Execute()
+        except RuntimeError as e:
+            error = e
+    raise _unreadable(path, error, messages)
+
+
+def _read_dicom_series(directory: Path):
+    """The one DICOM series of a directory; every DICOM file there must be one of its slices,
+    and the slices must be evenly spaced (else a slice is missing or damaged)."""
+    sitk = _sitk()
+    with _itk_messages() as messages:
+        try:
+            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory))
+            if not series:
+                raise VolumeError(directory, "no readable DICOM series in this directory")
+            if len(series) > 1:
+                raise VolumeError(directory, f"{len(series)} DICOM series mixed in one directory "
+                                             f"({', '.join(series[:3])}{', ...' if len(series) > 3 else ''}); put "
+                                             f"each series in its own directory")
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), series[0])
+            _check_every_file_is_a_slice(directory, files)
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(files)
+            reader.MetaDataDictionaryArrayUpdateOn()
+            image = reader.Execute()
+        except RuntimeError as e:
+            error = e
+        else:
+            _check_even_slices(directory, image, files, reader)
+            return image
+    raise _unreadable(directory, error, messages)
+
+
+def _check_every_file_is_a_slice(directory: Path, files) -> None:
+    """A damaged slice file is left out of the series by GDCM, silently: name it instead."""
+    in_series = {Path(f).name for f in files}
+    # Slices: DICOM by marker or extension, or a file without extension (a damaged marker);
+    # DICOMDIR and files with other extensions (notes.txt, .json) are not slices.
+    dicom = [p.name for p in sorted(directory.iterdir())
+             if p.is_file() and p.name.upper() != "DICOMDIR" and not p.name.startswith(".")
+             and (is_dicom_file(p) or not p.suffix)]
+    outside = [name for name in dicom if name not in in_series]
+    if outside:
+        raise VolumeError(directory, f"{len(outside)} of its {len(dicom)} DICOM files are not readable slices of "
+                                     f"the series ({', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}): "
+                                     f"damaged, or from another kind of object; remove them or repair the series")
+
+
+def _check_even_slices(directory: Path, image, files, reader) -> None:
+    positions = []
+    for index in range(len(files)):
+        if not reader.HasMetaDataKey(index, "0020|0032"):
+            return  # no positions to check (ITK then spaces the slices by their thickness)
+        try:
+            positions.append([float(v) for v in reader.GetMetaData(index, "0020|0032").split("\\")])
+        except ValueError:
+            raise VolumeError(directory, f"{Path(files[index]).name}: unreadable ImagePositionPatient "
+                                         f"{reader.GetMetaData(index, '0020|0032')!r}") from None
+    if len(positions) < 3:
+        return
+    normal = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    gaps = np.diff(np.asarray(positions) @ normal)
+    usual = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - usual)))
+    if usual <= 0 or abs(gaps[worst] - usual) > SLICE_SPACING_TOLERANCE * usual:
+        raise VolumeError(directory, f"slices are not evenly spaced: {gaps[worst]:.3g} mm between "
+                                     f"{Path(files[worst]).name} and {Path(files[worst + 1]).name}, {usual:.3g} mm "
+                                     f"elsewhere (a missing or damaged slice?)")
+
+
+@contextlib.contextmanager
+def _nibabel_fixes(path: Path):
+    """nibabel logs the header repairs it makes ("sform_code 116 not valid; setting to 0")
+    without naming the file: print them as warnings that do."""
+    from nibabel.imageglobals import logger
+
+    class Named(logging.Handler):
+        def emit(self, record):
+            print(f"warning: {path}: {record.getMessage()} (nibabel's repair of a damaged header)", file=sys.stderr)
+
+    handlers, propagate = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [Named()], False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
 
 
 def _read_nifti(path: Path):
@@ -113,13 +252,13 @@ def _read_nifti(path: Path):
     """
     import nibabel as nib
     try:
-        image = nib.load(str(path))
-        if len(image.shape) > 3:  # trailing singleton dims (X, Y, Z, 1) are still a volume
-            image = image.slicer[(slice(None),) * 3 + (0,) * (len(image.shape) - 3)] \
-                if all(d == 1 for d in image.shape[3:]) else image
-        if len(image.shape) != 3:
-            size = "x".join(map(str, image.shape))
-            raise VolumeError(path, f"{len(image.shape)}D image of size {size}; need a 3D volume")
+        with _nibabel_fixes(path):
+            image = nib.load(str(path))
+        shape = tuple(int(d) for d in image.shape)
+        singletons = len(shape) > 3 and all(d == 1 for d in shape[3:])  # (X, Y, Z, 1) is still a volume
+        _check_size(path, shape[:3] if singletons else shape)
+        if singletons:
+            image = image.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
         canonical = nib.as_closest_canonical(image)  # RAS
         array = np.asarray(canonical.dataobj, dtype=np.float32)[::-1, ::-1, :]  # -> LPS
         spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
@@ -140,17 +279,8 @@ def read_volume(path) -> Volume:
     path = Path(path)
     if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
         return _checked(*_read_nifti(path), path)
-    try:
-        image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
-    except VolumeError:
-        raise
-    except RuntimeError as e:
-        detail = str(e).strip().splitlines()
-        reason = next((line.strip() for line in detail if "rror" in line or "not" in line.lower()), "")
-        raise VolumeError(path, f"not a readable image (corrupt, truncated or not an image file){': ' + reason[:120] if reason else ''}") from None
-    size = image.GetSize()
-    if image.GetDimension() != 3:
-        raise VolumeError(path, f"{image.GetDimension()}D image of size {'x'.join(map(str, size))}; need a 3D volume")
+    image = _read_dicom_series(path) if path.is_dir() else _read_itk_file(path)
+    _check_size(path, image.GetSize())
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(path, f"{image.GetNumberOfComponentsPerPixel()} components per voxel; need a scalar volume")
     image = sitk.DICOMOrient(image, "LPS")
@@ -161,6 +291,8 @@ def read_volume(path) -> Volume:
 def _checked(array: np.ndarray, spacing, path) -> Volume:
     if not np.isfinite(array).all():
         raise VolumeError(path, f"{int((~np.isfinite(array)).sum())} NaN/Inf voxels")
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise VolumeError(path, f"invalid voxel spacing {', '.join(f'{s:g}' for s in spacing)} mm in the header")
     return Volume(array, spacing, str(path))
 
 
