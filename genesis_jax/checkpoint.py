@@ -19,8 +19,11 @@ and renames on commit); any found are reported and removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +31,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from genesis_jax.errors import UserError
+from genesis_jax.errors import UserError, write_failure
 
 FORMAT = 2
 # What damaged files look like when Orbax reads them (seen here: zeroed, truncated or
@@ -37,6 +40,11 @@ FORMAT = 2
 # is a bug or a config change, and it propagates.
 _DAMAGE_MARKERS = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "Error reading", "Error opening",
                    "was not found in the checkpoint", "checksum", "corrupt")
+
+
+# TensorStore reports a failed file write as a ValueError carrying one of these.
+_WRITE_FAILURES = ("os_error_code", "OUT_OF_RANGE", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED",
+                   "No space left", "Read-only file system", "File too large", "Disk quota")
 
 
 def abstract_like(tree):
@@ -82,9 +90,52 @@ class _SavesWithoutMetricsAreIntended(logging.Filter):
 logging.getLogger("absl").addFilter(_SavesWithoutMetricsAreIntended())
 
 
+class _EchoesOfAFailedWrite(logging.Filter):
+    """A checkpoint write that fails (a full disk) makes Orbax's background threads log it
+    once per array fragment and per thread, with tracebacks: thousands of lines, seen.
+    The failure reaches the main thread at the next save or wait, which reports it once
+    as CheckpointWriteError; these records of the same failure are dropped. Records of
+    anything else pass."""
+
+    seen = False  # a write failure was logged in this process (the thread echoes below follow it)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        if record.levelno >= logging.ERROR and any(m in text for m in _WRITE_FAILURES):
+            _EchoesOfAFailedWrite.seen = True
+            return False
+        return True
+
+
+def _echo_of_a_failed_write(error) -> bool:
+    """After a failed write, Orbax's futures still post to event loops already closed;
+    TensorStore's callbacks report what that raises as unraisable (one traceback each)."""
+    return _EchoesOfAFailedWrite.seen and isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+
+
+def _without_echoes(previous, error_of):
+    def hook(*args):
+        if not _echo_of_a_failed_write(error_of(*args)):
+            previous(*args)
+    return hook
+
+
+for _name in ("absl", "asyncio"):
+    logging.getLogger(_name).addFilter(_EchoesOfAFailedWrite())
+sys.unraisablehook = _without_echoes(sys.unraisablehook, lambda args: args.exc_value)
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, file size limit, read-only directory);
+    the earlier checkpoints are intact."""
+
+
 class Checkpointer:
     def __init__(self, directory, keep: int = 3):
         self.directory = Path(directory).absolute()
+        self.failed = False
         _refuse_old_layout(self.directory)
         self.incomplete = sorted(p.name for p in self.directory.glob("*.orbax-checkpoint-tmp*")) \
             if self.directory.is_dir() else []
@@ -107,13 +158,57 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state, meta: dict, val_loss: float | None = None) -> None:
-        # A run that fell back past a damaged checkpoint reaches its step again: replace it.
-        if step in self.manager.all_steps():
-            self.manager.wait_until_finished()
-            self.manager.delete(step)
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)),
-                          metrics=None if val_loss is None else {"val_loss": float(val_loss)}, force=True)
+        """Start writing the checkpoint of `step` (asynchronously). CheckpointWriteError when
+        the disk cannot take it: before writing when the free space is visibly short, else
+        when the write fails (reported here or by the next save or wait)."""
+        self._check_free_space(step, state)
+        with self._write_errors():
+            # A run that fell back past a damaged checkpoint reaches its step again: replace it.
+            if step in self.manager.all_steps():
+                self.manager.wait_until_finished()
+                self.manager.delete(step)
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            meta=ocp.args.JsonSave(meta)),
+                              metrics=None if val_loss is None else {"val_loss": float(val_loss)}, force=True)
+
+    def _check_free_space(self, step: int, state) -> None:
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError:  # not a local directory: nothing to measure
+            return
+        complete = [p for p in self.directory.iterdir() if p.name.isdigit()]
+        newest = max(complete, key=lambda p: int(p.name), default=None)
+        size = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()) if newest else \
+            sum(x.nbytes for x in jax.tree.leaves(state))
+        needed = int(size * 1.1) + (1 << 20)
+        if free < needed:
+            self.failed = True
+            raise CheckpointWriteError(f"{self.directory}: not enough free space for the checkpoint of step {step} "
+                                       f"(about {needed / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free); "
+                                       f"nothing was written. {self._intact()}")
+
+    @contextlib.contextmanager
+    def _write_errors(self):
+        """Orbax's failed background writes, as one CheckpointWriteError naming the directory
+        and the system's reason (a full disk, a file size limit, a read-only directory)."""
+        try:
+            yield
+        except (OSError, ValueError) as e:
+            text = str(e)
+            if not isinstance(e, OSError) and not any(m in text for m in _WRITE_FAILURES):
+                raise  # not a failed write: a bug, which keeps its traceback
+            self.failed = True
+            raise CheckpointWriteError(f"{self.directory}: writing a checkpoint failed ({write_failure(e)}). "
+                                       f"{self._intact()}") from None
+
+    def _intact(self) -> str:
+        steps = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+        if not steps:
+            return "No complete checkpoint yet; free space or fix the directory, then start again"
+        which = f"checkpoints of steps {', '.join(map(str, steps))} are" if len(steps) > 1 else \
+            f"checkpoint of step {steps[0]} is"
+        return (f"The {which} intact: free space (or fix the permissions) and run the same command to resume "
+                f"from step {steps[-1]}")
 
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -174,7 +269,10 @@ class Checkpointer:
         return self.manager.reached_preemption(step)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        if self.failed:  # already reported; Orbax would raise the same failure again
+            return
+        with self._write_errors():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.wait()

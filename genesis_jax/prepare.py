@@ -35,6 +35,7 @@ from tqdm import tqdm
 import genesis_jax
 from genesis_jax.data.sampler import FILTERS, SamplerConfig, borders_for, sample_cubes
 from genesis_jax.data.store import CubeStoreWriter
+from genesis_jax.errors import UserError
 from genesis_jax.data.volumes import VolumeError, find_inputs, read_volume, resample, to_unit_range
 
 
@@ -92,7 +93,7 @@ def run(argv=None) -> int:
     args = parse_args(argv)
     cfg = SamplerConfig(crop=tuple(args.cube_shape), filter=args.filter, cubes_per_volume=args.cubes_per_volume,
                         tries_per_cube=args.tries_per_cube, border=tuple(args.border) if args.border else "auto")
-    inputs, skipped, sources, empty = {}, [], [], []  # dict: ordered and duplicate-free
+    inputs, skipped = {}, []  # dict: ordered and duplicate-free
     for argument in args.inputs:
         if argument == "@sample":
             from genesis_jax.data import sample_path
@@ -110,6 +111,17 @@ def run(argv=None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    for line in writer.leftovers:
+        print(line, file=sys.stderr)
+    try:
+        return write_store(writer, inputs, args, cfg, skipped, start)
+    except UserError as e:  # the store could not be written (a full or read-only disk)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def write_store(writer, inputs, args, cfg, skipped, start) -> int:
+    sources, empty = [], []
     with writer:
         for index, path in enumerate(tqdm(inputs, desc="volumes", unit="vol", disable=None)):
             try:

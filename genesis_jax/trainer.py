@@ -8,13 +8,16 @@ so a resumed run repeats exactly what the uninterrupted one does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import math
 import platform
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from tqdm import tqdm
 import genesis_jax
 from genesis_jax import sharding
 from genesis_jax.checkpoint import FORMAT, Checkpointer, abstract_like, identity_mismatch
-from genesis_jax.errors import UserError
+from genesis_jax.errors import UserError, write_failure
 from genesis_jax.evaluation import FrozenValidation
 from genesis_jax.metrics import MetricWriter
 from genesis_jax.optim import Plateau, check_optimizer_config, make_optimizer, with_learning_rate
@@ -210,7 +213,6 @@ def setup_run(cfg, workdir: Path, task):
     graphdef, state = build_state(task, tx, cfg.seed, mesh, initialize=not resuming)
     root_key = jax.random.key(cfg.seed)
     validation_key = jax.random.fold_in(root_key, _VALIDATION_KEY)
-    workdir.mkdir(parents=True, exist_ok=True)
     run = Run(cfg, task, workdir, mesh, data, cadence, graphdef, tx,
               train_step=make_train_step(graphdef, tx, task, root_key, mesh),
               eval_step=make_eval_step(graphdef, task, validation_key, mesh), validation_key=validation_key,
@@ -336,10 +338,37 @@ def evaluate(run: Run, state, step: int, writer: MetricWriter, summary: dict):
     return state, val_loss, improved
 
 
+# A disk that is full, read-only or over quota, or a file size limit: the user's to fix.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
+
+
+def make_workdir(workdir: Path) -> None:
+    """Create the run directory and show it writable, before any work (UserError naming it)."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=workdir).close()
+    except OSError as e:
+        raise UserError(f"{workdir}: cannot write the run directory there ({e.strerror})") from None
+
+
+@contextlib.contextmanager
+def disk_errors(run: Run):
+    """A log, picture or event file that cannot be written stops the run with one line; the
+    checkpoints (written separately, their failures reported by the Checkpointer) are intact."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        raise UserError(f"{write_failure(e)}; the run stopped there. Its checkpoints in {run.checkpointer.directory} "
+                        f"are intact: free space (or fix the permissions) and run the same command to resume") from None
+
+
 def train(cfg, workdir, task=None) -> dict:
     """Run (or resume) the task (default: pre-training) described by cfg in workdir."""
     task = task or task_for(cfg)
     validate_config(cfg, task)
+    make_workdir(Path(workdir))
     run, state = setup_run(cfg, Path(workdir), task)
     state, step = resume(run, state)
     write_run_info(run)
@@ -352,23 +381,24 @@ def train(cfg, workdir, task=None) -> dict:
     bar = tqdm(total=cfg.total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0,
                disable=jax.process_index() != 0)
     try:
-        while step < cfg.total_steps and not run.early.stopped:
-            state, metrics = run.train_step(state, run.batch(step), step)
-            step += 1  # from here on, `step` counts completed steps (checkpoints are numbered so)
-            log.add(step, metrics)
-            bar.update(1)
-            if log.due(step):
-                log.log(step, bar)
-            val_loss, improved = None, False
-            if run.cadence.due(run.cadence.eval_every, step):
-                state, val_loss, improved = evaluate(run, state, step, writer, summary)
-            summary["preempted"] = preemption.reached(step) and (preemption.requested or "SIGTERM")
-            if run.cadence.due(run.cadence.checkpoint_every, step) or improved or summary["preempted"] \
-                    or run.early.stopped:
-                log.check()
-                run.checkpointer.save(step, state, run.meta(step), val_loss if improved else None)
-            if summary["preempted"]:
-                break
+        with disk_errors(run):
+            while step < cfg.total_steps and not run.early.stopped:
+                state, metrics = run.train_step(state, run.batch(step), step)
+                step += 1  # from here on, `step` counts completed steps (checkpoints are numbered so)
+                log.add(step, metrics)
+                bar.update(1)
+                if log.due(step):
+                    log.log(step, bar)
+                val_loss, improved = None, False
+                if run.cadence.due(run.cadence.eval_every, step):
+                    state, val_loss, improved = evaluate(run, state, step, writer, summary)
+                summary["preempted"] = preemption.reached(step) and (preemption.requested or "SIGTERM")
+                if run.cadence.due(run.cadence.checkpoint_every, step) or improved or summary["preempted"] \
+                        or run.early.stopped:
+                    log.check()
+                    run.checkpointer.save(step, state, run.meta(step), val_loss if improved else None)
+                if summary["preempted"]:
+                    break
     finally:
         bar.close()
         writer.close()

@@ -1,5 +1,6 @@
 """Tiny training runs for the loop's tests: a width-4 U-Net on 16^3 cubes of the embedded sample."""
 
+import hashlib
 from pathlib import Path
 
 import jax
@@ -23,6 +24,18 @@ def tiny_config(**top):
 
 def checkpoint_steps(workdir):
     return sorted(int(p.name) for p in (Path(workdir) / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def complete_checkpoints(workdir: Path) -> dict[int, str]:
+    """step -> sha256 over the relative paths and bytes of every file of the checkpoint."""
+    out = {}
+    for directory in (workdir / "checkpoints").glob("*"):
+        if directory.name.isdigit():
+            digest = hashlib.sha256()
+            for f in sorted(p for p in directory.rglob("*") if p.is_file()):
+                digest.update(str(f.relative_to(directory)).encode() + b"\0" + f.read_bytes())
+            out[int(directory.name)] = digest.hexdigest()
+    return out
 
 
 def damage(checkpoint_dir):

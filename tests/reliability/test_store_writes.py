@@ -1,0 +1,158 @@
+"""prepare under SIGKILL and on a disk that refuses writes.
+
+A store at the output path is either the previous one, intact, or the new one, complete;
+never a half-written or half-deleted one. Leftover temporary directories of a killed
+prepare are removed (or, for the one case that holds the only copy of the previous
+store, named) by the next prepare of the same path. A disk that refuses a write gives
+one line naming the store and the system's reason, exit 1, nothing left behind.
+"""
+
+import hashlib
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genesis_jax.data import open_store
+from genesis_jax.data.store import store_digest
+
+# A prepare that runs about 2 s on this machine (3000 small cubes of the bundled sample).
+LONG = ["@sample", "--filter", "none", "--cube-shape", "16", "16", "16", "--cubes-per-volume", "3000",
+        "--tries-per-cube", "1"]
+SHORT = ["@sample", "--filter", "none", "--cube-shape", "16", "16", "16", "--cubes-per-volume", "20", "--seed", "7"]
+FSIZE = Path(__file__).with_name("with_file_size_limit.py")
+
+
+def prepare(args, out: Path, *, prefix=(), **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *prefix, "-m", "genesis_jax.prepare", *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def contents(store: Path) -> str:
+    array, _ = open_store(store)
+    return hashlib.sha256(np.asarray(array.read().result()).tobytes()).hexdigest()
+
+
+def leftovers(out: Path) -> list[Path]:
+    return sorted(p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+@pytest.fixture()
+def previous(tmp_path):
+    """A complete store at the output path, made by an earlier prepare: (path, its digest, its contents)."""
+    out = tmp_path / "cubes.zarr"
+    assert prepare(SHORT, out).returncode == 0
+    return out, store_digest(out), contents(out)
+
+
+def kill_after(args, out: Path, seconds: float) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "genesis_jax.prepare", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(60)
+
+
+def check_after_a_kill(out: Path, previous_digest: str, previous_contents: str) -> str:
+    """The store at `out` is the previous one or a complete new one; the next prepare cleans up."""
+    found = leftovers(out)
+    if store_digest(out) == previous_digest:
+        assert contents(out) == previous_contents
+        state = "previous"
+    else:
+        array, attributes = open_store(out)  # complete: opens, with every cube and its record
+        assert array.shape[0] == attributes["cubes"] == 3000
+        state = "new"
+    again = prepare(SHORT, out)
+    assert again.returncode == 0, again.stderr
+    for path in found:
+        assert f"warning: removed {path}, left by a prepare that was killed" in again.stderr, again.stderr
+    assert leftovers(out) == []
+    return state
+
+
+def test_a_kill_at_a_random_moment_leaves_the_previous_store_or_the_new_one(previous):
+    out, digest, data = previous
+    kill_after(LONG, out, random.Random(0).uniform(1.0, 2.0))  # in the middle of the writes, here
+    check_after_a_kill(out, digest, data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(10))
+def test_kills_at_seeded_moments_of_prepare(previous, trial):
+    out, digest, data = previous
+    kill_after(LONG, out, random.Random(trial).uniform(0.2, 3.5))
+    print(f"trial {trial}: {check_after_a_kill(out, digest, data)}")
+
+
+# A prepare killed (SIGKILL, by itself) at one exact point of publishing its store.
+KILL_AT = '''
+import os, signal, sys
+from pathlib import Path
+import genesis_jax.data.store as store
+from genesis_jax.prepare import run
+point, args = sys.argv[1], sys.argv[2:]
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+exchange = store._exchange
+if point == "before the exchange":
+    store._exchange = lambda a, b: die()
+elif point == "after the exchange":
+    store._exchange = lambda a, b: (exchange(a, b), die())
+elif point == "between the two renames":  # a filesystem without atomic exchange
+    store._exchange = lambda a, b: False
+    rename = Path.rename
+    def rename_then_die(self, target):
+        result = rename(self, target)
+        if str(target).endswith("/store"):
+            die()
+        return result
+    Path.rename = rename_then_die
+sys.exit(run(args))
+'''
+
+
+@pytest.mark.parametrize("point,state", [("before the exchange", "previous"), ("after the exchange", "new")])
+def test_a_kill_while_publishing_leaves_one_complete_store(previous, tmp_path, point, state):
+    out, digest, data = previous
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, point, *LONG, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert leftovers(out), "the kill left no temporary directory: the test did not reach its point"
+    assert check_after_a_kill(out, digest, data) == state
+
+
+def test_a_kill_between_the_fallback_renames_keeps_the_previous_store_and_says_where(previous):
+    out, digest, data = previous
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, "between the two renames", *LONG, "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not out.exists()
+    [aside] = [p for p in leftovers(out) if ".previous-" in p.name]
+    assert store_digest(aside / "store") == digest and contents(aside / "store") == data
+    again = prepare(SHORT, out)
+    assert again.returncode == 0, again.stderr
+    assert (f"warning: {aside / 'store'} is the store that was at {out} before a prepare was killed while "
+            f"replacing it; left there") in again.stderr
+    assert (aside / "store").is_dir()  # the only copy of the previous store is never removed
+
+
+def test_a_disk_that_refuses_the_writes_gives_one_line_and_leaves_nothing(tmp_path):
+    out = tmp_path / "cubes.zarr"
+    # a 5000-byte file size limit: the first cube chunk over it fails as a full disk does
+    refused = prepare(LONG, out, prefix=(str(FSIZE), "5000"))
+    assert refused.returncode == 1, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {out}: cannot write the cube store (") \
+        and "File too large); nothing was published there" in lines[0], lines
+    assert not out.exists() and leftovers(out) == []
+
+
+def test_an_unwritable_location_gives_one_line(tmp_path):
+    refused = prepare(SHORT, Path("/proc/cubes.zarr"))  # /proc refuses new files, even to root
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == ["error: /proc/cubes.zarr: cannot create a cube store there "
+                                                   "(No such file or directory)"]
