@@ -141,7 +141,7 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
             fit_compiles: int = 4) -> dict:
     devices = target_devices(topology, cfg.num_devices)
     mesh = sharding.make_mesh(devices)
-    sharding.check_batch_size(cfg.batch_size, mesh)
+    sharding.check_batch_size(cfg.batch_size, mesh.size)
     platform = devices[0].platform
     target = target_step(cfg, mesh, platform)
     report, step_flops, seconds = compile_step(cfg, mesh, target, cfg.batch_size)

@@ -72,6 +72,8 @@ def check_optimizer_config(optimizer, schedule) -> None:
     for name in ("learning_rate", "weight_decay", "clip_norm", "momentum", "eps"):
         if optimizer[name] < 0:
             raise UserError(f"optimizer.{name} must be >= 0, got {optimizer[name]}")
+    if optimizer.momentum >= 1:
+        raise UserError(f"optimizer.momentum must be in [0, 1), got {optimizer.momentum}")
     if optimizer.nesterov and (optimizer.name != "sgd" or optimizer.momentum == 0):
         raise UserError("optimizer.nesterov needs optimizer.name='sgd' with optimizer.momentum > 0")
     for name in ("b1", "b2"):

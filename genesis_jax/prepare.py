@@ -26,6 +26,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -69,6 +70,14 @@ def parse_args(argv):
         parser.error("--spacing takes one value or three (X Y Z)")
     if args.cubes_per_volume < 1 or args.tries_per_cube < 1:
         parser.error("--cubes-per-volume and --tries-per-cube must be >= 1")
+    if args.spacing is not None and not all(math.isfinite(s) and s > 0 for s in args.spacing):
+        parser.error(f"--spacing {' '.join(map(str, args.spacing))}: each spacing must be a positive number of mm")
+    if not (math.isfinite(args.window[0]) and math.isfinite(args.window[1]) and args.window[0] < args.window[1]):
+        parser.error(f"--window {args.window[0]:g} {args.window[1]:g}: need LOW < HIGH (HU)")
+    if args.border is not None and min(args.border) < 0:
+        parser.error(f"--border {' '.join(map(str, args.border))}: margins must be >= 0")
+    if args.seed < 0:
+        parser.error(f"--seed {args.seed}: must be >= 0")
     if any(d < 8 or d % 8 for d in args.cube_shape):
         parser.error(f"--cube-shape {' '.join(map(str, args.cube_shape))}: each size must be a multiple of 8")
     return args

@@ -37,7 +37,7 @@ def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_process_local_data(batch_sharded(mesh), local)
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-    if global_batch_size % mesh.size:
-        raise UserError(f"batch_size {global_batch_size} does not split over {mesh.size} devices; "
-                         f"use a multiple of {mesh.size}")
+def check_batch_size(global_batch_size: int, devices: int) -> None:
+    if global_batch_size % devices:
+        raise UserError(f"batch_size {global_batch_size} does not split over {devices} devices; "
+                         f"use a multiple of {devices}")

@@ -23,9 +23,11 @@ preemption, logs and progress.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax.numpy as jnp
 
+from genesis_jax.data.store import store_location
 from genesis_jax.data.volumes import split_paths
 from genesis_jax.deform import DeformConfig, sharded_genesis_batch
 from genesis_jax.deform.config import resolve_lookups
@@ -40,6 +42,24 @@ def model_dtype(name: str):
     if name not in MODEL_DTYPES:
         raise UserError(f"model.dtype must be one of {', '.join(MODEL_DTYPES)}, got {name!r}")
     return jnp.dtype(name)
+
+
+def check_model(model_cfg) -> None:
+    model_dtype(model_cfg.dtype)
+    if model_cfg.width < 1:
+        raise UserError(f"model.width must be >= 1, got {model_cfg.width}")
+
+
+def check_modality(data_cfg) -> None:
+    if data_cfg.modality not in ("ct", "mr"):
+        raise UserError(f"data.modality must be 'ct' or 'mr', got {data_cfg.modality!r}")
+
+
+def check_paths_exist(field: str, paths) -> None:
+    """UserError naming the field and the first path that is not there (before any work)."""
+    for path in paths:
+        if not Path(path).exists():
+            raise UserError(f"{field}: {path}: no such file or directory")
 
 
 def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None) -> UNet3D:
@@ -63,7 +83,9 @@ def model_identity(model_cfg) -> dict:
 
 
 def check_multiple_of_8(field: str, shape) -> None:
-    """UserError naming the field unless every dim is a positive multiple of 8 (the U-Net pools three times)."""
+    """UserError naming the field unless the shape is three positive multiples of 8 (the U-Net pools three times)."""
+    if len(shape) != 3:
+        raise UserError(f"{field} {tuple(shape)}: need three sizes (X, Y, Z)")
     if any(d % 8 or d < 8 for d in shape):
         raise UserError(f"{field} {tuple(shape)}: every dim must be a multiple of 8")
 
@@ -98,9 +120,11 @@ class PretrainTask:
             self.deform = dataclasses.replace(self.deform, batch_mode="map" if self.platform == "cpu" else "vmap")
         if self.platform:  # a dry run compiles for its target, not for this host
             self.deform = dataclasses.replace(self.deform, lookups=resolve_lookups(self.deform.lookups, self.platform))
-        model_dtype(self.cfg.model.dtype)
-        if any(d % 8 for d in self.cfg.data.cube_shape):
-            raise UserError(f"data.cube_shape {tuple(self.cfg.data.cube_shape)}: every dim must be divisible by 8")
+        check_model(self.cfg.model)
+        check_multiple_of_8("data.cube_shape", self.cfg.data.cube_shape)
+        check_modality(self.cfg.data)
+        if self.cfg.data.val_cubes < 1:
+            raise UserError(f"data.val_cubes must be >= 1, got {self.cfg.data.val_cubes}")
 
     def check_data(self, require_data: bool = True) -> None:
         """require_data=False: the dry run, which compiles without reading data."""
@@ -113,6 +137,12 @@ class PretrainTask:
             raise UserError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
         if data.cubes_per_volume < 1:
             raise UserError(f"data.cubes_per_volume must be >= 1, got {data.cubes_per_volume}")
+        if require_data and data.source == "volumes":
+            check_paths_exist("data.volumes", split_paths(data.volumes))
+        if require_data and data.source == "store" and isinstance(store_location(data.store), Path) \
+                and not (store_location(data.store) / "zarr.json").is_file():
+            raise UserError(f"data.store: {data.store}: not a cube store (no zarr.json); create one with "
+                            f"python -m genesis_jax.prepare")
 
     def identity(self) -> dict:
         # map and vmap: same arrays; table and compute lookups: the same deformation (the
@@ -169,6 +199,8 @@ class FineTuneTask:
     part = "all_but_final"
 
     def check_init(self) -> None:
+        if self.cfg.init != "scratch":
+            check_paths_exist("init", [self.cfg.init])
         optimizer = self.cfg.optimizer
         tuned = optimizer.pretrained_lr_multiplier != 1.0 or optimizer.freeze_pretrained_steps > 0
         if self.cfg.init == "scratch" and tuned:
@@ -208,7 +240,8 @@ class SegmentationTask(FineTuneTask):
 
     def check_config(self) -> None:
         from genesis_jax.losses import SEGMENTATION_LOSSES
-        model_dtype(self.cfg.model.dtype)
+        check_model(self.cfg.model)
+        check_modality(self.cfg.data)
         self.check_init()
         if self.cfg.loss not in SEGMENTATION_LOSSES:
             raise UserError(f"loss must be one of {', '.join(SEGMENTATION_LOSSES)}, got {self.cfg.loss!r}")
@@ -225,6 +258,9 @@ class SegmentationTask(FineTuneTask):
             if len(split_paths(data[images])) != len(split_paths(data[labels])):
                 raise UserError(f"data.{images} has {len(split_paths(data[images]))} volumes, data.{labels} "
                                 f"{len(split_paths(data[labels]))}: one label volume per image")
+            if require_data:
+                for field in (images, labels):
+                    check_paths_exist(f"data.{field}", split_paths(data[field]))
         for name in ("patches_per_epoch", "val_patches"):
             if data[name] < 1:
                 raise UserError(f"data.{name} must be >= 1, got {data[name]}")
@@ -336,7 +372,8 @@ class ClassificationTask(FineTuneTask):
         return 1 if self.cfg.data.classes == 2 else int(self.cfg.data.classes)
 
     def check_config(self) -> None:
-        model_dtype(self.cfg.model.dtype)
+        check_model(self.cfg.model)
+        check_modality(self.cfg.data)
         self.check_init()
         if self.cfg.data.classes < 2:
             raise UserError(f"data.classes must be >= 2, got {self.cfg.data.classes}")
@@ -349,6 +386,8 @@ class ClassificationTask(FineTuneTask):
             if require_data and not self.cfg.data[name]:
                 raise UserError(f"data.{name} is empty: pass --config.data.{name}=PATH.csv "
                                 f"(rows image,x,y,z,label or cube,label)")
+            if require_data:
+                check_paths_exist(f"data.{name}", [self.cfg.data[name]])
 
     def identity(self) -> dict:
         return {"model": model_identity(self.cfg.model), "data": dict(self.cfg.data), "init": self.cfg.init}

@@ -45,21 +45,35 @@ class TrainingDiverged(RuntimeError):
 
 def validate_config(cfg, task=None, require_data: bool = True) -> None:
     """UserError naming the field, before any work, for values the run could not use
-    (require_data=False: the dry run, which compiles without reading data)."""
+    (require_data=False: the dry run, which compiles for another machine without reading
+    data: its devices and batch split are checked against its topology instead)."""
     for name in ("batch_size", "total_steps", "log_every"):
         if cfg[name] < 1:
             raise UserError(f"{name} must be >= 1, got {cfg[name]}")
     for name in ("steps_per_epoch", "eval_every", "checkpoint_every"):
         if cfg[name] < 0:
             raise UserError(f"{name} must be >= 0 (0: once per epoch), got {cfg[name]}")
-    if cfg.log_seconds < 0:
-        raise UserError(f"log_seconds must be >= 0, got {cfg.log_seconds}")
-    if cfg.keep_checkpoints < 1 or cfg.early_stopping_patience <= 0:
-        raise UserError("keep_checkpoints must be >= 1 and early_stopping_patience > 0")
+    for name in ("seed", "images", "log_seconds"):
+        if cfg[name] < 0:
+            raise UserError(f"{name} must be >= 0, got {cfg[name]}")
+    if cfg.keep_checkpoints < 1:
+        raise UserError(f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+    if cfg.early_stopping_patience <= 0:
+        raise UserError(f"early_stopping_patience must be > 0, got {cfg.early_stopping_patience}")
+    if require_data:
+        check_devices(cfg)
     check_optimizer_config(cfg.optimizer, cfg.schedule)
     task = task or task_for(cfg)
     task.check_config()
     task.check_data(require_data)
+
+
+def check_devices(cfg) -> None:
+    """num_devices exists here and the batch splits over the devices the run will use."""
+    if not 0 <= cfg.num_devices <= jax.device_count():
+        raise UserError(f"num_devices must be in [0, {jax.device_count()}] (0: every device; this machine has "
+                        f"{jax.device_count()}), got {cfg.num_devices}")
+    sharding.check_batch_size(cfg.batch_size, cfg.num_devices or jax.device_count())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +217,6 @@ def task_optimizer(cfg, task, steps_per_epoch: int):
 def setup_run(cfg, workdir: Path, task):
     """(Run, initial state): mesh, data, model, optimizer, steps, validation, checkpointer."""
     mesh = sharding.make_mesh(jax.devices()[: cfg.num_devices] if cfg.num_devices else None)
-    sharding.check_batch_size(cfg.batch_size, mesh)
     data = task.load_data()
     cadence = Cadence.from_config(cfg, data.train_cubes)
     tx = task_optimizer(cfg, task, cadence.steps_per_epoch)
