@@ -87,6 +87,17 @@ def _resolve_config_names(argv: list[str]) -> list[str]:
     return out
 
 
+def last_override_wins(argv: list[str]) -> list[str]:
+    """A field overridden twice takes the last value, as any flag does (ml_collections
+    joins repeated tuple overrides: cube_shape (16,16,16) then (32,32,16) became a
+    6-tuple)."""
+    def field(arg: str) -> str | None:
+        return arg.split("=", 1)[0] if arg.startswith("--config.") and "=" in arg else None
+
+    last = {field(arg): index for index, arg in enumerate(argv) if field(arg)}
+    return [arg for index, arg in enumerate(argv) if not field(arg) or last[field(arg)] == index]
+
+
 def unknown_field_message(error: Exception, argv: list[str]) -> str:
     """One line from ml_collections' error for an override of a missing field, whose text
     is a quoted name, maybe followed by a 'Did you mean' line."""
@@ -109,7 +120,7 @@ def parse(argv: list[str], default_config: str = "demo", program: str = "genesis
     if any(arg in _HELP for arg in argv[1:]):
         print(help_text(program, doc, default_config))
         sys.exit(0)
-    argv = _resolve_config_names(argv)
+    argv = last_override_wins(_resolve_config_names(argv))
     for arg in argv:
         if arg.startswith("--config=") and not Path(arg.split("=", 1)[1].split(":")[0]).is_file():
             print(f"error: bad flag: no config {arg.split('=', 1)[1]!r} (names: {', '.join(NAMES)}, "

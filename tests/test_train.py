@@ -260,6 +260,14 @@ def test_an_unknown_field_is_one_clean_line_with_a_suggestion(tmp_path):
                                             "mean 'batch_size'? (--print_config lists every field)")
 
 
+def test_a_field_given_twice_takes_the_last_value(tmp_path):
+    proc = run_cli(["--config.data.cube_shape=(16, 16, 16)", "--config.batch_size=4",
+                    "--config.data.cube_shape=(32, 32, 16)", "--config.batch_size=16", "--print_config"], tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "data.cube_shape = (32, 32, 16) " in out and "\nbatch_size = 16 " in out, out
+
+
 def test_a_run_that_fails_before_starting_names_no_run_directory(tmp_path):
     proc = run_cli([*TINY_FLAGS, "--config.data.source=store", f"--config.data.store={tmp_path / 'none.zarr'}"],
                    tmp_path / "run")
