@@ -355,13 +355,23 @@ def evaluate(run: Run, state, step: int, writer: MetricWriter, summary: dict):
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
 
 
-def make_workdir(workdir: Path) -> None:
-    """Create the run directory and show it writable, before any work (UserError naming it)."""
+@contextlib.contextmanager
+def new_workdir(workdir: Path):
+    """The run directory, created and shown writable before any work (UserError naming
+    it); one this call created is removed again if the block fails while it is empty (a
+    run that never started leaves no directory behind)."""
+    created = not workdir.exists()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=workdir).close()
     except OSError as e:
         raise UserError(f"{workdir}: cannot write the run directory there ({e.strerror})") from None
+    try:
+        yield
+    except BaseException:
+        if created and not any(workdir.iterdir()):
+            workdir.rmdir()
+        raise
 
 
 @contextlib.contextmanager
@@ -381,8 +391,8 @@ def train(cfg, workdir, task=None) -> dict:
     """Run (or resume) the task (default: pre-training) described by cfg in workdir."""
     task = task or task_for(cfg)
     validate_config(cfg, task)
-    make_workdir(Path(workdir))
-    run, state = setup_run(cfg, Path(workdir), task)
+    with new_workdir(Path(workdir)):
+        run, state = setup_run(cfg, Path(workdir), task)
     state, step = resume(run, state)
     write_run_info(run)
     if jax.process_index() == 0:

@@ -269,10 +269,12 @@ def test_a_field_given_twice_takes_the_last_value(tmp_path):
 
 
 def test_a_run_that_fails_before_starting_names_no_run_directory(tmp_path):
-    proc = run_cli([*TINY_FLAGS, "--config.data.source=store", f"--config.data.store={tmp_path / 'none.zarr'}"],
+    (tmp_path / "damaged.zarr").mkdir()
+    (tmp_path / "damaged.zarr" / "zarr.json").write_text("{}")  # fails when the data is opened, after the checks
+    proc = run_cli([*TINY_FLAGS, "--config.data.source=store", f"--config.data.store={tmp_path / 'damaged.zarr'}"],
                    tmp_path / "run")
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "none.zarr" in out, out
+    assert proc.returncode == 1 and "damaged.zarr: not a readable cube store" in out and "Traceback" not in out, out
     assert "run directory" not in out and not (tmp_path / "run").exists()
 
 

@@ -61,7 +61,13 @@ def _read_metadata(location) -> dict | None:
         result = _open_kvstore(location).read("zarr.json").result()
     except ValueError as e:  # an unknown URL scheme or an unreachable bucket
         raise UserError(f"{location}: cannot open this store location ({str(e).splitlines()[0]})") from None
-    return json.loads(result.value) if result.state == "value" else None
+    if result.state != "value":
+        return None
+    try:
+        return json.loads(result.value)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{location}: a damaged cube store (its zarr.json is not JSON: {e.msg}, line {e.lineno}); "
+                        f"prepare it again") from None
 
 
 def _write_attributes(location, attributes: dict) -> None:
@@ -280,7 +286,11 @@ def open_store(path):
     if attributes.get("complete") is False:
         raise UserError(f"{path}: an incomplete cube store (the prepare run writing it did not finish); "
                          f"run prepare again")
-    return ts.open(_spec(location, None), context=_CONTEXT).result(), attributes
+    try:
+        return ts.open(_spec(location, None), context=_CONTEXT).result(), attributes
+    except ValueError as e:  # TensorStore: metadata it cannot use, a chunk layout it does not know
+        reason = str(e).split(" [tensorstore_spec=")[0].strip().splitlines()[0]
+        raise UserError(f"{path}: not a readable cube store ({reason[:200]}); prepare it again") from None
 
 
 def store_digest(path) -> str:

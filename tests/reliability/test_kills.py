@@ -6,6 +6,9 @@ write of a seeded checkpoint is seen in progress (Orbax's `<step>.orbax-checkpoi
 directory). The restart must resume from the newest complete checkpoint, name (and
 remove) any incomplete one, leave every complete checkpoint as it was (same files, same
 bytes), and from there on produce the uninterrupted run's losses bitwise.
+
+Measured here: the first checkpoint is complete about 9 s after the start (imports,
+compiles), the run ends about 5 s later; a trial (kill, restart) takes about 25 s.
 """
 
 import json
@@ -132,6 +135,7 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_last_complete_one(tmp
     assert seen["resumed_from"] in (2, 3), seen
 
 
+@pytest.mark.slow  # the trials below cover it; the default suite keeps the mid-write kill
 def test_a_kill_at_a_random_moment_resumes_exactly(tmp_path, uninterrupted):
     seen = kill_and_restart(tmp_path / "run", after_the_first_checkpoint(random.Random(0).uniform(0.0, 4.0)),
                             uninterrupted)

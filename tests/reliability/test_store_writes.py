@@ -9,6 +9,7 @@ one line naming the store and the system's reason, exit 1, nothing left behind.
 
 import hashlib
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 
 from genesis_jax.data import open_store
 from genesis_jax.data.store import store_digest
+from genesis_jax.errors import UserError
 
 # A prepare that runs about 2 s on this machine (3000 small cubes of the bundled sample).
 LONG = ["@sample", "--filter", "none", "--cube-shape", "16", "16", "16", "--cubes-per-volume", "3000",
@@ -156,3 +158,13 @@ def test_an_unwritable_location_gives_one_line(tmp_path):
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == ["error: /proc/cubes.zarr: cannot create a cube store there "
                                                    "(No such file or directory)"]
+
+
+@pytest.mark.parametrize("metadata,words", [("not json", "a damaged cube store (its zarr.json is not JSON"),
+                                            ("{}", "not a readable cube store (FAILED_PRECONDITION")])
+def test_a_store_with_damaged_metadata_is_one_line(tmp_path, metadata, words):
+    # found: both gave tracebacks when training opened the store
+    (tmp_path / "cubes.zarr").mkdir()
+    (tmp_path / "cubes.zarr" / "zarr.json").write_text(metadata)
+    with pytest.raises(UserError, match=re.escape(words)):
+        open_store(tmp_path / "cubes.zarr")
