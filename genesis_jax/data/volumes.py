@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -226,21 +227,29 @@ def _check_even_slices(directory: Path, image, files, reader) -> None:
 
 
 @contextlib.contextmanager
-def _nibabel_fixes(path: Path):
-    """nibabel logs the header repairs it makes ("sform_code 116 not valid; setting to 0")
-    without naming the file: print them as warnings that do."""
+def _nibabel_notes(path: Path):
+    """What nibabel says while it reads a damaged header, named by the file: the repairs it
+    logs ("sform_code 116 not valid; setting to 0") and the warnings NumPy raises in it
+    ("overflow encountered in cast"), each once, as `warning: FILE: ...` lines."""
     from nibabel.imageglobals import logger
+
+    said = []
 
     class Named(logging.Handler):
         def emit(self, record):
-            print(f"warning: {path}: {record.getMessage()} (nibabel's repair of a damaged header)", file=sys.stderr)
+            said.append(f"{record.getMessage()} (nibabel's repair of a damaged header)")
 
     handlers, propagate = logger.handlers[:], logger.propagate
     logger.handlers, logger.propagate = [Named()], False
     try:
-        yield
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
     finally:
         logger.handlers, logger.propagate = handlers, propagate
+        said.extend(f"{w.message} ({w.category.__name__} in nibabel, reading the header)" for w in caught)
+        for line in dict.fromkeys(said):
+            print(f"warning: {path}: {line}", file=sys.stderr)
 
 
 def _read_nifti(path: Path):
@@ -252,16 +261,16 @@ def _read_nifti(path: Path):
     """
     import nibabel as nib
     try:
-        with _nibabel_fixes(path):
+        with _nibabel_notes(path):
             image = nib.load(str(path))
-        shape = tuple(int(d) for d in image.shape)
-        singletons = len(shape) > 3 and all(d == 1 for d in shape[3:])  # (X, Y, Z, 1) is still a volume
-        _check_size(path, shape[:3] if singletons else shape)
-        if singletons:
-            image = image.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
-        canonical = nib.as_closest_canonical(image)  # RAS
-        array = np.asarray(canonical.dataobj, dtype=np.float32)[::-1, ::-1, :]  # -> LPS
-        spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
+            shape = tuple(int(d) for d in image.shape)
+            singletons = len(shape) > 3 and all(d == 1 for d in shape[3:])  # (X, Y, Z, 1) is still a volume
+            _check_size(path, shape[:3] if singletons else shape)
+            if singletons:
+                image = image.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
+            canonical = nib.as_closest_canonical(image)  # RAS
+            array = np.asarray(canonical.dataobj, dtype=np.float32)[::-1, ::-1, :]  # -> LPS
+            spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
     except VolumeError:
         raise
     except Exception as e:
