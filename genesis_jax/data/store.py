@@ -17,22 +17,15 @@ The batch sources that read stores during training live in data/batches.py.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
-import glob
 import hashlib
 import json
-import os
-import re
 import shutil
-import socket
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import tensorstore as ts
 
+from genesis_jax.data.publish import clean_leftovers, publish, remove_tree, temporary_beside
 from genesis_jax.errors import UserError, write_failure
 
 ATTRIBUTES_KEY = "genesis"
@@ -101,85 +94,6 @@ def _spec(location, cube_shape, attributes=None, create=False) -> dict:
     return spec
 
 
-# Temporary directories of a writer, beside the target: `.NAME.writing-HOST-PID-XXXX.tmp`
-# (the new store being built) and `.NAME.previous-HOST-PID-XXXX.tmp` (the store it replaces,
-# set aside for a moment where paths cannot be exchanged atomically). Owner in the name:
-# the next writer of NAME can tell a dead writer's leftovers from a live one's.
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>writing|previous)-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-"
-                       r"[a-z0-9_]+\.tmp$")
-
-
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
-
-
-def _temporary(location: Path, kind: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f".{location.name}.{kind}-{_host()}-{os.getpid()}-", suffix=".tmp",
-                                 dir=location.parent))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def clean_leftovers(location: Path) -> list[str]:
-    """Deal with what killed writers of `location` left beside it; one line on each.
-
-    A dead writer's temporary store (on this host) is removed; a live one's, or another
-    host's, is left alone and named. A store set aside by a writer killed between its two
-    renames is the last complete store when nothing is at `location`: it is kept, and the
-    line says how to put it back.
-    """
-    lines = []
-    for path in sorted(location.parent.glob(f".{glob.escape(location.name)}.*.tmp")):
-        match = _LEFTOVER.match(path.name)
-        if match is None or match["name"] != location.name:
-            continue
-        pid = int(match["pid"])
-        if match["host"] != _host() or _alive(pid):
-            lines.append(f"note: {path} belongs to a cube store writer that may still be running (process {pid} "
-                         f"on {match['host']}); left alone (remove it if no prepare is running there)")
-        elif match["kind"] == "previous" and not location.exists():
-            lines.append(f"warning: {path / 'store'} is the store that was at {location} before a prepare was "
-                         f"killed while replacing it; left there (move it to {location} to use it again)")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-            lines.append(f"warning: removed {path}, left by a prepare that was killed (process {pid})")
-    return lines
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the
-    system or the filesystem cannot."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _remove(path: Path, seconds: float = 10.0) -> None:
-    """rmtree until the directory is gone: after a failed write, TensorStore's other chunk
-    writes may still be creating directories in it for a moment (seen: 62 left behind)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists() or time.monotonic() > deadline:
-            return
-        time.sleep(0.05)
-
-
 class CubeStoreWriter:
     """Append cubes, then `commit(attributes)` publishes the finished store.
 
@@ -201,7 +115,7 @@ class CubeStoreWriter:
             try:
                 self.location.parent.mkdir(parents=True, exist_ok=True)
                 self.leftovers = clean_leftovers(self.location)
-                self.tmp = _temporary(self.location, "writing")
+                self.tmp = temporary_beside(self.location, "writing")
             except OSError as e:
                 raise UserError(f"{path}: cannot create a cube store there ({e.strerror})") from None
             target, attributes = self.tmp, {}
@@ -236,7 +150,7 @@ class CubeStoreWriter:
             _write_attributes(self.tmp or self.location, {**attributes, "cubes": self.count,
                                                           "cubes_sha256": self.content.hexdigest()})
             if self.tmp is not None:
-                self._publish()
+                publish(self.tmp, self.location)
         self.committed = True
         return self.location
 
@@ -250,20 +164,10 @@ class CubeStoreWriter:
             raise UserError(f"{self.location}: cannot write the cube store ({write_failure(e)}); nothing was "
                             f"published there") from None
 
-    def _publish(self) -> None:
-        if not self.location.exists():
-            self.tmp.rename(self.location)
-        elif _exchange(self.tmp, self.location):
-            shutil.rmtree(self.tmp)  # the previous store, now at the temporary name
-        else:
-            previous = _temporary(self.location, "previous")
-            self.location.rename(previous / "store")
-            self.tmp.rename(self.location)
-            shutil.rmtree(previous)
 
     def abort(self) -> None:
         if self.tmp is not None:
-            _remove(self.tmp)
+            remove_tree(self.tmp)
         else:
             _open_kvstore(self.location).delete_range(ts.KvStore.KeyRange()).result()
 

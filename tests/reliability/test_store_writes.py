@@ -96,17 +96,17 @@ def test_kills_at_seeded_moments_of_prepare(previous, trial):
 KILL_AT = '''
 import os, signal, sys
 from pathlib import Path
-import genesis_jax.data.store as store
+import genesis_jax.data.publish as publish
 from genesis_jax.prepare import run
 point, args = sys.argv[1], sys.argv[2:]
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
-exchange = store._exchange
+exchange = publish._exchange
 if point == "before the exchange":
-    store._exchange = lambda a, b: die()
+    publish._exchange = lambda a, b: die()
 elif point == "after the exchange":
-    store._exchange = lambda a, b: (exchange(a, b), die())
+    publish._exchange = lambda a, b: (exchange(a, b), die())
 elif point == "between the two renames":  # a filesystem without atomic exchange
-    store._exchange = lambda a, b: False
+    publish._exchange = lambda a, b: False
     rename = Path.rename
     def rename_then_die(self, target):
         result = rename(self, target)
