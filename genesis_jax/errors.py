@@ -6,6 +6,9 @@ and keeps its traceback. It subclasses ValueError so that callers catching the o
 ValueError (notebooks, scripts) still do.
 """
 
+import os
+import re
+
 
 class UserError(ValueError):
     """str(error) is one line that says what is wrong and, where there is one, the fix."""
@@ -15,14 +18,13 @@ def write_failure(error: Exception) -> str:
     """A failed file write in one line: 'PATH: the system's reason' where the error says
     both (TensorStore: 'Error writing local file "P" ... [os_error_code='28']'), else the
     first line of the error."""
-    import os
-    import re
-
     text = str(error)
-    code = re.search(r"os_error_code='?(\d+)", text) if not isinstance(error, OSError) else None
-    errno = error.errno if isinstance(error, OSError) else int(code[1]) if code else None
-    path = error.filename if isinstance(error, OSError) else (re.search(r'"([^"]+)"', text) or [None, None])[1]
-    if errno is not None and path:
-        return f"{path}: {os.strerror(errno)}"
+    if isinstance(error, OSError):
+        code, path = error.errno, error.filename
+    else:
+        found_code, found_path = re.search(r"os_error_code='?(\d+)", text), re.search(r'"([^"]+)"', text)
+        code, path = int(found_code[1]) if found_code else None, found_path[1] if found_path else None
+    if code is not None and path:
+        return f"{path}: {os.strerror(code)}"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
     return first[:300]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from genesis_jax.data.store import store_location
+from genesis_jax.data.store import check_local_store
 from genesis_jax.data.volumes import split_paths
 from genesis_jax.deform import DeformConfig, sharded_genesis_batch
 from genesis_jax.deform.config import resolve_lookups
@@ -139,10 +139,8 @@ class PretrainTask:
             raise UserError(f"data.cubes_per_volume must be >= 1, got {data.cubes_per_volume}")
         if require_data and data.source == "volumes":
             check_paths_exist("data.volumes", split_paths(data.volumes))
-        if require_data and data.source == "store" and isinstance(store_location(data.store), Path) \
-                and not (store_location(data.store) / "zarr.json").is_file():
-            raise UserError(f"data.store: {data.store}: not a cube store (no zarr.json); create one with "
-                            f"python -m genesis_jax.prepare")
+        if require_data and data.source == "store":
+            check_local_store(data.store, "data.store")
 
     def identity(self) -> dict:
         # map and vmap: same arrays; table and compute lookups: the same deformation (the

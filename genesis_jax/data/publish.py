@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# Temporary directories of a writer, beside the target: `.NAME.writing-HOST-PID-XXXX.tmp`
-# (the new store being built) and `.NAME.previous-HOST-PID-XXXX.tmp` (the store it replaces,
+# Temporary directories of a writer, beside the target: `.NAME.writing-HOST-PID-<random>.tmp`
+# (the new store being built) and `.NAME.previous-HOST-PID-<random>.tmp` (the store it replaces,
 # set aside for a moment where paths cannot be exchanged atomically). Owner in the name:
 # the next writer of NAME can tell a dead writer's leftovers from a live one's.
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>writing|previous)-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-"

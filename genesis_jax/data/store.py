@@ -164,7 +164,6 @@ class CubeStoreWriter:
             raise UserError(f"{self.location}: cannot write the cube store ({write_failure(e)}); nothing was "
                             f"published there") from None
 
-
     def abort(self) -> None:
         if self.tmp is not None:
             remove_tree(self.tmp)
@@ -180,12 +179,24 @@ class CubeStoreWriter:
         return False
 
 
+def _not_a_store(path, field: str = "") -> UserError:
+    return UserError(f"{field + ': ' if field else ''}{path}: not a cube store (no zarr.json); create one with "
+                     f"python -m genesis_jax.prepare")
+
+
+def check_local_store(path, field: str) -> None:
+    """Before any work: a local path names a store (URLs are looked at when opened)."""
+    location = store_location(path)
+    if isinstance(location, Path) and not (location / "zarr.json").is_file():
+        raise _not_a_store(path, field)
+
+
 def open_store(path):
     """(TensorStore, attributes) of a cube store; UserError with the location if it is not one."""
     location = store_location(path)
     meta = _read_metadata(location)
     if meta is None:
-        raise UserError(f"{path}: not a cube store (no zarr.json); create one with python -m genesis_jax.prepare")
+        raise _not_a_store(path)
     attributes = meta.get("attributes", {}).get(ATTRIBUTES_KEY, {})
     if attributes.get("complete") is False:
         raise UserError(f"{path}: an incomplete cube store (the prepare run writing it did not finish); "

@@ -152,10 +152,7 @@ def _read_itk_file(path: Path):
     with _itk_messages() as messages:
         try:
             reader.ReadImageInformation()
-            _check_size(path, reader.GetSize())
-            if reader.GetNumberOfComponents() != 1:
-                raise VolumeError(path, f"{reader.GetNumberOfComponents()} components per voxel; need a scalar "
-                                        f"volume")
+            _check_size(path, reader.GetSize())  # before Execute allocates what the header promises
             return reader.Execute()
         except RuntimeError as e:
             error = e
