@@ -200,6 +200,10 @@ class Checkpointer:
                                        f"{self._intact()}") from None
 
     def _intact(self) -> str:
+        # From the disk, not self.steps(): Orbax lists a step as soon as its asynchronous
+        # write starts (CheckpointManager.save adds it before the write finishes), so a write
+        # that failed in the background would be named intact. A step directory is renamed
+        # into place only when its write is complete.
         steps = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
         if not steps:
             return "No complete checkpoint yet; free space or fix the directory, then start again"
