@@ -29,6 +29,15 @@ def configured(get_config, overrides: dict):
     return cfg
 
 
+def refusal(get_config, overrides: dict) -> str:
+    """The one line validate_config refuses the configured values with."""
+    with pytest.raises(UserError) as refused:
+        validate_config(configured(get_config, overrides))
+    message = str(refused.value)
+    assert "\n" not in message, message
+    return message
+
+
 TRAIN = [  # (overrides, words the error must contain)
     ({"batch_size": -8}, "batch_size must be >= 1, got -8"),
     ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
@@ -74,9 +83,8 @@ TRAIN = [  # (overrides, words the error must contain)
 
 @pytest.mark.parametrize("overrides,words", TRAIN, ids=[",".join(o) + f"={list(o.values())[-1]}" for o, _ in TRAIN])
 def test_train_refuses_naming_the_field(overrides, words):
-    with pytest.raises(UserError) as refused:
-        validate_config(configured(demo.get_config, overrides))
-    assert words in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
+    message = refusal(demo.get_config, overrides)
+    assert words in message, message
 
 
 def test_the_defaults_pass(tmp_path):
@@ -113,9 +121,8 @@ SEGMENTATION = [
 
 @pytest.mark.parametrize("overrides,words", SEGMENTATION, ids=[",".join(o) for o, _ in SEGMENTATION])
 def test_segmentation_refuses_naming_the_field(overrides, words):
-    with pytest.raises(UserError) as refused:
-        validate_config(configured(segmentation.get_config, {**segmentation_data(), **overrides}))
-    assert words in str(refused.value), str(refused.value)
+    message = refusal(segmentation.get_config, {**segmentation_data(), **overrides})
+    assert words in message, message
 
 
 CLASSIFICATION = [
@@ -130,9 +137,8 @@ CLASSIFICATION = [
 
 @pytest.mark.parametrize("overrides,words", CLASSIFICATION, ids=[",".join(o) for o, _ in CLASSIFICATION])
 def test_classification_refuses_naming_the_field(tmp_path, overrides, words):
-    with pytest.raises(UserError) as refused:
-        validate_config(configured(classification.get_config, {**classification_data(tmp_path), **overrides}))
-    assert words in str(refused.value), str(refused.value)
+    message = refusal(classification.get_config, {**classification_data(tmp_path), **overrides})
+    assert words in message, message
 
 
 @pytest.mark.parametrize("program,flags,words", [
