@@ -40,7 +40,7 @@ def load_model(workdir):
     """(model in eval mode, SegmentationTask, step of the checkpoint)."""
     from genesis_jax.errors import UserError
     from genesis_jax.tasks import SegmentationTask
-    from genesis_jax.trainer import load_checkpoint, read_run_config
+    from genesis_jax.rundir import load_checkpoint, read_run_config
     cfg = read_run_config(workdir)
     if cfg.task != "segmentation":
         raise UserError(f"{workdir}: a {cfg.task} run; predict needs a segmentation fine-tuning run")

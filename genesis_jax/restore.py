@@ -41,7 +41,7 @@ def parse_args(argv):
 
 def load_model(init: str):
     """(model in eval mode, cube shape, modality, a one-line description)."""
-    from genesis_jax.transfer import load_source
+    from genesis_jax.rundir import load_source
     model, described, cfg = load_source(init)
     model.eval()
     if cfg is None:  # an official .pt: the paper's cubes and CT window

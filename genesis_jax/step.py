@@ -1,7 +1,7 @@
 """The jitted train and eval steps, for any task, over the 'data' mesh axis.
 
 The train state is a plain pytree (parameters, BatchNorm statistics, optax state) split
-from the NNX model once; the graph definition stays outside jit. A task (tasks.py)
+from the NNX model once; the graph definition stays outside jit. A task (tasks/)
 says how a batch becomes (inputs, targets) on device and what the loss is; the step
 does the rest: value_and_grad, the optax update, the non-finite check.
 

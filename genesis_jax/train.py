@@ -220,7 +220,7 @@ def main(argv=None, default_config: str = "demo", program: str = "genesis_jax.tr
         return 1
 
     if summary.get("preempted") == "Ctrl-C":  # still exiting (async writes, JAX's atexit): a second Ctrl-C ends it quietly
-        from genesis_jax.trainer import abort_now
+        from genesis_jax.preemption import abort_now
         signal.signal(signal.SIGINT, lambda signum, frame: abort_now(f"the checkpoint of step {summary['end_step']} "
                                                                       f"was saved; run the same command to resume"))
     if not summary.get("preempted") and jax.process_index() == 0:

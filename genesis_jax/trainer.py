@@ -1,4 +1,4 @@
-"""The one training loop: any task (tasks.py), sharded jitted steps, frozen validation,
+"""The one training loop: any task (tasks/), sharded jitted steps, frozen validation,
 schedules, checkpoints with exact resume, preemption, logs and progress.
 
 Everything random is a function of (seed, step, example): step s prepares example i
@@ -14,16 +14,11 @@ import errno
 import json
 import math
 import platform
-import os
-import signal
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
 import genesis_jax
@@ -32,8 +27,11 @@ from genesis_jax.checkpoint import FORMAT, Checkpointer, abstract_like, identity
 from genesis_jax.errors import UserError, write_failure
 from genesis_jax.evaluation import FrozenValidation
 from genesis_jax.metrics import MetricWriter
-from genesis_jax.optim import Plateau, check_optimizer_config, make_optimizer, with_learning_rate
-from genesis_jax.step import init_train_state, make_eval_step, make_train_step, model_from_state
+from genesis_jax.optim import Plateau, check_optimizer_config, with_learning_rate
+from genesis_jax.preemption import Preemption
+from genesis_jax.rundir import build_state, checkpoint_dir, export_best, has_checkpoints, new_workdir, \
+    task_optimizer, write_run_files
+from genesis_jax.step import make_eval_step, make_train_step, model_from_state
 from genesis_jax.tasks import task_for
 
 _VALIDATION_KEY = 2**31 - 1  # fold_in tag of the frozen validation preparation
@@ -114,56 +112,6 @@ class EarlyStopping:
         return improved
 
 
-class Preemption:
-    """SIGTERM and Ctrl-C (SIGINT): save at the next step boundary and exit cleanly; a
-    second Ctrl-C ends the process at once (exit 130, nothing saved). One process reads
-    its own flag; several ask JAX's preemption sync point (through Orbax), which agrees on
-    one step for all of them without a collective per step (there, SIGINT keeps its
-    default: a cluster delivers SIGTERM)."""
-
-    SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
-
-    def __init__(self, checkpointer: Checkpointer):
-        self.checkpointer, self.requested = checkpointer, None
-        self.single = jax.process_count() == 1
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS} if self.single else {}
-
-    def _handle(self, signum, frame):
-        if self.requested == "Ctrl-C" and signum == signal.SIGINT:
-            self._abort()
-        self.requested = self.SIGNALS[signum]
-        tqdm.write(f"{self.requested}: saving a checkpoint at the end of this step, then exiting"
-                   + (" (Ctrl-C again aborts now, without saving)" if signum == signal.SIGINT else ""))
-
-    def reached(self, step: int) -> bool:
-        return bool(self.requested) if self.single else self.checkpointer.reached_preemption(step)
-
-    def restore(self):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-    def _abort(self):
-        abort_now(f"nothing saved since the last checkpoint in {self.checkpointer.directory} (run the same "
-                  f"command to resume from it)")
-
-
-def abort_now(why: str) -> None:
-    """End the process at once, exit code 130, one line. Not an exception: one raised from
-    a signal handler can land where it is swallowed (a weakref callback, a finally that
-    waits on the async save). An unfinished checkpoint write is removed, with a warning,
-    by the next run."""
-    sys.stderr.write(f"\naborted: {why}\n")
-    sys.stderr.flush()
-    os._exit(130)
-
-
-def build_state(task, tx, seed: int, mesh, initialize: bool = True):
-    """(graphdef, replicated TrainState): the task's model and the optimizer state.
-    initialize=False: skip copying pre-trained weights in (a checkpoint replaces them)."""
-    graphdef, state = init_train_state(task.build_model(nnx.Rngs(seed), initialize=initialize), tx)
-    return graphdef, sharding.replicate(state, mesh)
-
-
 def run_identity(cfg, task, cadence: Cadence) -> dict:
     """What a checkpoint must share with the config to be resumed exactly."""
     identity = {"task": task.name, "seed": cfg.seed, "batch_size": cfg.batch_size,
@@ -208,12 +156,6 @@ class Run:
                 "plateau": self.plateau.to_json() if self.plateau else None}
 
 
-def task_optimizer(cfg, task, steps_per_epoch: int):
-    """The run's optax transformation; the task names its pre-trained modules (fine-tuning)."""
-    pretrained = task.pretrained_modules() if hasattr(task, "pretrained_modules") else ()
-    return make_optimizer(cfg.optimizer, cfg.schedule, steps_per_epoch, cfg.total_steps, pretrained)
-
-
 def setup_run(cfg, workdir: Path, task):
     """(Run, initial state): mesh, data, model, optimizer, steps, validation, checkpointer."""
     mesh = sharding.make_mesh(jax.devices()[: cfg.num_devices] if cfg.num_devices else None)
@@ -222,15 +164,14 @@ def setup_run(cfg, workdir: Path, task):
     tx = task_optimizer(cfg, task, cadence.steps_per_epoch)
     # A run that will resume gets its weights from its checkpoint: pre-trained weights are
     # copied in only for a fresh start (so a moved or deleted init source does not stop a resume).
-    resuming = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
-    graphdef, state = build_state(task, tx, cfg.seed, mesh, initialize=not resuming)
+    graphdef, state = build_state(task, tx, cfg.seed, mesh, initialize=not has_checkpoints(workdir))
     root_key = jax.random.key(cfg.seed)
     validation_key = jax.random.fold_in(root_key, _VALIDATION_KEY)
     run = Run(cfg, task, workdir, mesh, data, cadence, graphdef, tx,
               train_step=make_train_step(graphdef, tx, task, root_key, mesh),
               eval_step=make_eval_step(graphdef, task, validation_key, mesh), validation_key=validation_key,
               validation=FrozenValidation(data.validation, cfg.batch_size, mesh, cfg.images),
-              checkpointer=Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints),
+              checkpointer=Checkpointer(checkpoint_dir(workdir), keep=cfg.keep_checkpoints),
               identity=run_identity(cfg, task, cadence),
               rng_key=np.asarray(jax.random.key_data(root_key)).tolist(),
               early=EarlyStopping(cfg.early_stopping_patience),
@@ -270,15 +211,13 @@ def resume(run: Run, state):
 def write_run_info(run: Run) -> None:
     if jax.process_index() != 0:
         return
-    (run.workdir / "config.json").write_text(run.cfg.to_json_best_effort(indent=2))
-    info = {
+    write_run_files(run.workdir, run.cfg, {
         "genesis_jax": genesis_jax.__version__, "jax": jax.__version__, "python": platform.python_version(),
         "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
         "process_count": jax.process_count(), "mesh": dict(run.mesh.shape), "seed": run.cfg.seed,
         "task": run.task.name, "steps_per_epoch": run.cadence.steps_per_epoch,
         "data": run.data.description, "data_sha256": run.data.digest,
-    }
-    (run.workdir / "run_info.json").write_text(json.dumps(info, indent=2))
+    })
 
 
 class TrainLog:
@@ -356,25 +295,6 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCE
 
 
 @contextlib.contextmanager
-def new_workdir(workdir: Path):
-    """The run directory, created and shown writable before any work (UserError naming
-    it); one this call created is removed again if the block fails while it is empty (a
-    run that never started leaves no directory behind)."""
-    created = not workdir.exists()
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=workdir).close()
-    except OSError as e:
-        raise UserError(f"{workdir}: cannot write the run directory there ({e.strerror})") from None
-    try:
-        yield
-    except BaseException:
-        if created and not any(workdir.iterdir()):
-            workdir.rmdir()
-        raise
-
-
-@contextlib.contextmanager
 def disk_errors(run: Run):
     """A log, picture or event file that cannot be written stops the run with one line; the
     checkpoints (written separately, their failures reported by the Checkpointer) are intact."""
@@ -439,68 +359,8 @@ def finish(run: Run, state, step: int, summary: dict) -> dict:
                    f"epochs (best {run.early.best_val:.5f} at step {run.early.best_step})")
     summary.update(end_step=step, best_val=run.early.best_val, best_step=run.early.best_step)
     if run.cfg.export_pytorch and not summary["preempted"] and jax.process_index() == 0:
-        summary["pytorch_export"] = export_best(run, state)
+        summary["pytorch_export"] = export_best(run.workdir, run.checkpointer, run.graphdef, state)
     run.checkpointer.close()
     return summary
 
 
-def read_run_config(workdir):
-    """The config a run directory was trained with (its config.json over the defaults, so
-    tuples stay tuples); UserError if the directory holds no run."""
-    from genesis_jax.configs.base import base_config, classification_base, segmentation_base
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
-        raise UserError(f"{workdir}: not a genesis-jax run directory (no config.json)")
-    try:
-        recorded = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    bases = {"pretrain": base_config, "segmentation": segmentation_base, "classification": classification_base}
-    if recorded.get("task", "pretrain") not in bases:
-        raise UserError(f"{path}: unknown task {recorded.get('task')!r}")
-    cfg = bases[recorded.get("task", "pretrain")]()
-
-    def overlay(target, values, prefix):
-        for key, value in values.items():
-            if key not in target:
-                raise UserError(f"{path}: unknown config field {prefix}{key} (written by another version?)")
-            if isinstance(value, dict):
-                overlay(target[key], value, f"{prefix}{key}.")
-            else:
-                target[key] = tuple(value) if isinstance(target[key], tuple) else value
-
-    overlay(cfg, recorded, "")
-    return cfg
-
-
-def load_checkpoint(cfg, workdir, best: bool = False, task=None):
-    """(model, meta) from a run directory's latest (or best) checkpoint, on this host's devices."""
-    task = task or task_for(cfg)
-    mesh = sharding.make_mesh()
-    graphdef, state = build_state(task, task_optimizer(cfg, task, 1), 0, mesh, initialize=False)
-    checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=cfg.keep_checkpoints)
-    try:
-        step = checkpointer.best_step() if best else (checkpointer.steps() or [None])[-1]
-        if step is None:
-            raise UserError(f"{workdir}: no checkpoint found")
-        restored, meta = checkpointer.restore(step, abstract_like(state)), checkpointer.read_meta(step)
-    finally:
-        checkpointer.close()
-    return model_from_state(graphdef, restored), meta
-
-
-def export_best(run: Run, state) -> str | None:
-    """Write the best weights as a PyTorch checkpoint; skipped (with a note) without torch."""
-    try:
-        from genesis_jax.models import save_pytorch_checkpoint
-        import torch  # noqa: F401
-    except ImportError:
-        print("note: torch is not installed; skipping the PyTorch export "
-              "(pip install torch, or pip install -e '.[torch]' in a clone)")
-        return None
-    best = run.checkpointer.best_step()
-    if best is not None:
-        state = run.checkpointer.restore(best, abstract_like(state))
-    path = run.workdir / "genesis_unet3d_best.pt"
-    save_pytorch_checkpoint(model_from_state(run.graphdef, state), path)
-    return str(path)

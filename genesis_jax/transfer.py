@@ -1,7 +1,7 @@
 """Pre-trained weights into a target-task model: what fine-tuning starts from.
 
-A source is a genesis-jax run directory (its best checkpoint), or an official-layout
-PyTorch `.pt`/`.pth` state_dict of the Genesis UNet3D. What is copied depends on the
+The source is a model (rundir.load_source reads one from a genesis-jax run directory's
+best checkpoint or an official-layout PyTorch `.pt`/`.pth`). What is copied depends on the
 target task, as in the paper: the encoder (down_tr64 .. down_tr512) for classification
 (GenesisClassifier holds the same encoder modules), the whole U-Net except the final
 1x1x1 layer (out_tr, whose class count is the target's) for segmentation. Parameters
@@ -11,8 +11,6 @@ else nothing is copied and the error names each mismatch.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax.numpy as jnp
 from flax import nnx
 
@@ -21,25 +19,6 @@ from genesis_jax.errors import UserError
 ENCODER = ("down_tr64", "down_tr128", "down_tr256", "down_tr512")
 DECODER = ("up_tr256", "up_tr128", "up_tr64")
 PARTS = {"encoder": ENCODER, "all_but_final": ENCODER + DECODER}  # part -> its top-level modules
-
-
-def load_source(init):
-    """(UNet3D holding the source's weights, a one-line description of where from, the
-    run's config for a run directory else None)."""
-    path = Path(init)
-    if path.is_dir():
-        from genesis_jax.trainer import load_checkpoint, read_run_config
-        cfg = read_run_config(path)
-        model, meta = load_checkpoint(cfg, path, best=True)
-        return model, f"{path} (best checkpoint, step {meta.get('step', '?')}, width {cfg.model.width})", cfg
-    if path.is_file() and path.suffix in (".pt", ".pth"):
-        from genesis_jax.models import load_pytorch_checkpoint
-        try:
-            model = load_pytorch_checkpoint(path)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        return model, f"{path} (PyTorch UNet3D, width {model.width})", None
-    raise UserError(f"init {init}: neither a genesis-jax run directory nor a .pt/.pth file")
 
 
 def transfer_weights(target: nnx.Module, source: nnx.Module, part: str, source_name: str = "the source") -> list[str]:

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from genesis_jax.configs.demo import get_config
-from genesis_jax.trainer import load_checkpoint
+from genesis_jax.rundir import load_checkpoint
 
 
 def tiny_config(**top):

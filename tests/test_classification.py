@@ -13,10 +13,10 @@ from flax import nnx
 from genesis_jax.configs.classification import get_config
 from genesis_jax.data.classified import LabelledCubes, crop_centred
 from genesis_jax.errors import UserError
+from genesis_jax.rundir import load_source, new_model, read_run_config
 from genesis_jax.scores import roc_auc
 from genesis_jax.tasks import ClassificationTask
-from genesis_jax.trainer import read_run_config, train
-from genesis_jax.transfer import load_source
+from genesis_jax.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def test_auc_and_accuracy_of_the_whole_set_and_of_batches():
 def test_the_encoder_comes_from_the_pretrained_run_and_the_head_is_new(labelled, pretrained):
     cfg = tiny(labelled)
     cfg.init = str(pretrained)
-    model = ClassificationTask(cfg).build_model(nnx.Rngs(7))
+    model = new_model(ClassificationTask(cfg), nnx.Rngs(7))
     source, _, _ = load_source(pretrained)
     theirs = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(source))}
     copied = 0
@@ -170,7 +170,7 @@ def flat_params_at(cfg, workdir, step):
     from genesis_jax import sharding
     from genesis_jax.checkpoint import Checkpointer, abstract_like
     from genesis_jax.step import model_from_state
-    from genesis_jax.trainer import build_state, task_optimizer
+    from genesis_jax.rundir import build_state, task_optimizer
     task = ClassificationTask(cfg)
     graphdef, state = build_state(task, task_optimizer(cfg, task, 1), 0, sharding.make_mesh(), initialize=False)
     checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=cfg.keep_checkpoints)

@@ -12,9 +12,9 @@ from flax import nnx
 
 from genesis_jax.configs.segmentation import get_config
 from genesis_jax.errors import UserError
+from genesis_jax.rundir import load_source, new_model, read_run_config
 from genesis_jax.tasks import SegmentationTask
-from genesis_jax.trainer import read_run_config, train
-from genesis_jax.transfer import load_source
+from genesis_jax.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_finetune_from_a_pretrained_run_then_resume(volumes, pretrained, tmp_pat
 def test_the_model_starts_from_the_pretrained_weights_but_its_last_layer(volumes, pretrained):
     cfg = get_config()
     cfg.model.width, cfg.init, cfg.data.label_values = 4, str(pretrained), "1,2"
-    model = SegmentationTask(cfg).build_model(nnx.Rngs(7))
+    model = new_model(SegmentationTask(cfg), nnx.Rngs(7))
     source, _, _ = load_source(pretrained)
     ours = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
     theirs = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(source))}

@@ -7,7 +7,8 @@ from flax import nnx
 
 from genesis_jax.errors import UserError
 from genesis_jax.models import GenesisClassifier, UNet3D
-from genesis_jax.transfer import load_source, transfer_weights
+from genesis_jax.rundir import load_source
+from genesis_jax.transfer import transfer_weights
 
 
 def flat(model):

@@ -31,7 +31,8 @@ class RunData:
     digest: str                 # sha256 of the data's defining files
 
 
-def _sha256(paths) -> str:
+def files_sha256(paths) -> str:
+    """sha256 over the files (a directory: every file under it) by name and contents."""
     digest = hashlib.sha256()
     for path in sorted(Path(p) for p in paths):
         files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
@@ -61,7 +62,7 @@ def load_run_data(data, seed: int) -> RunData:
     names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
     return RunData(train, InMemoryCubes(validation), len(volumes) * int(data.cubes_per_volume),
                    f"{len(paths)} volume(s) sampled on the fly ({data.filter} filter, epoch = "
-                   f"{data.cubes_per_volume} cubes per volume): {names}", _sha256(paths))
+                   f"{data.cubes_per_volume} cubes per volume): {names}", files_sha256(paths))
 
 
 def _store_data(data, seed: int, cube_shape) -> RunData:

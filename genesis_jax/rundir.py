@@ -1,0 +1,167 @@
+"""A run directory, in one place: what it holds and how a run's model is loaded from it.
+
+    RUN/config.json               the resolved config (read_run_config reads it back)
+    RUN/run_info.json             versions, devices, mesh, seed, task, data and its sha256
+    RUN/checkpoints/<step>/       Orbax checkpoints (checkpoint.Checkpointer), best one marked
+    RUN/tensorboard/, RUN/images/ logs and validation pictures (metrics.MetricWriter)
+    RUN/genesis_unet3d_best.pt    the best U-Net as a PyTorch state_dict (export_pytorch)
+
+Used by the loop (trainer.py: create, resume, record, export), by fine-tuning (a run
+directory or a .pt as the init source: load_source, new_model), predict and restore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+
+from flax import nnx
+
+from genesis_jax import sharding
+from genesis_jax.checkpoint import Checkpointer, abstract_like
+from genesis_jax.errors import UserError
+from genesis_jax.optim import make_optimizer
+from genesis_jax.step import init_train_state, model_from_state
+from genesis_jax.tasks import TASKS, task_for
+from genesis_jax.transfer import transfer_weights
+
+CONFIG_FILE, INFO_FILE, PYTORCH_EXPORT = "config.json", "run_info.json", "genesis_unet3d_best.pt"
+
+
+def checkpoint_dir(workdir) -> Path:
+    return Path(workdir) / "checkpoints"
+
+
+def has_checkpoints(workdir) -> bool:
+    """Whether a run would resume there (a checkpoint directory named by its step)."""
+    return any(p.name.isdigit() for p in checkpoint_dir(workdir).glob("*"))
+
+
+@contextlib.contextmanager
+def new_workdir(workdir: Path):
+    """The run directory, created and shown writable before any work (UserError naming
+    it); one this call created is removed again if the block fails while it is empty (a
+    run that never started leaves no directory behind)."""
+    created = not workdir.exists()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=workdir).close()
+    except OSError as e:
+        raise UserError(f"{workdir}: cannot write the run directory there ({e.strerror})") from None
+    try:
+        yield
+    except BaseException:
+        if created and not any(workdir.iterdir()):
+            workdir.rmdir()
+        raise
+
+
+def write_run_files(workdir, cfg, info: dict) -> None:
+    """config.json (the resolved config) and run_info.json (info)."""
+    (Path(workdir) / CONFIG_FILE).write_text(cfg.to_json_best_effort(indent=2))
+    (Path(workdir) / INFO_FILE).write_text(json.dumps(info, indent=2))
+
+
+def read_run_config(workdir):
+    """The config a run directory was trained with (its config.json over its task's
+    defaults, so tuples stay tuples); UserError if the directory holds no run."""
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{workdir}: not a genesis-jax run directory (no {CONFIG_FILE})")
+    try:
+        recorded = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if recorded.get("task", "pretrain") not in TASKS:
+        raise UserError(f"{path}: unknown task {recorded.get('task')!r}")
+    cfg = TASKS[recorded.get("task", "pretrain")].default_config()
+
+    def overlay(target, values, prefix):
+        for key, value in values.items():
+            if key not in target:
+                raise UserError(f"{path}: unknown config field {prefix}{key} (written by another version?)")
+            if isinstance(value, dict):
+                overlay(target[key], value, f"{prefix}{key}.")
+            else:
+                target[key] = tuple(value) if isinstance(target[key], tuple) else value
+
+    overlay(cfg, recorded, "")
+    return cfg
+
+
+def task_optimizer(cfg, task, steps_per_epoch: int):
+    """The run's optax transformation; the task names its pre-trained modules (fine-tuning)."""
+    return make_optimizer(cfg.optimizer, cfg.schedule, steps_per_epoch, cfg.total_steps, task.pretrained_modules())
+
+
+def new_model(task, rngs, initialize: bool = True):
+    """The task's model; initialize: with the pre-trained weights of the task's init
+    source copied into its `part` (a run directory or a .pt; nothing from scratch)."""
+    model = task.build_model(rngs)
+    source = task.init_source() if initialize else None
+    if source is not None:
+        weights, described, _ = load_source(source)
+        transfer_weights(model, weights, task.part, described)
+    return model
+
+
+def build_state(task, tx, seed: int, mesh, initialize: bool = True):
+    """(graphdef, replicated TrainState): the task's model and the optimizer state.
+    initialize=False: skip copying pre-trained weights in (a checkpoint replaces them)."""
+    graphdef, state = init_train_state(new_model(task, nnx.Rngs(seed), initialize=initialize), tx)
+    return graphdef, sharding.replicate(state, mesh)
+
+
+def load_checkpoint(cfg, workdir, best: bool = False, task=None):
+    """(model, meta) from a run directory's latest (or best) checkpoint, on this host's devices."""
+    task = task or task_for(cfg)
+    mesh = sharding.make_mesh()
+    graphdef, state = build_state(task, task_optimizer(cfg, task, 1), 0, mesh, initialize=False)
+    checkpointer = Checkpointer(checkpoint_dir(workdir), keep=cfg.keep_checkpoints)
+    try:
+        step = checkpointer.best_step() if best else (checkpointer.steps() or [None])[-1]
+        if step is None:
+            raise UserError(f"{workdir}: no checkpoint found")
+        restored, meta = checkpointer.restore(step, abstract_like(state)), checkpointer.read_meta(step)
+    finally:
+        checkpointer.close()
+    return model_from_state(graphdef, restored), meta
+
+
+def load_source(init):
+    """(UNet3D holding the weights of a genesis-jax run directory's best checkpoint or of an
+    official-layout PyTorch .pt/.pth, a one-line description of where from, the run's
+    config for a run directory else None)."""
+    path = Path(init)
+    if path.is_dir():
+        cfg = read_run_config(path)
+        model, meta = load_checkpoint(cfg, path, best=True)
+        return model, f"{path} (best checkpoint, step {meta.get('step', '?')}, width {cfg.model.width})", cfg
+    if path.is_file() and path.suffix in (".pt", ".pth"):
+        from genesis_jax.models import load_pytorch_checkpoint
+        try:
+            model = load_pytorch_checkpoint(path)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return model, f"{path} (PyTorch UNet3D, width {model.width})", None
+    raise UserError(f"init {init}: neither a genesis-jax run directory nor a .pt/.pth file")
+
+
+def export_best(workdir, checkpointer: Checkpointer, graphdef, state) -> str | None:
+    """Write the best checkpoint's weights (else state's) as a PyTorch checkpoint in the
+    run directory; skipped (with a note) without torch."""
+    try:
+        from genesis_jax.models import save_pytorch_checkpoint
+        import torch  # noqa: F401
+    except ImportError:
+        print("note: torch is not installed; skipping the PyTorch export "
+              "(pip install torch, or pip install -e '.[torch]' in a clone)")
+        return None
+    best = checkpointer.best_step()
+    if best is not None:
+        state = checkpointer.restore(best, abstract_like(state))
+    path = Path(workdir) / PYTORCH_EXPORT
+    save_pytorch_checkpoint(model_from_state(graphdef, state), path)
+    return str(path)

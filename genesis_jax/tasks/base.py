@@ -1,0 +1,119 @@
+"""What a task supplies to the one training loop (trainer.py), and the checks tasks share.
+
+A task is an object with:
+    name                           recorded in checkpoints
+    picture_name                   the validation PNGs' name (images/val_<picture_name>_<step>.png)
+    default_config()               the config a run directory's config.json is read over
+    check_config()                 UserError naming the field for a value it cannot use
+    check_data(require_data)       the same for the data fields (require_data=False: dry run)
+    identity() -> dict             config fields a checkpoint must match to be resumed
+    build_model(rngs) -> Module    the model with fresh weights, built in this one place
+    init_source() -> str | None    where pre-trained weights come from (None: nowhere), and
+    part, pretrained_modules()     which of them (transfer.PARTS); rundir.new_model copies them in
+    load_data() -> RunData         training source (.batch) and validation cubes (.rows)
+    prepare(key, batch, mesh, first_index=0) -> (inputs, targets)
+                                   on device, inside jit; each device only its own rows
+    loss(model, inputs, targets) -> (scalar loss, outputs)
+    metrics(outputs, targets) -> dict   extra validation metrics (batch means)
+    picture(inputs, targets, outputs, title, key) -> uint8 image of the first examples
+                                   (title: step and loss; key: the one they were prepared with)
+and optionally set_metrics(targets, outputs) (scores of the whole validation set) and
+volume_metrics(model, mesh, batch_size) (scores of whole validation volumes).
+The loop owns everything else: mesh, jitted sharded steps, evaluation, checkpoints,
+preemption, logs and progress. A new task is a module in this package and one line in
+tasks/__init__.py's TASKS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from genesis_jax.errors import UserError
+from genesis_jax.models import UNet3D
+from genesis_jax.models.conv import CONV_MODES, resolve_conv_mode
+from genesis_jax.transfer import PARTS
+
+MODEL_DTYPES = ("float32", "bfloat16")
+
+
+def model_dtype(name: str):
+    if name not in MODEL_DTYPES:
+        raise UserError(f"model.dtype must be one of {', '.join(MODEL_DTYPES)}, got {name!r}")
+    return jnp.dtype(name)
+
+
+def check_model(model_cfg) -> None:
+    model_dtype(model_cfg.dtype)
+    if model_cfg.width < 1:
+        raise UserError(f"model.width must be >= 1, got {model_cfg.width}")
+
+
+def check_modality(data_cfg) -> None:
+    if data_cfg.modality not in ("ct", "mr"):
+        raise UserError(f"data.modality must be 'ct' or 'mr', got {data_cfg.modality!r}")
+
+
+def check_paths_exist(field: str, paths) -> None:
+    """UserError naming the field and the first path that is not there (before any work)."""
+    for path in paths:
+        if not Path(path).exists():
+            raise UserError(f"{field}: {path}: no such file or directory")
+
+
+def check_multiple_of_8(field: str, shape) -> None:
+    """UserError naming the field unless the shape is three positive multiples of 8 (the U-Net pools three times)."""
+    if len(shape) != 3:
+        raise UserError(f"{field} {tuple(shape)}: need three sizes (X, Y, Z)")
+    if any(d % 8 or d < 8 for d in shape):
+        raise UserError(f"{field} {tuple(shape)}: every dim must be a multiple of 8")
+
+
+def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None) -> UNet3D:
+    """The configured U-Net; platform: resolve conv="auto" for that platform (an
+    ahead-of-time compile for another one), not for this machine."""
+    if model_cfg.bn_mode not in ("batch", "running"):
+        raise UserError(f"model.bn_mode must be 'batch' or 'running', got {model_cfg.bn_mode!r}")
+    if model_cfg.width < 1:
+        raise UserError(f"model.width must be >= 1, got {model_cfg.width}")
+    if model_cfg.conv not in CONV_MODES:
+        raise UserError(f"model.conv must be one of {', '.join(CONV_MODES)}, got {model_cfg.conv!r}")
+    conv = resolve_conv_mode(model_cfg.conv, platform) if platform else model_cfg.conv
+    return UNet3D(n_class=n_class, width=model_cfg.width, bn_mode=model_cfg.bn_mode,
+                  dtype=model_dtype(model_cfg.dtype), rngs=rngs, conv=conv)
+
+
+def model_identity(model_cfg) -> dict:
+    """The model fields a checkpoint must match; conv is left out (its formulations have
+    the same weights and sums)."""
+    return {k: v for k, v in model_cfg.items() if k != "conv"}
+
+
+class FineTuneTask:
+    """What the fine-tuning tasks share: `init` says where the weights of `part`
+    (transfer.PARTS) come from; the optimizer scales or freezes those parameters'
+    updates (optimizer.pretrained_lr_multiplier, optimizer.freeze_pretrained_steps)."""
+
+    part = "all_but_final"
+
+    def __init__(self, cfg, platform: str | None = None):
+        """platform: compile for that platform (the dry run's target) rather than this machine's."""
+        self.cfg, self.platform = cfg, platform
+
+    def check_init(self) -> None:
+        if self.cfg.init != "scratch":
+            check_paths_exist("init", [self.cfg.init])
+        optimizer = self.cfg.optimizer
+        tuned = optimizer.pretrained_lr_multiplier != 1.0 or optimizer.freeze_pretrained_steps > 0
+        if self.cfg.init == "scratch" and tuned:
+            raise UserError("optimizer.pretrained_lr_multiplier and optimizer.freeze_pretrained_steps act on "
+                            "pre-trained weights, and init is 'scratch': pass --config.init=RUN_DIR|MODEL.pt")
+
+    def init_source(self) -> str | None:
+        """A run directory or .pt file whose `part` starts the model, None from scratch."""
+        return None if self.cfg.init == "scratch" else str(self.cfg.init)
+
+    def pretrained_modules(self) -> tuple:
+        """The top-level modules whose weights come from init (none from scratch)."""
+        return () if self.init_source() is None else PARTS[self.part]

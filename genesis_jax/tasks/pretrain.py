@@ -1,0 +1,114 @@
+"""The pre-training task, Models Genesis: corrupt clean cubes on device, restore them,
+MSE against the originals."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from genesis_jax.configs.base import base_config
+from genesis_jax.data.store import check_local_store
+from genesis_jax.data.volumes import split_paths
+from genesis_jax.deform import DeformConfig, sharded_genesis_batch
+from genesis_jax.deform.config import resolve_lookups
+from genesis_jax.errors import UserError
+from genesis_jax.models import UNet3D
+from genesis_jax.tasks.base import build_unet, check_model, check_modality, check_multiple_of_8, \
+    check_paths_exist, model_identity
+
+
+def restoration_mse(restored, target):
+    """Mean squared error between a restoration and its target, in float32."""
+    return jnp.mean(jnp.square(restored - target.astype(jnp.float32)))
+
+
+def restoration_loss(model: UNet3D, corrupted, target):
+    """(MSE between the sigmoid output and the target, restored cubes); cubes (N, X, Y, Z)."""
+    restored = model(corrupted[..., None])[..., 0]
+    return restoration_mse(restored, target), restored
+
+
+class PretrainTask:
+    """Models Genesis: corrupt clean cubes on device, restore them, MSE against the originals."""
+
+    name, picture_name = "pretrain", "restoration"
+    default_config = staticmethod(base_config)
+
+    def __init__(self, cfg, platform: str | None = None):
+        """platform: compile for that platform (the dry run's target) rather than this machine's."""
+        self.cfg, self.platform = cfg, platform
+        self.deform = None
+
+    def check_config(self) -> None:
+        try:
+            self.deform = DeformConfig(**self.cfg.deform)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"deform: {e}") from None
+        if self.platform and self.deform.batch_mode == "auto":
+            self.deform = dataclasses.replace(self.deform, batch_mode="map" if self.platform == "cpu" else "vmap")
+        if self.platform:  # a dry run compiles for its target, not for this host
+            self.deform = dataclasses.replace(self.deform, lookups=resolve_lookups(self.deform.lookups, self.platform))
+        check_model(self.cfg.model)
+        check_multiple_of_8("data.cube_shape", self.cfg.data.cube_shape)
+        check_modality(self.cfg.data)
+        if self.cfg.data.val_cubes < 1:
+            raise UserError(f"data.val_cubes must be >= 1, got {self.cfg.data.val_cubes}")
+
+    def check_data(self, require_data: bool = True) -> None:
+        """require_data=False: the dry run, which compiles without reading data."""
+        data = self.cfg.data
+        if data.source not in ("sample", "store", "volumes"):
+            raise UserError(f"data.source must be 'sample', 'store' or 'volumes', got {data.source!r}")
+        if require_data and data.source == "store" and not data.store:
+            raise UserError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
+        if require_data and data.source == "volumes" and not data.volumes:
+            raise UserError("data.source is 'volumes' but data.volumes is empty: pass --config.data.volumes=A,B")
+        if data.cubes_per_volume < 1:
+            raise UserError(f"data.cubes_per_volume must be >= 1, got {data.cubes_per_volume}")
+        if require_data and data.source == "volumes":
+            check_paths_exist("data.volumes", split_paths(data.volumes))
+        if require_data and data.source == "store":
+            check_local_store(data.store, "data.store")
+
+    def identity(self) -> dict:
+        # map and vmap: same arrays; table and compute lookups: the same deformation (the
+        # shuffle bit for bit, the Bezier map to the table's interpolation error).
+        deform = {k: v for k, v in self.cfg.deform.items() if k not in ("batch_mode", "lookups")}
+        data = {k: v for k, v in self.cfg.data.items()}
+        return {"model": model_identity(self.cfg.model), "deform": deform, "data": data}
+
+    def build_model(self, rngs) -> UNet3D:
+        return build_unet(self.cfg.model, rngs, platform=self.platform)
+
+    @staticmethod
+    def init_source() -> None:
+        return None  # pre-training starts from random weights
+
+    @staticmethod
+    def pretrained_modules() -> tuple:
+        return ()
+
+    def load_data(self):
+        from genesis_jax.data.sources import load_run_data
+        return load_run_data(self.cfg.data, self.cfg.seed)
+
+    def prepare(self, key, cubes, mesh, first_index=0):
+        if self.deform is None:
+            self.check_config()
+        return sharded_genesis_batch(key, cubes, self.deform, mesh, first_index=first_index)
+
+    loss = staticmethod(restoration_loss)
+
+    @staticmethod
+    def metrics(outputs, targets) -> dict:
+        return {}
+
+    def picture(self, inputs, targets, outputs, title="", key=None):
+        """corrupted / restored / original of each example, rows named by the deformations
+        its key drew (the picture's examples are the batch's first: first_index 0)."""
+        from genesis_jax.deform.pipeline import describe_draws
+        from genesis_jax.metrics import labelled_grid
+        rows = describe_draws(key, len(inputs), self.deform) if key is not None else None
+        return labelled_grid({"corrupted (input)": inputs, "restored (output)": outputs,
+                              "original (target)": targets}, title=title, row_labels=rows)
