@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genesis_jax.data import CubeStoreWriter, SamplerConfig, StoreBatches, VolumeBatches, open_store, sample_cubes
+from genesis_jax.data import CubeStoreWriter, SamplerConfig, StoreBatches, VolumeBatches, open_store, sample_cubes, \
+    sample_path
 from genesis_jax.data.sampler import (accept_corners, borders_for, corner_ranges, draw_corners, filter_table,
                                       lung_weights)
 
@@ -178,18 +179,23 @@ def test_on_the_fly_batches(tmp_path):
 
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_ct.nii.gz"
+# (volume, its shape, the borders min(LUNA16's 100/100/30, (dim - crop - 1) // 4) give it):
+# the bundled sample in every clone; the full scan it was cropped from where it is present.
+PREPARE_CASES = [pytest.param(sample_path, [160, 128, 96], [23, 15, 15], id="bundled-sample"),
+                 pytest.param(lambda: SHARED_CT, [233, 167, 191], [42, 25, 30], id="shared-chest-ct",
+                              marks=pytest.mark.skipif(not SHARED_CT.exists(), reason=f"not found: {SHARED_CT}"))]
 
 
-@pytest.mark.skipif(not SHARED_CT.exists(), reason=f"shared chest CT not found at {SHARED_CT}")
-def test_prepare_on_the_shared_chest_ct(tmp_path, capsys):
+@pytest.mark.parametrize("volume, shape, border", PREPARE_CASES)
+def test_prepare_on_a_real_chest_ct(volume, shape, border, tmp_path, capsys):
     from genesis_jax.prepare import run
-    assert run([str(SHARED_CT), "--out", str(tmp_path / "c.zarr"), "--filter", "foreground", "--seed", "3"]) == 0
+    assert run([str(volume()), "--out", str(tmp_path / "c.zarr"), "--filter", "foreground", "--seed", "3"]) == 0
     array, attributes = open_store(tmp_path / "c.zarr")
     assert array.shape == (32, 64, 64, 32)
     cubes = array.read().result()
     assert 0.0 <= cubes.min() and cubes.max() <= 1.0
     source = attributes["sources"][0]
-    assert source["shape"] == [233, 167, 191] and source["border"] == [42, 25, 30] and source["cubes"] == 32
+    assert source["shape"] == shape and source["border"] == border and source["cubes"] == 32
     assert attributes["filter"] == "foreground" and attributes["seed"] == 3 and attributes["version"]
     assert "32 cubes written" in capsys.readouterr().out
 
