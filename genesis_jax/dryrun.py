@@ -33,7 +33,7 @@ from flax import nnx
 
 from genesis_jax import program, sharding
 from genesis_jax.errors import UserError
-from genesis_jax.optim import make_optimizer
+from genesis_jax.rundir import task_optimizer
 from genesis_jax.step import init_train_state, make_train_step
 from genesis_jax.tasks import PretrainTask
 
@@ -108,7 +108,7 @@ def target_step(cfg, mesh, platform: str):
     lowered at every batch size tried."""
     task = PretrainTask(cfg, platform=platform)  # deformation batch mode and conv resolved for the target
     task.check_config()
-    tx = make_optimizer(cfg.optimizer, cfg.schedule, steps_per_epoch=1, total_steps=cfg.total_steps)
+    tx = task_optimizer(cfg, task, steps_per_epoch=1)  # the optimizer a run of this config builds
     graphdef, abstract_state = abstract_train_state(cfg, task, tx)
     replicated = sharding.replicated(mesh)
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
