@@ -34,27 +34,6 @@ from orbax.checkpoint import checkpoint_managers as policies
 from genesis_jax.errors import UserError, write_failure
 
 FORMAT = 2
-# Orbax splits a replicated array over its replicas, each writing a slice: one small XLA
-# program per array shape and replica count, compiled at a process's first save (144
-# compiles, ~9 s on this CPU, for the width-4 U-Net on 8 devices). Below this many bytes
-# per slice one write is cheaper; large arrays (the full U-Net's deep kernels) still split.
-REPLICA_SLICE_MIN_BYTES = 1 << 20
-
-
-def _register_array_handler() -> None:
-    """Orbax's jax.Array handler with REPLICA_SLICE_MIN_BYTES; its warning that the
-    default handler is overridden is the intended effect, not news for the user's stderr."""
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_SLICE_MIN_BYTES)
-        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
-    finally:
-        absl_logger.setLevel(level)
-
-
-_register_array_handler()
 # What damaged files look like when Orbax reads them (seen here: zeroed, truncated or
 # deleted files): TensorStore status codes and read errors, a missing item. A shape or
 # structure mismatch ("Requested shape ... is not compatible") is not among them: that
