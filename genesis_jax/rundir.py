@@ -74,9 +74,10 @@ def read_run_config(workdir):
         recorded = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    if recorded.get("task", "pretrain") not in TASKS:
-        raise UserError(f"{path}: unknown task {recorded.get('task')!r}")
-    cfg = TASKS[recorded.get("task", "pretrain")].default_config()
+    task = recorded.get("task", "pretrain")
+    if task not in TASKS:
+        raise UserError(f"{path}: unknown task {task!r}")
+    cfg = TASKS[task].default_config()
 
     def overlay(target, values, prefix):
         for key, value in values.items():

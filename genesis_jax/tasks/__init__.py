@@ -11,17 +11,13 @@ from genesis_jax.tasks.segmentation import SegmentationTask, parse_label_values
 TASKS = {task.name: task for task in (PretrainTask, SegmentationTask, ClassificationTask)}
 
 
-def task_class(name: str, where: str = "task"):
-    """The class of the task called `name`; UserError (prefixed by `where`) for another name."""
-    if name not in TASKS:
-        raise UserError(f"{where} must be one of {', '.join(TASKS)}, got {name!r}")
-    return TASKS[name]
-
-
 def task_for(cfg, platform: str | None = None):
     """The task a config names (config.task)."""
-    return task_class(cfg.get("task", "pretrain"))(cfg, platform)
+    name = cfg.get("task", "pretrain")
+    if name not in TASKS:
+        raise UserError(f"task must be one of {', '.join(TASKS)}, got {name!r}")
+    return TASKS[name](cfg, platform)
 
 
-__all__ = ["TASKS", "task_class", "task_for", "PretrainTask", "SegmentationTask", "ClassificationTask",
+__all__ = ["TASKS", "task_for", "PretrainTask", "SegmentationTask", "ClassificationTask",
            "restoration_loss", "restoration_mse", "parse_label_values"]
