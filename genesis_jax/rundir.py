@@ -23,6 +23,7 @@ from genesis_jax import sharding
 from genesis_jax.checkpoint import Checkpointer, abstract_like
 from genesis_jax.errors import UserError
 from genesis_jax.optim import make_optimizer
+from genesis_jax.processes import wait_for_all_processes
 from genesis_jax.step import init_train_state, model_from_state
 from genesis_jax.tasks import TASKS, task_for
 from genesis_jax.transfer import transfer_weights
@@ -53,8 +54,11 @@ def new_workdir(workdir: Path):
     try:
         yield
     except BaseException:
-        if created and not any(workdir.iterdir()):
-            workdir.rmdir()
+        # Best effort, never in the way of the error itself: another process of the run
+        # may have removed the directory, or written into it, in the meantime.
+        with contextlib.suppress(OSError):
+            if created and not any(workdir.iterdir()):
+                workdir.rmdir()
         raise
 
 
@@ -112,6 +116,7 @@ def build_state(task, tx, seed: int, mesh, initialize: bool = True):
     """(graphdef, replicated TrainState): the task's model and the optimizer state.
     initialize=False: skip copying pre-trained weights in (a checkpoint replaces them)."""
     graphdef, state = init_train_state(new_model(task, nnx.Rngs(seed), initialize=initialize), tx)
+    wait_for_all_processes("model built")  # the transfer below is the run's first collective
     return graphdef, sharding.replicate(state, mesh)
 
 

@@ -29,6 +29,7 @@ from genesis_jax.evaluation import FrozenValidation
 from genesis_jax.metrics import MetricWriter
 from genesis_jax.optim import Plateau, check_optimizer_config, with_learning_rate
 from genesis_jax.preemption import Preemption
+from genesis_jax.processes import LinedUp
 from genesis_jax.rundir import build_state, checkpoint_dir, export_best, has_checkpoints, new_workdir, \
     task_optimizer, write_run_files
 from genesis_jax.step import make_eval_step, make_train_step, model_from_state
@@ -168,8 +169,9 @@ def setup_run(cfg, workdir: Path, task):
     root_key = jax.random.key(cfg.seed)
     validation_key = jax.random.fold_in(root_key, _VALIDATION_KEY)
     run = Run(cfg, task, workdir, mesh, data, cadence, graphdef, tx,
-              train_step=make_train_step(graphdef, tx, task, root_key, mesh),
-              eval_step=make_eval_step(graphdef, task, validation_key, mesh), validation_key=validation_key,
+              train_step=LinedUp(make_train_step(graphdef, tx, task, root_key, mesh), "train step"),
+              eval_step=LinedUp(make_eval_step(graphdef, task, validation_key, mesh), "eval step"),
+              validation_key=validation_key,
               validation=FrozenValidation(data.validation, cfg.batch_size, mesh, cfg.images),
               checkpointer=Checkpointer(checkpoint_dir(workdir), keep=cfg.keep_checkpoints),
               identity=run_identity(cfg, task, cadence),
