@@ -38,8 +38,11 @@ class Preemption:
         return bool(self.requested) if self.single else self.checkpointer.reached_preemption(step)
 
     def restore(self):
+        """The handlers from before the loop; after a Ctrl-C, SIGINT keeps this one (a second
+        Ctrl-C while the run exits still aborts in one line, never a KeyboardInterrupt)."""
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+            if not (sig == signal.SIGINT and self.requested == "Ctrl-C"):
+                signal.signal(sig, previous)
 
     def _abort(self):
         abort_now(f"nothing saved since the last checkpoint in {self.checkpointer.directory} (run the same "

@@ -10,16 +10,30 @@ from genesis_jax.configs.demo import get_config
 from genesis_jax.rundir import load_checkpoint
 
 
+# One tiny config for every run of the suite, in process or on the command line: each
+# other batch, device count, cube shape or schedule is another set of programs to compile
+# (~50 s cold on 2 cores), while a run whose programs an earlier one compiled loads them
+# from the persistent cache in a few seconds.
+TINY = {"total_steps": 3, "batch_size": 8, "steps_per_epoch": 2, "eval_every": 2, "checkpoint_every": 1,
+        "log_every": 1, "images": 2, "export_pytorch": False, "data.cube_shape": (16, 16, 16), "data.val_cubes": 8,
+        "deform.local_blocks": 300}
+
+
 def tiny_config(**top):
+    """The demo config at TINY's values; top: top-level fields to change."""
     c = get_config()
-    c.total_steps, c.batch_size, c.steps_per_epoch = 3, 8, 2
-    c.eval_every, c.checkpoint_every, c.log_every = 2, 1, 1
-    c.data.cube_shape, c.data.val_cubes = (16, 16, 16), 8
-    c.deform.local_blocks = 300
-    c.images, c.export_pytorch = 2, False
-    for key, value in top.items():
-        c[key] = value
+    for key, value in {**TINY, **top}.items():
+        *path, field = key.split(".")
+        node = c
+        for part in path:
+            node = node[part]
+        node[field] = value
     return c
+
+
+def tiny_flags(*flags: str) -> list[str]:
+    """Command-line flags for the config tiny_config() gives (the same programs), then flags."""
+    return [f"--config.{key}={value}" for key, value in TINY.items()] + list(flags)
 
 
 def checkpoint_steps(workdir):

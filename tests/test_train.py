@@ -13,7 +13,7 @@ import pytest
 
 from genesis_jax.errors import UserError
 from genesis_jax.trainer import TrainingDiverged, train
-from runs import checkpoint_steps, damage, params_of, tiny_config
+from runs import checkpoint_steps, damage, params_of, tiny_config, tiny_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,14 +94,19 @@ def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path, mon
 
 
 def run_cli(args, workdir, **kwargs):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    """python -m genesis_jax.train on the suite's 8 simulated devices (conftest.py)."""
     return subprocess.Popen([sys.executable, "-m", "genesis_jax.train", f"--workdir={workdir}", *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-TINY_FLAGS = ["--config.batch_size=2", "--config.data.cube_shape=(16, 16, 16)", "--config.data.val_cubes=2",
-              "--config.deform.local_blocks=300", "--config.export_pytorch=False", "--config.eval_every=1000",
-              "--config.checkpoint_every=1000", "--config.images=1"]
+TINY_FLAGS = tiny_flags("--config.eval_every=1000", "--config.checkpoint_every=1000")
+
+
+def test_the_tiny_flags_give_the_tiny_config(monkeypatch):
+    """So that the command-line runs load the programs the in-process ones compiled."""
+    from genesis_jax.train import parse
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # parse hands its argv to absl through sys.argv
+    assert parse(["train", *tiny_flags()])[0].to_dict() == tiny_config().to_dict()
 
 
 def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
@@ -154,9 +159,7 @@ def test_two_processes_train_like_one_and_stop_together_on_sigterm(tmp_path):
     process 1 alone makes both save the same step, in one shared checkpoint, and exit 0.
     Process 1 builds its model 35 s late (tests/late_process.py), past gloo's 30 s: the
     processes must line up before their first collective (genesis_jax/processes.py)."""
-    flags = ["--config.total_steps=100000", "--config.batch_size=8", "--config.data.cube_shape=(16, 16, 16)",
-             "--config.data.val_cubes=8", "--config.deform.local_blocks=300", "--config.export_pytorch=False",
-             "--config.eval_every=2", "--config.checkpoint_every=1000", "--config.log_every=1"]
+    flags = tiny_flags("--config.total_steps=100000", "--config.checkpoint_every=1000")
     logs = tmp_path / "logs"
     python = tmp_path / "python"
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "tests" / "late_process.py"}" 35 "$@"\n')
@@ -197,6 +200,16 @@ def wait_for_steps(proc, workdir, seconds=240) -> str:
     return output
 
 
+def wait_for_line(proc, text: str, seconds=240) -> str:
+    deadline, output = time.time() + seconds, ""
+    while time.time() < deadline and text not in output:
+        line = proc.stdout.readline()
+        if not line:  # the process ended
+            break
+        output += line
+    return output
+
+
 def test_ctrl_c_saves_like_sigterm_and_says_so_on_its_own_line(tmp_path):
     proc = run_cli([*TINY_FLAGS, "--config.total_steps=100000", "--config.log_every=1"], tmp_path)
     output = wait_for_steps(proc, tmp_path)
@@ -215,7 +228,9 @@ def test_a_second_ctrl_c_aborts_at_once_in_one_line(tmp_path):
     proc = run_cli([*TINY_FLAGS, "--config.total_steps=100000", "--config.log_every=1"], tmp_path)
     output = wait_for_steps(proc, tmp_path)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)  # two signals sent at once merge into one (POSIX does not queue them)
+    # Python runs a handler once for signals that arrive while XLA runs a step: the second
+    # Ctrl-C goes once the first one's handler has spoken.
+    output += wait_for_line(proc, "Ctrl-C: saving a checkpoint")
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=240)
     output += rest

@@ -12,12 +12,10 @@ import pytest
 from genesis_jax.checkpoint import CheckpointWriteError
 from genesis_jax.errors import UserError
 from genesis_jax.trainer import train
-from runs import checkpoint_steps, complete_checkpoints, tiny_config
+from runs import checkpoint_steps, complete_checkpoints, tiny_config, tiny_flags
 
 FSIZE = Path(__file__).with_name("with_file_size_limit.py")
-FLAGS = ["--config.batch_size=2", "--config.num_devices=2", "--config.data.cube_shape=(16, 16, 16)",
-         "--config.data.val_cubes=2", "--config.deform.local_blocks=300", "--config.export_pytorch=False",
-         "--config.eval_every=1000", "--config.checkpoint_every=1", "--config.images=1", "--config.log_every=1"]
+FLAGS = tiny_flags("--config.eval_every=1000")
 
 
 def cli(workdir, *flags, limit=None) -> subprocess.CompletedProcess:
