@@ -5,11 +5,15 @@
 Samples cubes from a volume (default: the bundled chest CT sample), corrupts them with
 each Genesis deformation alone and with the whole pipeline, restores them with the
 model, and writes, per deformation, a labelled PNG grid (corrupted / restored /
-original) and one table of restoration MSE next to the identity baseline (the MSE of
-the corrupted input itself): a model that learned something restores below the
-baseline. --init takes a genesis-jax run directory (its best checkpoint, with the
-run's cube shape and CT/MR window) or a PyTorch checkpoint of the official UNet3D
-(64x64x32 cubes). Bad input: one line and exit status 1; nothing is written.
+original) and one table: the restoration's MSE next to two baselines, the corrupted
+input itself (identity: doing nothing) and each original cube's own mean (the best any
+constant output can do), and the restoration's correlation with the original (the mean
+over cubes of the voxel-wise Pearson r; 0 for a constant output). A model that learned
+something restores below both baselines and correlates well; one line says so when it
+does not ("this model is close to a constant: ...", "this model does not restore:
+..."). --init takes a genesis-jax pre-training run directory (its best checkpoint,
+with the run's cube shape and CT/MR window) or a PyTorch checkpoint of the official
+UNet3D (64x64x32 cubes). Bad input: one line and exit status 1; nothing is written.
 """
 
 from __future__ import annotations
@@ -41,7 +45,11 @@ def parse_args(argv):
 
 def load_model(init: str):
     """(model in eval mode, cube shape, modality, a one-line description)."""
-    from genesis_jax.rundir import load_source
+    from genesis_jax.errors import UserError
+    from genesis_jax.rundir import load_source, read_run_config
+    if Path(init).is_dir() and (task := read_run_config(init).task) != "pretrain":
+        raise UserError(f"{init} is a {task} fine-tuning run; restore checks what pre-training learned: pass a "
+                        f"pre-training run directory or an official-layout .pt")
     model, described, cfg = load_source(init)
     model.eval()
     if cfg is None:  # an official .pt: the paper's cubes and CT window
@@ -78,23 +86,76 @@ def corrupt(name: str, key, cubes):
     return jax.jit(jax.vmap(stage))(keys, cubes), cubes
 
 
+# A restoration "beats" a baseline when its MSE is below this share of the baseline's.
+BEATS = 0.95
+
+
+def correlation(restored: np.ndarray, target: np.ndarray) -> float:
+    """Mean over cubes of the voxel-wise Pearson r (a cube with a constant restoration or
+    target counts 0: a constant follows no structure)."""
+    values = []
+    for r, t in zip(restored.reshape(len(restored), -1), target.reshape(len(target), -1)):
+        r, t = r - r.mean(), t - t.mean()
+        norm = np.sqrt(np.sum(r * r) * np.sum(t * t))
+        values.append(float(np.sum(r * t) / norm) if norm > 1e-12 else 0.0)
+    return float(np.mean(values))
+
+
 def restoration_table(model, cubes, seed: int):
-    """{deformation: (mse of the restoration, mse of the corrupted input, arrays)}."""
+    """{deformation: {restored_mse, identity_mse (the corrupted input's), mean_mse (each
+    original cube's own mean), correlation, arrays (corrupted, restored, original)}}."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from genesis_jax.tasks import restoration_mse
     graphdef, state = nnx.split(model)
     restore = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x[..., None])[..., 0])
     cubes = jnp.asarray(cubes)
     rows = {}
     for i, name in enumerate(DEFORMATIONS):
-        corrupted, target = corrupt(name, jax.random.key(seed * 1000 + i), cubes)
-        restored = restore(state, corrupted)
-        rows[name] = (float(restoration_mse(restored, target)), float(restoration_mse(corrupted, target)),
-                      tuple(np.asarray(a) for a in (corrupted, restored, target)))
+        corrupted, target = (np.asarray(a, np.float32) for a in corrupt(name, jax.random.key(seed * 1000 + i), cubes))
+        restored = np.asarray(restore(state, corrupted), np.float32)
+        cube_means = target.mean(axis=(1, 2, 3), keepdims=True)
+        rows[name] = {"restored_mse": float(np.mean((restored - target) ** 2)),
+                      "identity_mse": float(np.mean((corrupted - target) ** 2)),
+                      "mean_mse": float(np.mean((cube_means - target) ** 2)),
+                      "correlation": correlation(restored, target), "arrays": (corrupted, restored, target)}
     return rows
+
+
+def verdict(row: dict) -> str:
+    """One row's word: does the restoration beat doing nothing, and a constant?"""
+    if row["identity_mse"] <= 1e-9:
+        return "unchanged input"
+    worse = [name for name, key in (("its input", "identity_mse"), ("a constant", "mean_mse"))
+             if row["restored_mse"] >= BEATS * row[key]]
+    return "restores" if not worse else "no better than " + " or ".join(worse)
+
+
+# Below this mean correlation with the originals a model's output carries next to no
+# structure (a constant's is 0; the demo's collapsed model of issue 21 had 0.13).
+CONSTANT_CORRELATION = 0.3
+
+
+def summary_lines(rows: dict) -> list[str]:
+    """The lines that warn about a model that does not restore (none for one that does)."""
+    judged = {name: row for name, row in rows.items() if row["identity_mse"] > 1e-9}
+    constant = [n for n, r in judged.items() if r["restored_mse"] >= BEATS * r["mean_mse"]]
+    idle = [n for n, r in judged.items() if r["restored_mse"] >= BEATS * r["identity_mse"]]
+    mean_r = float(np.mean([r["correlation"] for r in judged.values()])) if judged else 0.0
+    of = f"of {len(judged)} deformations"
+    lines = []
+    if mean_r < CONSTANT_CORRELATION:
+        lines.append(f"this model is close to a constant: its restorations correlate {mean_r:.2f} with the originals "
+                     f"on average (a constant: 0), and on {len(constant)} {of} they are no better than each cube's "
+                     f"own mean ({', '.join(constant) or 'none'})")
+    elif 2 * len(constant) >= len(judged):
+        lines.append(f"this model restores no better than a constant on {len(constant)} {of}: each cube's own mean "
+                     f"scores as well ({', '.join(constant)})")
+    if idle:
+        lines.append(f"this model does not restore: on {len(idle)} {of} its output is no closer to the original than "
+                     f"the corrupted input ({', '.join(idle)})")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -118,23 +179,27 @@ def main(argv=None) -> int:
 
 def write_report(out: Path, rows: dict, described: str, volume) -> None:
     from genesis_jax.metrics import labelled_grid, save_png
-    lines = ["| deformation | restored MSE | corrupted MSE (identity baseline) | restored / baseline |",
-             "|---|---:|---:|---:|"]
-    for name, (restored, baseline, arrays) in rows.items():
-        ratio = f"{restored / baseline:.2f}" if baseline > 1e-9 else "- (left the cubes unchanged)"
-        lines.append(f"| {name} | {restored:.5f} | {baseline:.5f} | {ratio} |")
-        corrupted, restored_cubes, target = arrays
+    lines = ["| deformation | restored MSE | identity baseline (corrupted) | mean baseline (each cube's mean) | "
+             "restored / identity | restored / mean | correlation | verdict |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, row in rows.items():
+        ratio = f"{row['restored_mse'] / row['identity_mse']:.2f}" if row["identity_mse"] > 1e-9 else "-"
+        lines.append(f"| {name} | {row['restored_mse']:.5f} | {row['identity_mse']:.5f} | {row['mean_mse']:.5f} | "
+                     f"{ratio} | {row['restored_mse'] / max(row['mean_mse'], 1e-12):.2f} | {row['correlation']:.2f} | "
+                     f"{verdict(row)} |")
+        corrupted, restored_cubes, target = row["arrays"]
         grid = labelled_grid({"corrupted": corrupted, "restored": restored_cubes, "original": target},
-                             title=f"{name}: restored MSE {restored:.5f}, corrupted {baseline:.5f}",
+                             title=f"{name}: restored MSE {row['restored_mse']:.5f}, corrupted "
+                                   f"{row['identity_mse']:.5f}, cube means {row['mean_mse']:.5f}",
                              row_labels=[f"cube {i}" for i in range(len(target))])
         save_png(grid, out / f"restore_{name}.png")
-    table = "\n".join(lines)
-    print("\n" + table)
-    (out / "restore.md").write_text(f"model: {described}\nvolume: {volume}\n\n{table}\n")
+    warnings = summary_lines(rows)
+    report = "\n".join(lines) + "".join(f"\n\n{line}" for line in warnings)
+    print("\n" + report)
+    (out / "restore.md").write_text(f"model: {described}\nvolume: {volume}\n\n{report}\n")
     (out / "restore.json").write_text(json.dumps({
-        "model": described, "volume": str(volume),
-        "deformations": {name: {"restored_mse": r, "corrupted_mse": b} for name, (r, b, _) in rows.items()}},
-        indent=2))
+        "model": described, "volume": str(volume), "warnings": warnings,
+        "deformations": {name: {**{k: v for k, v in row.items() if k != "arrays"}, "verdict": verdict(row)}
+                         for name, row in rows.items()}}, indent=2))
     print(f"\nwritten: {out}/restore.md, restore.json, restore_<deformation>.png")
 
 

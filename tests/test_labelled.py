@@ -36,6 +36,20 @@ def test_a_label_volume_on_another_grid_is_refused(tmp_path):
         read_pair(tmp_path / "ct.nii.gz", tmp_path / "seg3.nii.gz", [1])
 
 
+def test_the_values_present_are_listed_in_full_or_say_how_many_more(tmp_path):
+    write_nifti(tmp_path / "ct.nii.gz", np.zeros((8, 8, 8), np.float32))
+    few = np.zeros((8, 8, 8), np.float32)
+    few[0, 0, :3] = [2, 3, 4.5]
+    write_nifti(tmp_path / "few.nii.gz", few)
+    with pytest.raises(VolumeError, match=r"\(values present: 0, 2, 3, 4.5\)$"):
+        read_pair(tmp_path / "ct.nii.gz", tmp_path / "few.nii.gz", [12])
+    many = np.zeros((8, 8, 8), np.float32)
+    many.flat[:12] = [*range(10), 50, 117]  # an abdomen atlas holds labels up to 117
+    write_nifti(tmp_path / "many.nii.gz", many)
+    with pytest.raises(VolumeError, match=r"\(values present: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 2 more, up to 117\)$"):
+        read_pair(tmp_path / "ct.nii.gz", tmp_path / "many.nii.gz", [12])
+
+
 def small_structure():
     image = np.random.default_rng(0).random((40, 40, 20), dtype=np.float32)
     classes = np.zeros((40, 40, 20), np.int8)

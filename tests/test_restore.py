@@ -2,11 +2,14 @@
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
-from genesis_jax.restore import DEFORMATIONS, main
+from genesis_jax.configs.segmentation import get_config as get_segmentation_config
+from genesis_jax.restore import DEFORMATIONS, main, restoration_table, summary_lines, verdict
 from genesis_jax.trainer import train
 from runs import tiny_config
 
@@ -31,7 +34,9 @@ def test_restore_from_a_run_directory_writes_the_table_and_labelled_pictures(run
         # 2 cubes of 16^3 upsampled 3x: rows of 48 px; 3 columns of two 48 px views
         assert image.ndim == 2 and image.shape[0] > 2 * 48 and image.shape[1] > 6 * 48
     # the identity baseline of the pipeline is the corruption itself: far from zero
-    assert report["deformations"]["pipeline"]["corrupted_mse"] > 0.01
+    pipeline = report["deformations"]["pipeline"]
+    assert pipeline["identity_mse"] > 0.01 and pipeline["mean_mse"] > 0 and -1 <= pipeline["correlation"] <= 1
+    assert "| restored / mean | correlation | verdict |" in printed
 
 
 def test_restore_from_an_official_layout_pt(tmp_path):
@@ -44,6 +49,67 @@ def test_restore_from_an_official_layout_pt(tmp_path):
     assert main([f"--init={tmp_path / 'genesis.pt'}", f"--out={out}", "--cubes=2"]) == 0
     report = json.loads((out / "restore.json").read_text())
     assert "PyTorch UNet3D, width 2" in report["model"]
+
+
+class Constant(nnx.Module):
+    """Mid-grey whatever it is given: what a collapsed pre-training gives."""
+
+    def __call__(self, x):
+        return jnp.full_like(x, 0.5)
+
+
+class Copy(nnx.Module):
+    """Its input, unchanged: what a model that learned the identity gives."""
+
+    def __call__(self, x):
+        return x
+
+
+@pytest.fixture(scope="module")
+def cubes():
+    from genesis_jax.restore import sample
+    from genesis_jax.data import sample_path
+    return sample(sample_path(), (16, 16, 16), "ct", "foreground", 4, 0)
+
+
+def test_a_constant_model_is_called_close_to_a_constant(cubes):
+    rows = restoration_table(Constant(), cubes, 0)
+    assert all(verdict(row).startswith("no better than") and "a constant" in verdict(row)
+               for row in rows.values() if row["identity_mse"] > 1e-9), {n: verdict(r) for n, r in rows.items()}
+    assert all(row["correlation"] == 0.0 for row in rows.values())
+    n = sum(row["identity_mse"] > 1e-9 for row in rows.values())  # a stage may leave 16^3 cubes as they were
+    lines = summary_lines(rows)
+    assert n >= 3 and lines[0].startswith("this model is close to a constant: its restorations correlate 0.00 with the "
+                                          f"originals on average (a constant: 0), and on {n} of {n} deformations")
+
+
+def test_a_model_that_copies_its_input_is_called_one_that_does_not_restore(cubes):
+    rows = restoration_table(Copy(), cubes, 0)
+    changed = {name: row for name, row in rows.items() if row["identity_mse"] > 1e-9}
+    assert len(changed) >= 3
+    for row in rows.values():
+        assert row["restored_mse"] == row["identity_mse"]
+        assert verdict(row).startswith("unchanged input" if row["identity_mse"] <= 1e-9 else "no better than its input")
+    lines = summary_lines(rows)
+    assert not any("close to a constant" in line for line in lines)  # it follows the structure: high correlation
+    assert lines[-1].startswith(
+        f"this model does not restore: on {len(changed)} of {len(changed)} deformations its output is no closer")
+
+
+def test_a_model_that_restores_gets_no_warning():
+    perfect = {"restored_mse": 0.001, "identity_mse": 0.05, "mean_mse": 0.02, "correlation": 0.9}
+    assert verdict(perfect) == "restores" and summary_lines({"pipeline": perfect}) == []
+
+
+def test_a_fine_tuning_run_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "seg").mkdir()
+    cfg = get_segmentation_config()
+    (tmp_path / "seg" / "config.json").write_text(cfg.to_json_best_effort())
+    assert main([f"--init={tmp_path / 'seg'}", f"--out={tmp_path / 'out'}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'seg'} is a segmentation fine-tuning run; restore checks what pre-training "
+                   f"learned: pass a pre-training run directory or an official-layout .pt"]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -33,6 +33,13 @@ def map_labels(raw: np.ndarray, label_values) -> np.ndarray:
     return classes
 
 
+def listed(values: list, most: int = 10) -> str:
+    """The values, or the first `most` of them and how many more up to the largest."""
+    if len(values) <= most:
+        return ", ".join(f"{v:g}" for v in values)
+    return f"{', '.join(f'{v:g}' for v in values[:most])} and {len(values) - most} more, up to {values[-1]:g}"
+
+
 def read_pair(image_path, label_path, label_values, modality: str = "ct"):
     """(image in [0, 1] float32, class map int8) of one labelled volume."""
     image, labels = read_volume(image_path), read_volume(label_path)
@@ -42,7 +49,7 @@ def read_pair(image_path, label_path, label_values, modality: str = "ct"):
     classes = map_labels(labels.array, label_values)
     if not classes.any():
         raise VolumeError(label_path, f"no voxel has any of the label values {list(label_values)} "
-                                      f"(values present: {np.unique(labels.array)[:10].tolist()})")
+                                      f"(values present: {listed(np.unique(labels.array).tolist())})")
     return to_unit_range(image.array, modality)[0], classes
 
 
