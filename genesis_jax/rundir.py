@@ -43,9 +43,9 @@ def has_checkpoints(workdir) -> bool:
 @contextlib.contextmanager
 def new_workdir(workdir: Path):
     """The run directory, created and shown writable before any work (UserError naming
-    it); one this call created is removed again if the block fails while it is empty (a
-    run that never started leaves no directory behind)."""
-    created = not workdir.exists()
+    it); the directories this call created, parents included, are removed again if the
+    block fails while they are empty (a run that never started leaves nothing behind)."""
+    created = [p for p in (workdir, *workdir.parents) if not p.exists()]  # deepest first
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=workdir).close()
@@ -55,10 +55,12 @@ def new_workdir(workdir: Path):
         yield
     except BaseException:
         # Best effort, never in the way of the error itself: another process of the run
-        # may have removed the directory, or written into it, in the meantime.
+        # may have removed a directory, or written into one, in the meantime.
         with contextlib.suppress(OSError):
-            if created and not any(workdir.iterdir()):
-                workdir.rmdir()
+            for directory in created:
+                if any(directory.iterdir()):
+                    break
+                directory.rmdir()
         raise
 
 

@@ -293,6 +293,17 @@ def test_a_run_that_fails_before_starting_names_no_run_directory(tmp_path):
     assert "run directory" not in out and not (tmp_path / "run").exists()
 
 
+def test_a_failed_run_removes_the_directories_it_created_parents_included(tmp_path):
+    (tmp_path / "damaged.zarr").mkdir()
+    (tmp_path / "damaged.zarr" / "zarr.json").write_text("{}")
+    (tmp_path / "kept").mkdir()
+    for workdir in (tmp_path / "runs" / "chest" / "run", tmp_path / "kept" / "new" / "run"):
+        with pytest.raises(UserError, match="not a readable cube store"):
+            train(tiny_config(**{"data.source": "store", "data.store": str(tmp_path / "damaged.zarr")}), workdir)
+    assert not (tmp_path / "runs").exists()
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "new").exists()  # there before: stays
+
+
 def test_resuming_a_finished_run_says_it_is_done(tmp_path):
     first = run_cli([*TINY_FLAGS, "--config.total_steps=2", "--config.eval_every=2"], tmp_path)
     out, _ = first.communicate(timeout=240)
