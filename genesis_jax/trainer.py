@@ -262,9 +262,9 @@ class TrainLog:
         elapsed = time.perf_counter() - self.window_start
         samples_per_s = len(fetched) * self.run.cfg.batch_size / max(elapsed, 1e-9)
         lr = float(fetched[-1]["learning_rate"])
-        self.writer.scalars(step, {"train/loss": float(np.mean([m["loss"] for m in fetched])),
-                                   "train/learning_rate": lr, "train/samples_per_s": samples_per_s})
-        bar.set_postfix(loss=f"{float(fetched[-1]['loss']):.4f}", lr=f"{lr:.3g}", samples_s=f"{samples_per_s:.1f}")
+        loss = float(np.mean([m["loss"] for m in fetched]))  # the bar and TensorBoard: the mean since the last log
+        self.writer.scalars(step, {"train/loss": loss, "train/learning_rate": lr, "train/samples_per_s": samples_per_s})
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", samples_s=f"{samples_per_s:.1f}")
         self.window_start = time.perf_counter()
 
 

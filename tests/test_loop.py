@@ -212,3 +212,17 @@ def test_the_loop_logs_by_time_as_well_as_by_steps(tmp_path, monkeypatch, log_se
     cfg.log_seconds = log_seconds
     trainer.train(cfg, tmp_path / "run")
     assert seen == logged
+
+
+def test_the_bar_and_tensorboard_show_the_same_loss(tmp_path, monkeypatch, capsys):
+    """Both the mean over the steps since the last log (here all 3: one log, at the end)."""
+    from genesis_jax import trainer
+    logged = []
+    monkeypatch.setattr(trainer.MetricWriter, "scalars", lambda self, step, values: logged.append((step, values)))
+    cfg = tiny_config(total_steps=3, log_every=100, eval_every=100, checkpoint_every=100)
+    cfg.log_seconds = 3600.0
+    summary = trainer.train(cfg, tmp_path / "run")
+    (step, values), = [(s, v) for s, v in logged if "train/loss" in v]
+    assert step == 3 and values["train/loss"] == pytest.approx(np.mean([l for _, l in summary["train_losses"]]))
+    shown = capsys.readouterr().err.split("loss=")[-1].split(",")[0]
+    assert shown == f"{values['train/loss']:.4f}" != f"{summary['train_losses'][-1][1]:.4f}"
