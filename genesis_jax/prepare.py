@@ -98,6 +98,26 @@ def prepare_volume(path, index, args, cfg):
     return cubes, record
 
 
+# Spacings further apart than this (largest / smallest, on any axis) mix voxel sizes in one store.
+SPACING_SPREAD = 1.10
+
+
+def spacing_warning(sources: list[dict]) -> str | None:
+    """A warning when the volumes' voxel spacings differ by more than 10% on some axis
+    (prepare was not asked to resample: a cube then covers more tissue in one scan than
+    in another)."""
+    spacings = np.array([s["spacing"] for s in sources], float)
+    if len(spacings) < 2:
+        return None
+    low, high = spacings.min(axis=0), spacings.max(axis=0)
+    if np.all(high <= SPACING_SPREAD * low):
+        return None
+    axes = ", ".join(f"{axis} {lo:g}-{hi:g} mm" for axis, lo, hi in zip("XYZ", low, high) if hi > SPACING_SPREAD * lo)
+    return (f"warning: the volumes' voxel spacings differ by more than 10% ({axes}; each source's spacing is in the "
+            f"store): their cubes cover different physical sizes. Pass --spacing MM (e.g. --spacing {high.min():g}) "
+            f"to resample them to one spacing; the Models Genesis paper did not resample")
+
+
 def run(argv=None) -> int:
     args = parse_args(argv)
     cfg = SamplerConfig(crop=tuple(args.cube_shape), filter=args.filter, cubes_per_volume=args.cubes_per_volume,
@@ -164,6 +184,8 @@ def write_store(writer, inputs, args, cfg, skipped, start) -> int:
           f"in {elapsed:.1f} s ({writer.count / elapsed:.1f} cubes/s)")
     for line in empty:
         print(f"  no cubes: {line}")
+    if not args.spacing and (warning := spacing_warning(sources)):
+        print(warning, file=sys.stderr)
     if skipped:
         print("skipped:")
         for line in skipped:

@@ -286,3 +286,21 @@ def test_a_cube_shape_not_made_of_multiples_of_8_is_refused(tmp_path, capsys, sh
     with pytest.raises(SystemExit) as exit_:
         run(["@sample", "--out", str(tmp_path / "s.zarr"), "--cube-shape", *shape])
     assert exit_.value.code == 2 and "each size must be a multiple of 8" in capsys.readouterr().err
+
+
+def test_volumes_of_different_spacings_are_named_unless_resampled(tmp_path, capsys):
+    import nibabel as nib
+    from genesis_jax.prepare import run, spacing_warning
+    volume = np.asarray(nib.load(str(sample_path())).dataobj, np.float32)
+    for name, spacing in (("fine", 0.96), ("coarse", 2.0)):
+        nib.save(nib.Nifti1Image(volume, np.diag([spacing, spacing, 2.5, 1.0])), str(tmp_path / f"{name}.nii.gz"))
+    args = [str(tmp_path / "fine.nii.gz"), str(tmp_path / "coarse.nii.gz"), "--filter", "foreground",
+            "--cube-shape", "32", "32", "16", "--cubes-per-volume", "2"]
+    assert run([*args, "--out", str(tmp_path / "a.zarr")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [spacing_warning([{"spacing": [0.96, 0.96, 2.5]}, {"spacing": [2.0, 2.0, 2.5]}])]
+    assert "(X 0.96-2 mm, Y 0.96-2 mm; each source's spacing is in the store)" in warnings[0]
+    assert "--spacing" in warnings[0] and "did not resample" in warnings[0]
+    assert run([*args, "--out", str(tmp_path / "b.zarr"), "--spacing", "2"]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    assert spacing_warning([{"spacing": [1.0, 1.0, 2.5]}, {"spacing": [1.05, 1.0, 2.5]}]) is None  # within 10%
