@@ -17,6 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import jax
 from flax import nnx
 
 from genesis_jax import sharding
@@ -26,7 +27,7 @@ from genesis_jax.optim import make_optimizer
 from genesis_jax.processes import wait_for_all_processes
 from genesis_jax.step import init_train_state, model_from_state
 from genesis_jax.tasks import TASKS, task_for
-from genesis_jax.transfer import transfer_weights
+from genesis_jax.transfer import PARTS, transfer_weights
 
 CONFIG_FILE, INFO_FILE, PYTORCH_EXPORT = "config.json", "run_info.json", "genesis_unet3d_best.pt"
 
@@ -103,14 +104,29 @@ def task_optimizer(cfg, task, steps_per_epoch: int):
     return make_optimizer(cfg.optimizer, cfg.schedule, steps_per_epoch, cfg.total_steps, task.pretrained_modules())
 
 
+def check_width(cfg, source: str, width: int) -> None:
+    """The init source's width must be the config's: it fixes every array's shape."""
+    if width != cfg.model.width:
+        raise UserError(f"init {source} has model.width={width}, the config says model.width={cfg.model.width}: "
+                        f"pass --config.model.width={width}")
+
+
 def new_model(task, rngs, initialize: bool = True):
     """The task's model; initialize: with the pre-trained weights of the task's init
-    source copied into its `part` (a run directory or a .pt; nothing from scratch)."""
+    source copied into its `part` (a run directory or a .pt; nothing from scratch), and
+    one line saying what was copied and what is new."""
     model = task.build_model(rngs)
     source = task.init_source() if initialize else None
     if source is not None:
+        if Path(source).is_dir():  # from its config.json, before any weights are read
+            check_width(task.cfg, source, read_run_config(source).model.width)
         weights, described, _ = load_source(source)
-        transfer_weights(model, weights, task.part, described)
+        check_width(task.cfg, source, weights.width)
+        copied = transfer_weights(model, weights, task.part, described)
+        modules = list(dict.fromkeys(str(path[0]) for path, _ in nnx.to_flat_state(nnx.state(model))))
+        if jax.process_index() == 0:
+            print(f"initialised from {described}: {len(copied)} arrays of {', '.join(PARTS[task.part])} copied; "
+                  f"new: {', '.join(m for m in modules if m not in PARTS[task.part])}", flush=True)
     return model
 
 

@@ -77,10 +77,14 @@ def test_finetune_from_a_pretrained_run_then_resume(volumes, pretrained, tmp_pat
         train(cfg, workdir)
 
 
-def test_the_model_starts_from_the_pretrained_weights_but_its_last_layer(volumes, pretrained):
+def test_the_model_starts_from_the_pretrained_weights_but_its_last_layer(volumes, pretrained, capsys):
     cfg = get_config()
     cfg.model.width, cfg.init, cfg.data.label_values = 4, str(pretrained), "1,2"
     model = new_model(SegmentationTask(cfg), nnx.Rngs(7))
+    kept = sum(not str(path[0]).startswith("out_tr") for path, _ in nnx.to_flat_state(nnx.state(model)))
+    assert capsys.readouterr().out.splitlines() == [
+        f"initialised from {pretrained} (best checkpoint, step 2, width 4): {kept} arrays of down_tr64, down_tr128, "
+        f"down_tr256, down_tr512, up_tr256, up_tr128, up_tr64 copied; new: out_tr"]
     source, _, _ = load_source(pretrained)
     ours = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
     theirs = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(source))}
@@ -89,6 +93,18 @@ def test_the_model_starts_from_the_pretrained_weights_but_its_last_layer(volumes
             assert value.shape[-1] == 2 or value.ndim == 1  # 2 classes, fresh
         else:
             np.testing.assert_array_equal(value, theirs[key])
+
+
+def test_a_width_that_is_not_the_init_runs_is_one_line_before_any_weights_are_read(pretrained, monkeypatch):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were read")
+    monkeypatch.setattr("genesis_jax.rundir.load_checkpoint", no_weights)
+    cfg = get_config()
+    cfg.model.width, cfg.init, cfg.data.label_values = 32, str(pretrained), "1"
+    with pytest.raises(UserError) as refused:
+        new_model(SegmentationTask(cfg), nnx.Rngs(0))
+    assert str(refused.value) == (f"init {pretrained} has model.width=4, the config says model.width=32: pass "
+                                  f"--config.model.width=4")
 
 
 @pytest.mark.parametrize("extra, message", [
