@@ -130,6 +130,35 @@ def test_label_volumes_on_another_grid_are_refused(volumes, tmp_path):
     assert "small.nii.gz" in err and "does not match the image" in err
 
 
+def test_without_validation_volumes_a_z_slab_of_each_training_volume_is_held_out(tmp_path, capsys):
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in (24, 24, 40)), indexing="ij"), -1)
+    ball = np.sum((grid - [12, 12, 30]) ** 2, -1) < 25  # in the upper half of z
+    write_nifti(tmp_path / "ct.nii.gz", np.where(ball, 300.0, -800.0))
+    write_nifti(tmp_path / "seg.nii.gz", ball.astype(np.float32))
+    cfg = get_config()
+    cfg.data.patch_shape, cfg.data.val_patches, cfg.data.label_values = (16, 16, 8), 4, "1"
+    cfg.data.train_images, cfg.data.train_labels = str(tmp_path / "ct.nii.gz"), str(tmp_path / "seg.nii.gz")
+    task = SegmentationTask(cfg)
+    task.check_data()
+    run_data = task.load_data()
+    assert capsys.readouterr().out.splitlines() == [
+        "validation: no data.val_images given: holding out 20% of each training volume's z slices, the end with more "
+        "labelled voxels (ct.nii.gz z 32-39 of 40); no validation voxel is trained on"]
+    (val_image, val_classes), = task.val_volumes
+    assert val_image.shape == (24, 24, 8) and val_classes.any()
+    trained, = run_data.train.pairs  # padded to the patch at least: 32 slices already are
+    assert trained[0].shape == (24, 24, 32)
+    np.testing.assert_array_equal(trained[1], ball[::-1, ::-1, :32].astype(np.int8))  # read as LPS: X, Y flip
+    thin = tmp_path / "thin"
+    thin.mkdir()
+    write_nifti(thin / "ct.nii.gz", np.zeros((24, 24, 12)))
+    write_nifti(thin / "seg.nii.gz", np.ones((24, 24, 12)))
+    cfg.data.train_images, cfg.data.train_labels = str(thin / "ct.nii.gz"), str(thin / "seg.nii.gz")
+    with pytest.raises(UserError, match=r"^no data.val_images given, and .*ct.nii.gz: 12 z slices are too few to hold "
+                                        r"out a validation slab of 8 and keep 8 \(the patch depth\) for training"):
+        SegmentationTask(cfg).load_data()
+
+
 class Threshold(nnx.Module):
     """A 'model' that segments by intensity: class 1 above 0.6, class 2 below 0.1."""
 

@@ -97,8 +97,9 @@ def segmentation_base() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         train_images="",             # comma-separated volumes (NIfTI, MHD/MHA, DICOM series folders)
         train_labels="",             # their label volumes, same order and grids
-        val_images="",               # comma-separated validation volumes (model selection)
+        val_images="",               # comma-separated validation volumes (model selection); empty: a z slab held out
         val_labels="",               # their label volumes
+        val_fraction=0.2,            # without val_images: share of each training volume's z slices held out
         label_values="1",            # raw label values that become classes 1..K, e.g. "5" or "5,6"
         patch_shape=(64, 64, 32),    # each dim divisible by 8
         foreground_ratio=0.5,        # share of patches centred on a foreground voxel

@@ -53,6 +53,25 @@ def read_pair(image_path, label_path, label_values, modality: str = "ct"):
     return to_unit_range(image.array, modality)[0], classes
 
 
+def hold_out_slab(image: np.ndarray, classes: np.ndarray, fraction: float, depth: int, path) -> tuple:
+    """((train image, classes), (validation image, classes), z range held out): the first
+    or the last `fraction` of the z slices (at least `depth`, a patch's), whichever holds
+    more labelled voxels, becomes validation; the rest trains. A slab, not random
+    patches: no validation voxel is ever in a training patch. VolumeError when the
+    volume is too thin to keep `depth` slices on both sides."""
+    z = image.shape[2]
+    held = max(depth, int(round(fraction * z)))
+    if z - held < depth:
+        raise VolumeError(path, f"{z} z slices are too few to hold out a validation slab of {held} and keep {depth} "
+                                f"(the patch depth) for training: pass validation volumes (data.val_images, "
+                                f"data.val_labels)")
+    first = np.count_nonzero(classes[:, :, :held]) > np.count_nonzero(classes[:, :, z - held:])
+    val = slice(0, held) if first else slice(z - held, z)
+    train = slice(held, z) if first else slice(0, z - held)
+    return ((image[:, :, train], classes[:, :, train]), (image[:, :, val], classes[:, :, val]),
+            (val.start, val.stop))
+
+
 def pad_pair(image: np.ndarray, classes: np.ndarray, patch_shape):
     """Both padded to at least patch_shape (image: edge values; labels: background)."""
     pads = patch_pads(image.shape, patch_shape)

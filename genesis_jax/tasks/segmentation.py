@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax.numpy as jnp
 
 from genesis_jax.configs.base import segmentation_base
@@ -57,7 +59,7 @@ class SegmentationTask(FineTuneTask):
     def check_data(self, require_data: bool = True) -> None:
         data = self.cfg.data
         for images, labels in (("train_images", "train_labels"), ("val_images", "val_labels")):
-            if require_data and not split_paths(data[images]):
+            if require_data and images == "train_images" and not split_paths(data[images]):
                 raise UserError(f"data.{images} is empty: pass --config.data.{images}=A.nii.gz,B.nii.gz")
             if len(split_paths(data[images])) != len(split_paths(data[labels])):
                 raise UserError(f"data.{images} has {len(split_paths(data[images]))} volumes, data.{labels} "
@@ -68,6 +70,8 @@ class SegmentationTask(FineTuneTask):
         for name in ("patches_per_epoch", "val_patches"):
             if data[name] < 1:
                 raise UserError(f"data.{name} must be >= 1, got {data[name]}")
+        if not 0.0 < data.val_fraction < 1.0:
+            raise UserError(f"data.val_fraction must be in (0, 1), got {data.val_fraction}")
 
     def identity(self) -> dict:
         return {"model": model_identity(self.cfg.model), "data": dict(self.cfg.data), "loss": self.cfg.loss,
@@ -84,6 +88,8 @@ class SegmentationTask(FineTuneTask):
         pairs = {split: [read_pair(i, l, values, data.modality)
                          for i, l in zip(split_paths(data[f"{split}_images"]), split_paths(data[f"{split}_labels"]))]
                  for split in ("train", "val")}
+        if not pairs["val"]:
+            pairs["train"], pairs["val"] = self.held_out(pairs["train"])
         train = PatchSampler(pairs["train"], data.patch_shape, data.foreground_ratio, self.cfg.seed)
         frozen = PatchSampler(pairs["val"], data.patch_shape, data.foreground_ratio, self.cfg.seed + 1)
         validation = InMemoryCubes(frozen.batch(0, int(data.val_patches)))
@@ -94,6 +100,27 @@ class SegmentationTask(FineTuneTask):
                      f"{len(values)} class(es) from label values {values}, patches {tuple(data.patch_shape)} "
                      f"({data.foreground_ratio:.0%} centred on foreground)")
         return RunData(train, validation, int(data.patches_per_epoch), described, files_sha256(paths))
+
+    def held_out(self, pairs) -> tuple[list, list]:
+        """(training pairs, validation pairs) when no validation volumes are given: a z slab
+        of each training volume (data/labelled.py hold_out_slab), said in one line."""
+        import jax
+
+        from genesis_jax.data.labelled import hold_out_slab
+        from genesis_jax.data.volumes import VolumeError
+        data = self.cfg.data
+        try:
+            split = [hold_out_slab(image, classes, data.val_fraction, int(data.patch_shape[2]), path)
+                     for (image, classes), path in zip(pairs, split_paths(data.train_images))]
+        except VolumeError as e:
+            raise UserError(f"no data.val_images given, and {e}") from None
+        if jax.process_index() == 0:
+            slabs = ", ".join(f"{Path(path).name} z {a}-{b - 1} of {image.shape[2]}"
+                              for (_, _, (a, b)), path, (image, _) in zip(split, split_paths(data.train_images), pairs))
+            print(f"validation: no data.val_images given: holding out {data.val_fraction:.0%} of each training "
+                  f"volume's z slices, the end with more labelled voxels ({slabs}); no validation voxel is trained "
+                  f"on", flush=True)
+        return [train for train, _, _ in split], [val for _, val, _ in split]
 
     def prepare(self, key, batch, mesh, first_index=0):
         from genesis_jax.losses import one_hot_classes
