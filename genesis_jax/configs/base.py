@@ -26,7 +26,7 @@ def common_config() -> ml_collections.ConfigDict:
     c.allow_data_change = False      # resume even though the data's sha256 differs from the run's start
 
     c.model = ml_collections.ConfigDict(dict(
-        width=32,                    # channels of the first stage (32: the official 19.07M-parameter U-Net)
+        width=32,                    # channels of the first stage (32: the official 19.07M-parameter U-Net); fine-tuning must use its init's width
         bn_mode="batch",             # batch (official: batch statistics also in eval) | running
         dtype="float32",             # compute dtype, float32 | bfloat16 (parameters stay float32)
         conv="auto",                 # 3x3x3 conv formulation, auto | native | stacked2d (models/conv.py; same weights)
@@ -101,7 +101,7 @@ def segmentation_base() -> ml_collections.ConfigDict:
         val_labels="",               # their label volumes
         val_fraction=0.2,            # without val_images: share of each training volume's z slices held out
         label_values="1",            # raw label values that become classes 1..K, e.g. "5" or "5,6"
-        patch_shape=(64, 64, 32),    # each dim divisible by 8
+        patch_shape=(64, 64, 32),    # each dim divisible by 8; on the command line --config.data.patch_shape='(32, 32, 16)'
         foreground_ratio=0.5,        # share of patches centred on a foreground voxel
         patches_per_epoch=256,       # an epoch is this many training patches
         val_patches=32,              # frozen validation patches (drawn once from the validation volumes)
@@ -121,7 +121,7 @@ def classification_base() -> ml_collections.ConfigDict:
         val_csv="",                  # the same for validation (model selection, AUC)
         store="",                    # the cube store that cube,label rows index
         classes=2,                   # 2: one logit, sigmoid + BCE; more: softmax + cross-entropy
-        cube_shape=(64, 64, 32),     # each dim divisible by 8
+        cube_shape=(64, 64, 32),     # each dim divisible by 8; on the command line --config.data.cube_shape='(32, 32, 16)'
         modality="ct",               # ct: the HU window [-1000, 1000] -> [0, 1]; mr: 0.5-99.5 percentiles
     ))
     return c
