@@ -87,14 +87,20 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def remove_tree(path: Path, seconds: float = 10.0) -> None:
-    """rmtree until the directory is gone: after a failed write, TensorStore's other chunk
-    writes may still be creating directories in it for a moment (seen: 62 left behind)."""
-    deadline = time.monotonic() + seconds
-    while True:
+def remove_tree(path: Path, seconds: float = 10.0, settle: float = 0.5) -> None:
+    """rmtree until the directory is gone and stays gone for `settle` seconds: after a
+    failed write, TensorStore's other chunk writes may still be creating directories in
+    it for a moment (seen: 62 left behind; and once, in CI, one directory recreated after
+    the first rmtree had found the path gone)."""
+    deadline, gone_since = time.monotonic() + seconds, None
+    while time.monotonic() <= deadline:
         shutil.rmtree(path, ignore_errors=True)
-        if not path.exists() or time.monotonic() > deadline:
-            return
+        if path.exists():
+            gone_since = None
+        else:
+            gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since >= settle:
+                return
         time.sleep(0.05)
 
 
