@@ -110,9 +110,10 @@ def spacing_warning(sources: list[dict]) -> str | None:
     if len(spacings) < 2:
         return None
     low, high = spacings.min(axis=0), spacings.max(axis=0)
-    if np.all(high <= SPACING_SPREAD * low):
+    spread = high > SPACING_SPREAD * low
+    if not spread.any():
         return None
-    axes = ", ".join(f"{axis} {lo:g}-{hi:g} mm" for axis, lo, hi in zip("XYZ", low, high) if hi > SPACING_SPREAD * lo)
+    axes = ", ".join(f"{axis} {lo:g}-{hi:g} mm" for axis, lo, hi, wide in zip("XYZ", low, high, spread) if wide)
     return (f"warning: the volumes' voxel spacings differ by more than 10% ({axes}; each source's spacing is in the "
             f"store): their cubes cover different physical sizes. Pass --spacing MM (e.g. --spacing {high.min():g}) "
             f"to resample them to one spacing; the Models Genesis paper did not resample")

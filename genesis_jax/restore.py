@@ -108,6 +108,7 @@ def restoration_table(model, cubes, seed: int):
     import jax.numpy as jnp
     from flax import nnx
 
+    from genesis_jax.tasks import restoration_mse
     graphdef, state = nnx.split(model)
     restore = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x[..., None])[..., 0])
     cubes = jnp.asarray(cubes)
@@ -115,20 +116,29 @@ def restoration_table(model, cubes, seed: int):
     for i, name in enumerate(DEFORMATIONS):
         corrupted, target = (np.asarray(a, np.float32) for a in corrupt(name, jax.random.key(seed * 1000 + i), cubes))
         restored = np.asarray(restore(state, corrupted), np.float32)
-        cube_means = target.mean(axis=(1, 2, 3), keepdims=True)
-        rows[name] = {"restored_mse": float(np.mean((restored - target) ** 2)),
-                      "identity_mse": float(np.mean((corrupted - target) ** 2)),
-                      "mean_mse": float(np.mean((cube_means - target) ** 2)),
+        cube_means = np.broadcast_to(target.mean(axis=(1, 2, 3), keepdims=True), target.shape)
+        rows[name] = {"restored_mse": float(restoration_mse(restored, target)),
+                      "identity_mse": float(restoration_mse(corrupted, target)),
+                      "mean_mse": float(restoration_mse(cube_means, target)),
                       "correlation": correlation(restored, target), "arrays": (corrupted, restored, target)}
     return rows
 
 
+def changed(row: dict) -> bool:
+    """Whether the deformation changed the cubes at all (a row with nothing to restore is not judged)."""
+    return row["identity_mse"] > 1e-9
+
+
+def no_better(row: dict, baseline: str) -> bool:
+    """Whether the restoration fails to beat the baseline ("identity_mse" or "mean_mse")."""
+    return row["restored_mse"] >= BEATS * row[baseline]
+
+
 def verdict(row: dict) -> str:
     """One row's word: does the restoration beat doing nothing, and a constant?"""
-    if row["identity_mse"] <= 1e-9:
+    if not changed(row):
         return "unchanged input"
-    worse = [name for name, key in (("its input", "identity_mse"), ("a constant", "mean_mse"))
-             if row["restored_mse"] >= BEATS * row[key]]
+    worse = [name for name, key in (("its input", "identity_mse"), ("a constant", "mean_mse")) if no_better(row, key)]
     return "restores" if not worse else "no better than " + " or ".join(worse)
 
 
@@ -139,9 +149,9 @@ CONSTANT_CORRELATION = 0.3
 
 def summary_lines(rows: dict) -> list[str]:
     """The lines that warn about a model that does not restore (none for one that does)."""
-    judged = {name: row for name, row in rows.items() if row["identity_mse"] > 1e-9}
-    constant = [n for n, r in judged.items() if r["restored_mse"] >= BEATS * r["mean_mse"]]
-    idle = [n for n, r in judged.items() if r["restored_mse"] >= BEATS * r["identity_mse"]]
+    judged = {name: row for name, row in rows.items() if changed(row)}
+    constant = [n for n, r in judged.items() if no_better(r, "mean_mse")]
+    idle = [n for n, r in judged.items() if no_better(r, "identity_mse")]
     mean_r = float(np.mean([r["correlation"] for r in judged.values()])) if judged else 0.0
     of = f"of {len(judged)} deformations"
     lines = []
@@ -182,7 +192,7 @@ def write_report(out: Path, rows: dict, described: str, volume) -> None:
     lines = ["| deformation | restored MSE | identity baseline (corrupted) | mean baseline (each cube's mean) | "
              "restored / identity | restored / mean | correlation | verdict |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, row in rows.items():
-        ratio = f"{row['restored_mse'] / row['identity_mse']:.2f}" if row["identity_mse"] > 1e-9 else "-"
+        ratio = f"{row['restored_mse'] / row['identity_mse']:.2f}" if changed(row) else "-"
         lines.append(f"| {name} | {row['restored_mse']:.5f} | {row['identity_mse']:.5f} | {row['mean_mse']:.5f} | "
                      f"{ratio} | {row['restored_mse'] / max(row['mean_mse'], 1e-12):.2f} | {row['correlation']:.2f} | "
                      f"{verdict(row)} |")

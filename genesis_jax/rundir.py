@@ -120,8 +120,9 @@ def new_model(task, rngs, initialize: bool = True):
     if source is not None:
         if Path(source).is_dir():  # from its config.json, before any weights are read
             check_width(task.cfg, source, read_run_config(source).model.width)
-        weights, described, _ = load_source(source)
-        check_width(task.cfg, source, weights.width)
+        weights, described, source_cfg = load_source(source)
+        if source_cfg is None:  # a .pt: its width is known once it is read
+            check_width(task.cfg, source, weights.width)
         copied = transfer_weights(model, weights, task.part, described)
         modules = list(dict.fromkeys(str(path[0]) for path, _ in nnx.to_flat_state(nnx.state(model))))
         if jax.process_index() == 0:

@@ -114,13 +114,7 @@ def test_the_tiny_flags_give_the_tiny_config(tmp_path):
 
 def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     proc = run_cli([*TINY_FLAGS, "--config.total_steps=100000", "--config.log_every=1"], tmp_path)
-    deadline = time.time() + 240
-    output = ""
-    while time.time() < deadline:  # wait until steps are running
-        line = proc.stdout.readline()
-        output += line
-        if "loss=" in line or (tmp_path / "tensorboard").exists() and "step/s" in line:
-            break
+    output = wait_for_steps(proc, tmp_path)
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=240)
     output += rest
@@ -150,7 +144,7 @@ def test_bad_overrides_fail_before_any_work(tmp_path, flag, words):
 def process_logs(logs: Path) -> str:
     """What each process printed last (progress redraws and gloo's connection lines left out)."""
     def shown(path):
-        lines = [line.split("\r")[-1] for line in path.read_text().split("\n")] if path.exists() else ["(no log)"]
+        lines = shown_lines(path.read_text()) if path.exists() else ["(no log)"]
         return "\n".join(line for line in lines if line.strip() and not line.startswith("[Gloo]"))[-2500:]
     return "".join(f"\n--- {path.name}:\n{shown(path)}" for path in sorted(logs.glob("process_*.log")))
 
