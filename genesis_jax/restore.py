@@ -187,8 +187,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_report(out: Path, rows: dict, described: str, volume) -> None:
-    from genesis_jax.metrics import labelled_grid, save_png
+def table_lines(rows: dict) -> list[str]:
+    """The report's Markdown table, one row per deformation (rows with or without their arrays)."""
     lines = ["| deformation | restored MSE | identity baseline (corrupted) | mean baseline (each cube's mean) | "
              "restored / identity | restored / mean | correlation | verdict |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, row in rows.items():
@@ -196,6 +196,13 @@ def write_report(out: Path, rows: dict, described: str, volume) -> None:
         lines.append(f"| {name} | {row['restored_mse']:.5f} | {row['identity_mse']:.5f} | {row['mean_mse']:.5f} | "
                      f"{ratio} | {row['restored_mse'] / max(row['mean_mse'], 1e-12):.2f} | {row['correlation']:.2f} | "
                      f"{verdict(row)} |")
+    return lines
+
+
+def write_report(out: Path, rows: dict, described: str, volume) -> None:
+    from genesis_jax.metrics import labelled_grid, save_png
+    lines = table_lines(rows)
+    for name, row in rows.items():
         corrupted, restored_cubes, target = row["arrays"]
         grid = labelled_grid({"corrupted": corrupted, "restored": restored_cubes, "original": target},
                              title=f"{name}: restored MSE {row['restored_mse']:.5f}, corrupted "

@@ -9,16 +9,13 @@ from flax import nnx
 from PIL import Image
 
 from genesis_jax.configs.segmentation import get_config as get_segmentation_config
-from genesis_jax.restore import DEFORMATIONS, main, restoration_table, summary_lines, verdict
-from genesis_jax.trainer import train
-from runs import tiny_config
+from genesis_jax.restore import DEFORMATIONS, main, restoration_table, summary_lines, table_lines, verdict
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run") / "tiny"
-    train(tiny_config(total_steps=2), workdir)
-    return workdir
+def run_dir(pretrained):
+    """The suite's tiny pre-training run (conftest.py): width 4, 2 steps, 16^3 cubes."""
+    return pretrained
 
 
 def test_restore_from_a_run_directory_writes_the_table_and_labelled_pictures(run_dir, tmp_path, capsys):
@@ -37,6 +34,19 @@ def test_restore_from_a_run_directory_writes_the_table_and_labelled_pictures(run
     pipeline = report["deformations"]["pipeline"]
     assert pipeline["identity_mse"] > 0.01 and pipeline["mean_mse"] > 0 and -1 <= pipeline["correlation"] <= 1
     assert "| restored / mean | correlation | verdict |" in printed
+
+
+def test_the_demo_benchmark_scores_a_run_as_restore_does(run_dir, tmp_path):
+    from benchmarks.demo_learning import CUBES, SEED, markdown, score
+    assert main([f"--init={run_dir}", f"--out={tmp_path}", f"--cubes={CUBES}", f"--seed={SEED}"]) == 0
+    report = json.loads((tmp_path / "restore.json").read_text())
+    described, table, warnings = score(run_dir)
+    assert described == report["model"] and warnings == report["warnings"]
+    assert table == report["deformations"]
+    lines = "\n".join(table_lines(table))
+    assert lines in (tmp_path / "restore.md").read_text()
+    assert lines in markdown({"wall_s": 1.0, "flags": "", "checkpoint": described, "deformations": table,
+                              "warnings": warnings})
 
 
 def test_restore_from_an_official_layout_pt(tmp_path):
