@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import jax
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, steps: int, warmup: int) -> list[float]:
@@ -28,3 +32,22 @@ def write_json(path: Path | None, result: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {path}")
+
+
+def write_markdown(path: Path | None, table: str) -> None:
+    """Write the printed table as a Markdown file (no-op without --markdown)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
+
+
+def run_cli(argv: list[str]) -> tuple[float, str]:
+    """(seconds, stdout) of one `python ARGV` run from the repository root; its stderr (the
+    progress bar) streams to this terminal. A failed run exits with its last output."""
+    print("$ python " + " ".join(argv), file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+        sys.exit(f"error: {' '.join(argv[:2])} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+    return time.perf_counter() - start, proc.stdout

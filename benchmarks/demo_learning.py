@@ -16,37 +16,21 @@ at 1.21x the mean baseline with a correlation of 0.13.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.common import write_json
+from benchmarks.common import run_cli, write_json, write_markdown
 
-ROOT = Path(__file__).resolve().parents[1]
 CUBES, SEED = 8, 1
-
-
-def train_demo(workdir: Path, flags: list[str]) -> float:
-    """Seconds of wall time of the demo's training run (its output streams to stderr)."""
-    argv = [sys.executable, "-m", "genesis_jax.train", f"--workdir={workdir}", *flags]
-    print("$ " + " ".join(argv[1:]), file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=ROOT, stdout=sys.stderr)
-    if proc.returncode:
-        sys.exit(f"error: the demo's training run failed (exit {proc.returncode})")
-    return time.perf_counter() - start
 
 
 def score(workdir: Path) -> tuple[str, dict, list[str]]:
     """(the checkpoint scored, {deformation: restore's row without its arrays}, restore's warnings)."""
     from genesis_jax.data import sample_path
-    from genesis_jax.restore import load_model, restoration_table, sample, summary_lines, verdict
+    from genesis_jax.restore import load_model, report_rows, restoration_table, sample, summary_lines
     model, shape, modality, described = load_model(str(workdir))
     rows = restoration_table(model, sample(sample_path(), shape, modality, "foreground", CUBES, SEED), SEED)
-    table = {name: {**{k: v for k, v in row.items() if k != "arrays"}, "verdict": verdict(row)}
-             for name, row in rows.items()}
-    return described, table, summary_lines(rows)
+    return described, report_rows(rows), summary_lines(rows)
 
 
 def markdown(result: dict) -> str:
@@ -56,7 +40,7 @@ def markdown(result: dict) -> str:
 
 
 def measure(out: Path, flags: list[str]) -> dict:
-    wall = train_demo(out / "run", flags)
+    wall, _ = run_cli(["-m", "genesis_jax.train", f"--workdir={out / 'run'}", *flags])
     described, table, warnings = score(out / "run")
     return {"wall_s": wall, "flags": " ".join(flags), "checkpoint": described, "cubes": CUBES, "seed": SEED,
             "deformations": table, "warnings": warnings}
@@ -73,9 +57,7 @@ def main(argv=None) -> dict:
     result = measure(args.out, flags)
     table = markdown(result)
     print(table)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table + "\n")
+    write_markdown(args.markdown, table)
     write_json(args.json, result)
     return result
 

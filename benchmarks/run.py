@@ -37,7 +37,7 @@ from pathlib import Path
 import jax
 
 from benchmarks import deform_throughput, end_to_end, train_step
-from benchmarks.common import write_json
+from benchmarks.common import write_json, write_markdown
 
 SECTIONS = ("deformations", "train step", "end to end", "compile")
 COLUMNS = ("section", "what", "setting", "value", "unit", "compared")
@@ -237,9 +237,7 @@ def main(argv=None) -> dict:
     issues = problems(result)
     if issues:
         print("\nincomplete: " + "; ".join(issues), file=sys.stderr)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table + "\n")
+    write_markdown(args.markdown, table)
     write_json(args.json, result)
     if issues:
         raise SystemExit(1)

@@ -35,12 +35,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT, run_cli
+
 DATA = ROOT / ".." / "shared" / "data"  # spelled as the pre-training command was (the path is in its identity)
 SPLITS = {"test": (0, 60), "val": (76, 100), "train": (100, 164)}
 WIDTH, CUBE = 8, "(32, 32, 16)"
@@ -61,19 +60,9 @@ def split_volumes(out: Path) -> dict:
     return paths
 
 
-def run(argv: list[str]) -> tuple[float, str]:
-    """(seconds, stdout) of one CLI run; its output streams to this terminal's stderr."""
-    print("$ python " + " ".join(argv), file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    if proc.returncode:
-        sys.exit(f"error: {' '.join(argv[:2])} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
-    return time.perf_counter() - start, proc.stdout
-
-
 def pretrain(out: Path, steps: int) -> tuple[Path, float]:
     workdir = out / "pretrain"
-    seconds, _ = run(["-m", "genesis_jax.train", "--config=demo", f"--workdir={workdir}",
+    seconds, _ = run_cli(["-m", "genesis_jax.train", "--config=demo", f"--workdir={workdir}",
                       f"--config.model.width={WIDTH}", f"--config.total_steps={steps}", "--config.steps_per_epoch=50",
                       "--config.eval_every=100", "--config.checkpoint_every=100", "--config.schedule.step_epochs=5",
                       "--config.data.val_cubes=32", "--config.data.source=volumes",
@@ -84,7 +73,7 @@ def pretrain(out: Path, steps: int) -> tuple[Path, float]:
 def finetune(out: Path, paths: dict, init: str, seed: int, steps: int) -> tuple[Path, float]:
     name = "scratch" if init == "scratch" else "genesis"
     workdir = out / f"{name}_seed{seed}"
-    seconds, _ = run(["-m", "genesis_jax.finetune", "--config=segmentation", f"--workdir={workdir}",
+    seconds, _ = run_cli(["-m", "genesis_jax.finetune", "--config=segmentation", f"--workdir={workdir}",
                       f"--config.init={init}", f"--config.seed={seed}", f"--config.model.width={WIDTH}",
                       f"--config.data.patch_shape={CUBE}", "--config.batch_size=8", f"--config.total_steps={steps}",
                       "--config.steps_per_epoch=25", "--config.eval_every=25", "--config.checkpoint_every=50",
@@ -95,7 +84,7 @@ def finetune(out: Path, paths: dict, init: str, seed: int, steps: int) -> tuple[
 
 
 def test_dice(workdir: Path, paths: dict) -> float:
-    _, stdout = run(["-m", "genesis_jax.predict", f"--workdir={workdir}", f"--input={paths['test'][0]}",
+    _, stdout = run_cli(["-m", "genesis_jax.predict", f"--workdir={workdir}", f"--input={paths['test'][0]}",
                      f"--out={workdir / 'test_prediction.nii.gz'}", f"--labels={paths['test'][1]}"])
     scores = json.loads(stdout.strip().splitlines()[-1])  # {"dice": {"1.0": ...}, "iou": ...}: one class
     return float(next(iter(scores["dice"].values())))

@@ -199,6 +199,12 @@ def table_lines(rows: dict) -> list[str]:
     return lines
 
 
+def report_rows(rows: dict) -> dict:
+    """restore.json's rows: each row's figures without its arrays, with its verdict."""
+    return {name: {**{k: v for k, v in row.items() if k != "arrays"}, "verdict": verdict(row)}
+            for name, row in rows.items()}
+
+
 def write_report(out: Path, rows: dict, described: str, volume) -> None:
     from genesis_jax.metrics import labelled_grid, save_png
     lines = table_lines(rows)
@@ -215,8 +221,7 @@ def write_report(out: Path, rows: dict, described: str, volume) -> None:
     (out / "restore.md").write_text(f"model: {described}\nvolume: {volume}\n\n{report}\n")
     (out / "restore.json").write_text(json.dumps({
         "model": described, "volume": str(volume), "warnings": warnings,
-        "deformations": {name: {**{k: v for k, v in row.items() if k != "arrays"}, "verdict": verdict(row)}
-                         for name, row in rows.items()}}, indent=2))
+        "deformations": report_rows(rows)}, indent=2))
     print(f"\nwritten: {out}/restore.md, restore.json, restore_<deformation>.png")
 
 
