@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from benchmarks.common import timed, write_json
 
 from genesis_jax.models.conv import conv3x3x3
+from genesis_jax.models.init import flat_draw
 
 
 def conv_taps2d(x, kernel):
@@ -52,8 +53,8 @@ def unet_convs(width: int, batch: int, shape):
 
 def measure(batch, spatial, cin, cout, steps, warmup) -> dict:
     kx, kk = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, (batch, *spatial, cin), jnp.float32)
-    k = jax.random.normal(kk, (3, 3, 3, cin, cout), jnp.float32) / (27 * cin) ** 0.5
+    x = flat_draw(jax.random.normal, kx, (batch, *spatial, cin), dtype=jnp.float32)
+    k = flat_draw(jax.random.normal, kk, (3, 3, 3, cin, cout), dtype=jnp.float32) / (27 * cin) ** 0.5
     row = {}
     reference = None
     for name, form in FORMS.items():

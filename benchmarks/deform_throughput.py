@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import write_json  # noqa: E402
+from genesis_jax.models.init import flat_draw  # noqa: E402
 from genesis_jax.reference.numpy_genesis import ReferencePipeline  # noqa: E402
 
 from genesis_jax.deform import (  # noqa: E402
@@ -44,14 +45,14 @@ def time_calls(fn, make_args, repeats: int) -> list[float]:
 
 
 def bench_jax(batch: int, shape, repeats: int, cfg: DeformConfig) -> dict:
-    cubes = jax.random.uniform(jax.random.key(0), (batch, *shape), jnp.float32)
+    cubes = flat_draw(jax.random.uniform, jax.random.key(0), (batch, *shape), dtype=jnp.float32)
     times = time_calls(lambda k, c: genesis_batch(k, c, cfg), lambda i: (jax.random.key(1000 + i), cubes), repeats)
     median = statistics.median(times)
     return {"batch": batch, "median_s": median, "cubes_per_s": batch / median, "ms_per_cube": 1e3 * median / batch}
 
 
 def bench_stages(batch: int, shape, repeats: int) -> dict:
-    cubes = jax.random.uniform(jax.random.key(0), (batch, *shape), jnp.float32)
+    cubes = flat_draw(jax.random.uniform, jax.random.key(0), (batch, *shape), dtype=jnp.float32)
     stages = {
         "flip": lambda k, x: flip(k, x, x)[0],
         "local_pixel_shuffle": local_pixel_shuffle,

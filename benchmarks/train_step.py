@@ -28,6 +28,7 @@ from benchmarks.common import timed, write_json  # noqa: E402
 from genesis_jax import program  # noqa: E402
 from genesis_jax.models import UNet3D  # noqa: E402
 from genesis_jax.models.conv import resolve_conv_mode  # noqa: E402
+from genesis_jax.models.init import flat_draw  # noqa: E402
 from genesis_jax.models.unet import conv_transpose_2x, conv_transpose_reference  # noqa: E402
 from genesis_jax.optim import recipe_sgd  # noqa: E402
 from genesis_jax.step import init_train_state, make_model_step  # noqa: E402
@@ -46,7 +47,7 @@ def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, 
     tx = recipe_sgd()
     graphdef, state = init_train_state(model, tx)
     step = make_model_step(graphdef, tx, restoration_loss)
-    cubes = jax.random.uniform(jax.random.key(0), (batch, *shape), jnp.float32)
+    cubes = flat_draw(jax.random.uniform, jax.random.key(0), (batch, *shape), dtype=jnp.float32)
     start = time.perf_counter()
     traced = step.trace(state, cubes, cubes)
     compiled = traced.lower().compile()
@@ -69,8 +70,8 @@ def bench_upconv(batch, width, shape, dtype, steps, warmup) -> list[dict]:
     """Forward + gradient of each decoder transposed conv, fast form versus lax.conv_transpose."""
     rows = []
     for level, (channels, div) in enumerate(((16 * width, 8), (8 * width, 4), (4 * width, 2))):
-        x = jax.random.normal(jax.random.key(level), (batch, *(d // div for d in shape), channels), dtype)
-        k = jax.random.normal(jax.random.key(10 + level), (2, 2, 2, channels, channels), dtype) * 0.05
+        x = flat_draw(jax.random.normal, jax.random.key(level), (batch, *(d // div for d in shape), channels), dtype=dtype)
+        k = flat_draw(jax.random.normal, jax.random.key(10 + level), (2, 2, 2, channels, channels), dtype=dtype) * 0.05
         b = jnp.zeros((channels,), dtype)
         row = {"input": list(x.shape)}
         for name, fn in (("fast", conv_transpose_2x), ("lax", conv_transpose_reference)):

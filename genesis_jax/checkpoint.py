@@ -132,8 +132,24 @@ class CheckpointWriteError(UserError):
     the earlier checkpoints are intact."""
 
 
+def _save_one_copy_of_replicated_arrays() -> None:
+    """In one process, let Orbax copy each replicated array to the host once.
+
+    Its default on CPU and TPU (replica-parallel saving) cuts every replicated array into
+    one slice per device, so that several hosts can write parts of it in parallel; in one
+    process the slices only add an eager slice op and a transfer per device per array. On
+    8 simulated CPU devices, width 4: 3 saves of a run took 3.47 s with the slices and
+    under 1 s without (cProfile, this machine). Several processes keep Orbax's default.
+    """
+    if jax.process_count() == 1:
+        from orbax.checkpoint._src.metadata import array_metadata_store  # the store the default handler has
+        ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+            use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()), override=True)
+
+
 class Checkpointer:
     def __init__(self, directory, keep: int = 3):
+        _save_one_copy_of_replicated_arrays()
         self.directory = Path(directory).absolute()
         self.failed = False
         _refuse_old_layout(self.directory)

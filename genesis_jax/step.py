@@ -12,7 +12,8 @@ checks the compiled program).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import collections
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -96,3 +97,30 @@ def make_model_step(graphdef, tx, loss_fn):
     preparation, no mesh (benchmarks/train_step.py compares it with PyTorch's)."""
     return jax.jit(lambda state, inputs, targets: apply_gradients(graphdef, tx, state, loss_fn, inputs, targets),
                    donate_argnums=0)
+
+
+class RecentSteps:
+    """The jitted steps of this process's last few runs, by what their programs depend on.
+
+    jax.jit caches compiled programs per function object, and every run builds new step
+    functions: without this, a second run of the same config in one process traces,
+    lowers and loads from the persistent cache again what the first one compiled (the
+    transfer experiment's runs, a sweep in a notebook, the test suite). The key must hold
+    everything the traced programs read (trainer.program_key); the values close over the
+    first run's task and optimizer, so only a few are kept.
+    """
+
+    def __init__(self, kept: int = 4):
+        self.kept, self.steps = kept, collections.OrderedDict()
+
+    def get(self, key, build: Callable[[], tuple]) -> tuple:
+        if key in self.steps:
+            self.steps.move_to_end(key)
+        else:
+            self.steps[key] = build()
+            while len(self.steps) > self.kept:
+                self.steps.popitem(last=False)
+        return self.steps[key]
+
+
+RECENT_STEPS = RecentSteps()

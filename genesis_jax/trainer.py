@@ -32,7 +32,7 @@ from genesis_jax.preemption import Preemption
 from genesis_jax.processes import LinedUp
 from genesis_jax.rundir import build_state, checkpoint_dir, export_best, has_checkpoints, new_workdir, \
     task_optimizer, write_run_files
-from genesis_jax.step import make_eval_step, make_train_step, model_from_state
+from genesis_jax.step import RECENT_STEPS, make_eval_step, make_train_step, model_from_state
 from genesis_jax.tasks import task_for
 
 _VALIDATION_KEY = 2**31 - 1  # fold_in tag of the frozen validation preparation
@@ -157,6 +157,23 @@ class Run:
                 "plateau": self.plateau.to_json() if self.plateau else None}
 
 
+# Config fields only the loop reads (logging, checkpoint cadence, early stopping): runs
+# that differ only in these trace the same train and eval programs.
+_LOOP_ONLY_FIELDS = ("log_every", "log_seconds", "checkpoint_every", "keep_checkpoints", "images", "export_pytorch",
+                     "allow_data_change", "early_stopping_patience")
+
+
+def program_key(cfg, task, cadence: Cadence, graphdef, mesh) -> tuple:
+    """What the jitted steps of setup_run depend on: the task, the config (the seed gives the
+    keys they close over; total_steps only reaches the optimizer through the cosine
+    schedule), the steps per epoch (step schedules), the model's structure and the mesh."""
+    fields = {k: v for k, v in cfg.to_dict().items() if k not in _LOOP_ONLY_FIELDS}
+    if cfg.schedule.kind != "cosine":
+        fields.pop("total_steps")
+    return (type(task).__name__, getattr(task, "platform", None), json.dumps(fields, sort_keys=True, default=str),
+            cadence.steps_per_epoch, graphdef, mesh)
+
+
 def setup_run(cfg, workdir: Path, task):
     """(Run, initial state): mesh, data, model, optimizer, steps, validation, checkpointer."""
     mesh = sharding.make_mesh(jax.devices()[: cfg.num_devices] if cfg.num_devices else None)
@@ -168,9 +185,10 @@ def setup_run(cfg, workdir: Path, task):
     graphdef, state = build_state(task, tx, cfg.seed, mesh, initialize=not has_checkpoints(workdir))
     root_key = jax.random.key(cfg.seed)
     validation_key = jax.random.fold_in(root_key, _VALIDATION_KEY)
-    run = Run(cfg, task, workdir, mesh, data, cadence, graphdef, tx,
-              train_step=LinedUp(make_train_step(graphdef, tx, task, root_key, mesh), "train step"),
-              eval_step=LinedUp(make_eval_step(graphdef, task, validation_key, mesh), "eval step"),
+    train_step, eval_step = RECENT_STEPS.get(program_key(cfg, task, cadence, graphdef, mesh), lambda: (
+        LinedUp(make_train_step(graphdef, tx, task, root_key, mesh), "train step"),
+        LinedUp(make_eval_step(graphdef, task, validation_key, mesh), "eval step")))
+    run = Run(cfg, task, workdir, mesh, data, cadence, graphdef, tx, train_step=train_step, eval_step=eval_step,
               validation_key=validation_key,
               validation=FrozenValidation(data.validation, cfg.batch_size, mesh, cfg.images),
               checkpointer=Checkpointer(checkpoint_dir(workdir), keep=cfg.keep_checkpoints),

@@ -9,6 +9,7 @@ from flax import nnx
 
 from genesis_jax.models import UNet3D
 from genesis_jax.models.conv import STACKED_MAX_WORK, Conv3, conv3x3x3, formulation, resolve_conv_mode
+from genesis_jax.models.init import flat_draw
 
 
 def reference(x, kernel):
@@ -18,9 +19,9 @@ def reference(x, kernel):
 @pytest.mark.parametrize("shape,cin,cout", [((2, 8, 8, 4), 1, 4), ((1, 16, 8, 8), 6, 5), ((3, 4, 4, 4), 16, 8)])
 def test_stacked2d_equals_the_3d_convolution_with_gradients(shape, cin, cout):
     kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (*shape, cin))
-    kernel = jax.random.normal(kk, (3, 3, 3, cin, cout)) / np.sqrt(27 * cin)
-    cotangent = jax.random.normal(kg, (*shape, cout))
+    x = flat_draw(jax.random.normal, kx, (*shape, cin))
+    kernel = flat_draw(jax.random.normal, kk, (3, 3, 3, cin, cout)) / np.sqrt(27 * cin)
+    cotangent = flat_draw(jax.random.normal, kg, (*shape, cout))
     expected, expected_vjp = jax.vjp(reference, x, kernel)
     for mode in ("stacked2d", "native"):
         out, vjp = jax.vjp(lambda x, k: conv3x3x3(x, k, mode), x, kernel)
@@ -31,8 +32,8 @@ def test_stacked2d_equals_the_3d_convolution_with_gradients(shape, cin, cout):
 
 def test_a_wrong_tap_order_would_be_caught():
     """The check above can fail: flipping the X taps (a plausible bug) changes the output."""
-    x = jax.random.normal(jax.random.key(1), (1, 6, 6, 6, 2))
-    kernel = jax.random.normal(jax.random.key(2), (3, 3, 3, 2, 3))
+    x = flat_draw(jax.random.normal, jax.random.key(1), (1, 6, 6, 6, 2))
+    kernel = flat_draw(jax.random.normal, jax.random.key(2), (3, 3, 3, 2, 3))
     assert np.abs(conv3x3x3(x, jnp.flip(kernel, 0), "stacked2d") - reference(x, kernel)).max() > 1e-2
 
 
@@ -41,12 +42,12 @@ def test_the_layer_has_nnx_convs_weights_and_outputs():
     theirs = nnx.Conv(3, 5, (3, 3, 3), padding=((1, 1),) * 3, param_dtype=jnp.float32, rngs=nnx.Rngs(4))
     np.testing.assert_array_equal(ours.kernel[...], theirs.kernel[...])
     np.testing.assert_array_equal(ours.bias[...], theirs.bias[...])
-    x = jax.random.normal(jax.random.key(3), (2, 8, 8, 8, 3))
+    x = flat_draw(jax.random.normal, jax.random.key(3), (2, 8, 8, 8, 3))
     np.testing.assert_allclose(ours(x), theirs(x), atol=2e-5)
 
 
 def test_the_unet_output_does_not_depend_on_the_formulation():
-    x = jax.random.uniform(jax.random.key(5), (2, 16, 16, 8, 1))
+    x = flat_draw(jax.random.uniform, jax.random.key(5), (2, 16, 16, 8, 1))
     outputs = {}
     for mode in ("native", "stacked2d"):
         model = UNet3D(width=4, conv=mode, rngs=nnx.Rngs(0))

@@ -1,7 +1,6 @@
 """python -m genesis_jax.finetune: segmentation on the one loop, from scratch or from a
 pre-trained run, with exact resume and clean errors."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -154,6 +154,53 @@ def test_other_optimizers_train_in_the_loop(tmp_path, name):
     assert summary["learning_rates"][0][1] == 0.0 and summary["learning_rates"][1][1] == pytest.approx(1e-3)
 
 
+# ---------------------------------------------------------------- one trace per program
+
+def test_the_step_programs_key_holds_what_the_programs_read_and_not_the_loops_fields():
+    from genesis_jax.trainer import program_key
+    mesh = sharding.make_mesh()
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: UNet3D(width=4, rngs=nnx.Rngs(0))))
+    other_graphdef, _ = nnx.split(nnx.eval_shape(lambda: UNet3D(width=8, rngs=nnx.Rngs(0))))
+
+    def key(cfg, steps_per_epoch=2, graph=graphdef, devices=None):
+        return program_key(cfg, PretrainTask(cfg), Cadence(cfg.total_steps, steps_per_epoch, 1, 2, 1), graph,
+                           sharding.make_mesh(devices) if devices else mesh)
+
+    def changed(**fields):  # optimizer__name: optimizer.name
+        return tiny_config(**{name.replace("__", "."): value for name, value in fields.items()})
+
+    base = key(tiny_config())
+    for loop_only in (dict(log_every=7), dict(checkpoint_every=5), dict(keep_checkpoints=9), dict(images=1),
+                      dict(early_stopping_patience=3), dict(total_steps=99), dict(log_seconds=1.0)):
+        assert key(changed(**loop_only)) == base, loop_only
+    for read_by_the_programs in (dict(seed=1), dict(batch_size=4), dict(optimizer__learning_rate=0.5),
+                                 dict(optimizer__name="adam"), dict(schedule__gamma=0.1), dict(deform__paint_rate=0.5),
+                                 dict(deform__local_blocks=30), dict(model__bn_mode="running"),
+                                 dict(data__cube_shape=(16, 16, 8))):
+        assert key(changed(**read_by_the_programs)) != base, read_by_the_programs
+    cosine = changed(schedule__kind="cosine")
+    assert key(cosine) != key(changed(schedule__kind="cosine", total_steps=99))   # the cosine schedule reads it
+    assert key(tiny_config(), steps_per_epoch=3) != base                          # step schedules read it
+    assert key(tiny_config(), graph=other_graphdef) != base
+    assert key(tiny_config(), devices=jax.devices()[:4]) != base
+
+
+def test_a_second_run_of_the_same_programs_in_one_process_traces_nothing(tmp_path, monkeypatch):
+    from genesis_jax import step as step_module
+    from genesis_jax import trainer
+    from genesis_jax.step import RecentSteps
+    monkeypatch.setattr(trainer, "RECENT_STEPS", RecentSteps())
+    traced = []
+    real = step_module.apply_gradients
+    monkeypatch.setattr(step_module, "apply_gradients", lambda *a: traced.append(1) or real(*a))  # runs at trace time
+    first = train(tiny_config(total_steps=2), tmp_path / "a")
+    assert len(traced) == 1
+    again = train(tiny_config(total_steps=2, log_every=2), tmp_path / "b")   # a loop-only field differs
+    assert len(traced) == 1 and again["val_losses"] == first["val_losses"]
+    train(tiny_config(total_steps=2, seed=3), tmp_path / "c")                # the keys the steps close over differ
+    assert len(traced) == 2
+
+
 # ---------------------------------------------------------------- errors
 
 def main_with(monkeypatch, capsys, error):

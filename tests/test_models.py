@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from genesis_jax.models import GenesisClassifier, UNet3D, count_params
+from genesis_jax.models.init import flat_draw, lecun_normal, uniform
 from genesis_jax.models.unet import ConvTranspose2x, conv_transpose_2x, conv_transpose_reference
 
 
@@ -15,9 +16,23 @@ def test_official_model_has_19073665_parameters():
     assert count_params(model) == 19_073_665
 
 
+def test_flat_drawn_initialisers_give_jaxs_numbers_bit_for_bit():
+    # models/init.py draws rank-1 and reshapes (XLA:CPU compiles rank-5 draws slowly); the
+    # weights must stay those of flax's and jax's own initialisers, so old seeds and runs
+    # give the same models. Shapes: a conv kernel (rank 5) and a dense kernel (rank 2).
+    from flax.nnx.nn.linear import default_kernel_init
+    key = jax.random.key(7)
+    for shape in ((3, 3, 3, 2, 5), (12, 7)):
+        np.testing.assert_array_equal(lecun_normal(key, shape), default_kernel_init(key, shape, jnp.float32))
+    shape = (2, 2, 2, 3, 2)
+    np.testing.assert_array_equal(uniform(key, shape, -0.3, 0.3), jax.random.uniform(key, shape, jnp.float32, -0.3, 0.3))
+    assert not np.array_equal(lecun_normal(key, (3, 3, 3, 2, 5)), lecun_normal(jax.random.key(8), (3, 3, 3, 2, 5)))
+    assert flat_draw(jax.random.normal, key, (2, 3)).shape == (2, 3)
+
+
 def test_fast_transposed_conv_equals_lax_conv_transpose_with_gradient():
     layer = ConvTranspose2x(16, 8, jnp.float32, nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(1), (2, 4, 6, 2, 16))
+    x = flat_draw(jax.random.normal, jax.random.key(1), (2, 4, 6, 2, 16))
     kernel, bias = layer.kernel[...], layer.bias[...]
     np.testing.assert_allclose(layer(x), conv_transpose_reference(x, kernel, bias), atol=1e-5)
 
@@ -35,7 +50,7 @@ def test_fast_transposed_conv_equals_lax_conv_transpose_with_gradient():
 
 def test_output_shape_range_and_shape_check():
     model = UNet3D(n_class=2, width=4, rngs=nnx.Rngs(0))
-    y = nnx.jit(lambda m, x: m(x))(model, jax.random.uniform(jax.random.key(0), (2, 16, 24, 8, 1)))
+    y = nnx.jit(lambda m, x: m(x))(model, flat_draw(jax.random.uniform, jax.random.key(0), (2, 16, 24, 8, 1)))
     assert y.shape == (2, 16, 24, 8, 2) and y.dtype == jnp.float32
     assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
     with pytest.raises(ValueError, match="divisible by 8"):
@@ -45,7 +60,7 @@ def test_output_shape_range_and_shape_check():
 
 
 def test_batch_mode_uses_batch_statistics_in_eval_running_mode_does_not():
-    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 8, 1))
+    x = flat_draw(jax.random.uniform, jax.random.key(0), (2, 16, 16, 8, 1))
     for mode, eval_uses_batch in (("batch", True), ("running", False)):
         model = UNet3D(width=4, bn_mode=mode, rngs=nnx.Rngs(0))
         model.train()
@@ -62,7 +77,7 @@ def test_running_statistics_update_like_torch():
     """momentum 0.1 and the unbiased variance, as torch's BatchNorm."""
     from genesis_jax.models import BatchNorm
     bn = BatchNorm(3)
-    x = jax.random.normal(jax.random.key(0), (4, 5, 3)) * 2.0 + 1.0
+    x = flat_draw(jax.random.normal, jax.random.key(0), (4, 5, 3)) * 2.0 + 1.0
     bn(x)
     flat = np.asarray(x).reshape(-1, 3)
     np.testing.assert_allclose(bn.mean[...], 0.1 * flat.mean(0), rtol=1e-5)
@@ -72,7 +87,7 @@ def test_running_statistics_update_like_torch():
 def test_bf16_computes_in_bf16_with_fp32_params_and_stats():
     model = UNet3D(width=4, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     ref = UNet3D(width=4, rngs=nnx.Rngs(0))
-    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 8, 1))
+    x = flat_draw(jax.random.uniform, jax.random.key(0), (2, 16, 16, 8, 1))
     y, y_ref = model(x), ref(x)
     assert y.dtype == jnp.float32  # sigmoid output in fp32
     for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)) + jax.tree.leaves(nnx.state(model, nnx.BatchStat)):
@@ -86,7 +101,7 @@ def test_bf16_computes_in_bf16_with_fp32_params_and_stats():
 def test_classifier_uses_the_unet_encoder_weights():
     unet = UNet3D(width=4, rngs=nnx.Rngs(0))
     clf = GenesisClassifier(unet, n_class=3, rngs=nnx.Rngs(1))
-    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 8, 1))
+    x = flat_draw(jax.random.uniform, jax.random.key(0), (2, 16, 16, 8, 1))
     logits = clf(x)
     assert logits.shape == (2, 3)
     assert clf.down_tr64.ops0.conv1.kernel is unet.down_tr64.ops0.conv1.kernel

@@ -9,6 +9,7 @@ from flax import nnx
 
 from genesis_jax.deform import genesis_batch
 from genesis_jax.models import UNet3D, count_params
+from genesis_jax.models.init import flat_draw
 from genesis_jax.optim import recipe_sgd
 from genesis_jax.step import init_train_state, make_model_step
 from genesis_jax.tasks import restoration_loss
@@ -22,7 +23,7 @@ def test_full_width_pretraining_step_on_genesis_cubes():
     tx = recipe_sgd(learning_rate=0.1)
     graphdef, state = init_train_state(model, tx)
     step = make_model_step(graphdef, tx, restoration_loss)
-    cubes = jax.random.uniform(jax.random.key(0), (2, 64, 64, 32))
+    cubes = flat_draw(jax.random.uniform, jax.random.key(0), (2, 64, 64, 32))
     corrupted, target = genesis_batch(jax.random.key(1), cubes)
     losses = []
     for _ in range(2):

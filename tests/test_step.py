@@ -7,6 +7,7 @@ import numpy as np
 from flax import nnx
 
 from genesis_jax.models import UNet3D
+from genesis_jax.models.init import flat_draw
 from genesis_jax.optim import recipe_sgd
 from genesis_jax.step import init_train_state, make_model_step
 from genesis_jax.tasks import restoration_loss
@@ -16,7 +17,7 @@ def test_step_lowers_the_loss_and_donates_its_state():
     tx = recipe_sgd(learning_rate=0.1)
     graphdef, state = init_train_state(UNet3D(width=4, rngs=nnx.Rngs(0)), tx)
     step = make_model_step(graphdef, tx, restoration_loss)
-    cubes = jax.random.uniform(jax.random.key(0), (4, 16, 16, 8))
+    cubes = flat_draw(jax.random.uniform, jax.random.key(0), (4, 16, 16, 8))
     first_leaf = jax.tree.leaves(state)[0]
     losses = []
     for _ in range(6):
@@ -30,8 +31,8 @@ def test_step_lowers_the_loss_and_donates_its_state():
 def test_restoration_loss_is_mse_of_the_sigmoid_output():
     model = UNet3D(width=4, rngs=nnx.Rngs(0))
     model.eval()
-    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 8))
-    target = jax.random.uniform(jax.random.key(2), (2, 16, 16, 8))
+    x = flat_draw(jax.random.uniform, jax.random.key(1), (2, 16, 16, 8))
+    target = flat_draw(jax.random.uniform, jax.random.key(2), (2, 16, 16, 8))
     restored = model(x[..., None])[..., 0]
     loss, outputs = restoration_loss(model, x, target)
     np.testing.assert_allclose(loss, jnp.mean((restored - target) ** 2), rtol=1e-6)
@@ -46,7 +47,7 @@ def test_sgd_momentum_inside_the_step_over_three_steps():
     tx = recipe_sgd(learning_rate=lr, momentum=momentum)
     graphdef, state = init_train_state(UNet3D(width=4, rngs=nnx.Rngs(0)), tx)
     step = make_model_step(graphdef, tx, restoration_loss)
-    x = jax.random.uniform(jax.random.key(3), (2, 16, 16, 8))
+    x = flat_draw(jax.random.uniform, jax.random.key(3), (2, 16, 16, 8))
 
     @jax.jit
     def grads_at(params, stats):

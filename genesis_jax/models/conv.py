@@ -20,8 +20,8 @@ with in x out x voxels per example up to 2.7e8; above that (64->64 and 192->64 a
 keeps native there.
 
 The parameters are those of nnx.Conv (kernel (3, 3, 3, I, O), bias (O,)), initialised
-with the same keys and initialisers, so weights, PyTorch import/export and checkpoints
-do not depend on the formulation.
+with the same keys and numbers (models/init.py draws them flat), so weights, PyTorch
+import/export and checkpoints do not depend on the formulation.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx.nn.linear import default_kernel_init
+
+from genesis_jax.models.init import lecun_normal
 
 CONV_MODES = ("auto", "native", "stacked2d")
 STACKED_MAX_WORK = 2.7e8  # in_ch x out_ch x voxels per example up to which "auto" stacks on CPU
@@ -72,7 +73,7 @@ class Conv3(nnx.Module):
 
     def __init__(self, in_ch: int, out_ch: int, dtype, rngs: nnx.Rngs, mode: str = "auto"):
         resolve_conv_mode(mode)
-        self.kernel = nnx.Param(default_kernel_init(rngs.params(), (3, 3, 3, in_ch, out_ch), jnp.float32))
+        self.kernel = nnx.Param(lecun_normal(rngs.params(), (3, 3, 3, in_ch, out_ch), jnp.float32))
         rngs.params()  # nnx.Conv draws a key for its (zero) bias: keep the key sequence, so every weight is as before
         self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32))
         self.dtype, self.mode = dtype, mode

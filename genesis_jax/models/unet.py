@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from genesis_jax.models.conv import Conv3
+from genesis_jax.models.init import lecun_normal, uniform
 
 BN_MODES = ("batch", "running")
 
@@ -83,8 +84,8 @@ class ConvTranspose2x(nnx.Module):
 
     def __init__(self, in_ch: int, out_ch: int, dtype, rngs: nnx.Rngs, *, fast: bool = True):
         bound = 1.0 / jnp.sqrt(out_ch * 8)  # torch's default init for ConvTranspose3d
-        self.kernel = nnx.Param(jax.random.uniform(rngs.params(), (2, 2, 2, in_ch, out_ch), jnp.float32, -bound, bound))
-        self.bias = nnx.Param(jax.random.uniform(rngs.params(), (out_ch,), jnp.float32, -bound, bound))
+        self.kernel = nnx.Param(uniform(rngs.params(), (2, 2, 2, in_ch, out_ch), -bound, bound))
+        self.bias = nnx.Param(uniform(rngs.params(), (out_ch,), -bound, bound))
         self.dtype = dtype
         self.fast = fast
 
@@ -133,7 +134,8 @@ class UpTransition(nnx.Module):
 
 class OutputTransition(nnx.Module):
     def __init__(self, in_ch: int, n_class: int, dtype, rngs):
-        self.final_conv = nnx.Conv(in_ch, n_class, (1, 1, 1), dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.final_conv = nnx.Conv(in_ch, n_class, (1, 1, 1), dtype=dtype, param_dtype=jnp.float32,
+                                   kernel_init=lecun_normal, rngs=rngs)
 
     def __call__(self, x):
         return jax.nn.sigmoid(self.final_conv(x).astype(jnp.float32))
@@ -202,8 +204,8 @@ class GenesisClassifier(nnx.Module):
         self.down_tr64, self.down_tr128 = unet.down_tr64, unet.down_tr128
         self.down_tr256, self.down_tr512 = unet.down_tr256, unet.down_tr512
         self.dtype = unet.dtype
-        self.dense_1 = nnx.Linear(16 * unet.width, 1024, dtype=unet.dtype, rngs=rngs)
-        self.dense_2 = nnx.Linear(1024, n_class, dtype=unet.dtype, rngs=rngs)
+        self.dense_1 = nnx.Linear(16 * unet.width, 1024, dtype=unet.dtype, kernel_init=lecun_normal, rngs=rngs)
+        self.dense_2 = nnx.Linear(1024, n_class, dtype=unet.dtype, kernel_init=lecun_normal, rngs=rngs)
 
     def __call__(self, x):
         bottleneck, _ = _encode(self, x)
