@@ -42,12 +42,13 @@ def write_markdown(path: Path | None, table: str) -> None:
     path.write_text(table + "\n")
 
 
-def run_cli(argv: list[str]) -> tuple[float, str]:
-    """(seconds, stdout) of one `python ARGV` run from the repository root; its stderr (the
-    progress bar) streams to this terminal. A failed run exits with its last output."""
+def run_cli(argv: list[str], env: dict | None = None) -> tuple[float, str]:
+    """(seconds, stdout) of one `python ARGV` run from the repository root (env: its whole
+    environment, default this one's); its stderr (the progress bar) streams to this
+    terminal. A failed run exits with its last output."""
     print("$ python " + " ".join(argv), file=sys.stderr, flush=True)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
         sys.exit(f"error: {' '.join(argv[:2])} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
     return time.perf_counter() - start, proc.stdout

@@ -15,44 +15,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, write_json
+from benchmarks.common import ROOT, run_cli, write_json
+
+
+def timed_runs(runs: int) -> list[dict]:
+    """`runs` timed tiny runs in this process (the child's side of `child`)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from genesis_jax.trainer import train
+    from runs import tiny_config
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as d:
+            summary = train(tiny_config(), Path(d) / "run")
+        out.append({"seconds": time.perf_counter() - start, "val_losses": summary["val_losses"]})
+    return out
 
 
 def child(cache: str, runs: int) -> list[dict]:
-    """Run in a fresh interpreter: `runs` timed tiny runs, as JSON on the last stdout line."""
-    code = f"""
-import json, sys, tempfile, time
-sys.path.insert(0, {str(ROOT / 'tests')!r})
-from genesis_jax.trainer import train
-from runs import tiny_config
-out = []
-for i in range({runs}):
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as d:
-        summary = train(tiny_config(), d + "/run")
-    out.append({{"seconds": time.perf_counter() - start, "val_losses": summary["val_losses"]}})
-print(json.dumps(out))
-"""
+    """timed_runs(runs) in a fresh interpreter on 8 simulated devices with this persistent cache."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    if proc.returncode:
-        sys.exit(f"error: the timed runs failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    _, stdout = run_cli(["-m", "benchmarks.repeat_runs", f"--child={runs}"], env=env)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="runs in the first process (default 2)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # the timed process: N runs, JSON on stdout
     args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(timed_runs(args.child)))
+        return {}
     with tempfile.TemporaryDirectory(prefix="genesis_jax_cache_") as cache:
         start = time.perf_counter()
         first = child(cache, args.runs)

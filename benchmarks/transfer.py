@@ -63,10 +63,10 @@ def split_volumes(out: Path) -> dict:
 def pretrain(out: Path, steps: int) -> tuple[Path, float]:
     workdir = out / "pretrain"
     seconds, _ = run_cli(["-m", "genesis_jax.train", "--config=demo", f"--workdir={workdir}",
-                      f"--config.model.width={WIDTH}", f"--config.total_steps={steps}", "--config.steps_per_epoch=50",
-                      "--config.eval_every=100", "--config.checkpoint_every=100", "--config.schedule.step_epochs=5",
-                      "--config.data.val_cubes=32", "--config.data.source=volumes",
-                      f"--config.data.volumes={DATA / 'chest_ct.nii.gz'}", "--config.data.filter=lung"])
+                          f"--config.model.width={WIDTH}", f"--config.total_steps={steps}", "--config.steps_per_epoch=50",
+                          "--config.eval_every=100", "--config.checkpoint_every=100", "--config.schedule.step_epochs=5",
+                          "--config.data.val_cubes=32", "--config.data.source=volumes",
+                          f"--config.data.volumes={DATA / 'chest_ct.nii.gz'}", "--config.data.filter=lung"])
     return workdir, seconds
 
 
@@ -74,18 +74,18 @@ def finetune(out: Path, paths: dict, init: str, seed: int, steps: int) -> tuple[
     name = "scratch" if init == "scratch" else "genesis"
     workdir = out / f"{name}_seed{seed}"
     seconds, _ = run_cli(["-m", "genesis_jax.finetune", "--config=segmentation", f"--workdir={workdir}",
-                      f"--config.init={init}", f"--config.seed={seed}", f"--config.model.width={WIDTH}",
-                      f"--config.data.patch_shape={CUBE}", "--config.batch_size=8", f"--config.total_steps={steps}",
-                      "--config.steps_per_epoch=25", "--config.eval_every=25", "--config.checkpoint_every=50",
-                      "--config.data.val_patches=16", "--config.log_every=5",
-                      f"--config.data.train_images={paths['train'][0]}", f"--config.data.train_labels={paths['train'][1]}",
-                      f"--config.data.val_images={paths['val'][0]}", f"--config.data.val_labels={paths['val'][1]}"])
+                          f"--config.init={init}", f"--config.seed={seed}", f"--config.model.width={WIDTH}",
+                          f"--config.data.patch_shape={CUBE}", "--config.batch_size=8", f"--config.total_steps={steps}",
+                          "--config.steps_per_epoch=25", "--config.eval_every=25", "--config.checkpoint_every=50",
+                          "--config.data.val_patches=16", "--config.log_every=5",
+                          f"--config.data.train_images={paths['train'][0]}", f"--config.data.train_labels={paths['train'][1]}",
+                          f"--config.data.val_images={paths['val'][0]}", f"--config.data.val_labels={paths['val'][1]}"])
     return workdir, seconds
 
 
 def test_dice(workdir: Path, paths: dict) -> float:
     _, stdout = run_cli(["-m", "genesis_jax.predict", f"--workdir={workdir}", f"--input={paths['test'][0]}",
-                     f"--out={workdir / 'test_prediction.nii.gz'}", f"--labels={paths['test'][1]}"])
+                         f"--out={workdir / 'test_prediction.nii.gz'}", f"--labels={paths['test'][1]}"])
     scores = json.loads(stdout.strip().splitlines()[-1])  # {"dice": {"1.0": ...}, "iou": ...}: one class
     return float(next(iter(scores["dice"].values())))
 

@@ -20,6 +20,7 @@ and renames on commit); any found are reported and removed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -132,6 +133,7 @@ class CheckpointWriteError(UserError):
     the earlier checkpoints are intact."""
 
 
+@functools.cache  # once per process, after jax.distributed (the Checkpointer comes after it)
 def _save_one_copy_of_replicated_arrays() -> None:
     """In one process, let Orbax copy each replicated array to the host once.
 
@@ -143,8 +145,14 @@ def _save_one_copy_of_replicated_arrays() -> None:
     """
     if jax.process_count() == 1:
         from orbax.checkpoint._src.metadata import array_metadata_store  # the store the default handler has
-        ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
-            use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()), override=True)
+        absl = logging.getLogger("absl")
+        level = absl.level
+        absl.setLevel(logging.ERROR)  # Orbax warns "... overriding jax.Array" on every run otherwise
+        try:
+            ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+                use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()), override=True)
+        finally:
+            absl.setLevel(level)
 
 
 class Checkpointer:

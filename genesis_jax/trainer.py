@@ -170,7 +170,7 @@ def program_key(cfg, task, cadence: Cadence, graphdef, mesh) -> tuple:
     fields = {k: v for k, v in cfg.to_dict().items() if k not in _LOOP_ONLY_FIELDS}
     if cfg.schedule.kind != "cosine":
         fields.pop("total_steps")
-    return (type(task).__name__, getattr(task, "platform", None), json.dumps(fields, sort_keys=True, default=str),
+    return (type(task).__name__, task.platform, json.dumps(fields, sort_keys=True, default=str),
             cadence.steps_per_epoch, graphdef, mesh)
 
 
