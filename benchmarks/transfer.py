@@ -21,7 +21,8 @@ Pre-training: `python -m genesis_jax.train` on ../shared/data/chest_ct.nii.gz, t
 scan of the same patient (the cropped volume is a crop of it, so pre-training has seen
 the test region's image, never its labels: what the paper's setting allows, a target
 task's unlabelled images in the pre-training data). Width 8, 32x32x16 cubes (CPU-sized;
-the paper's model is width 32 on 64x64x32). Fine-tuning: the same width and patch shape,
+the paper's model is width 32 on 64x64x32), the paper's SGD lr 1.0 with StepLR and its four
+deformations (the flags name them: the demo config trains otherwise). Fine-tuning: the same width and patch shape,
 Adam 1e-3 with the plateau schedule, Dice + BCE, `--steps` steps of batch 8, from scratch
 and from the pre-trained run, at each seed; then `python -m genesis_jax.predict` on the
 test slab (best checkpoint by validation loss, overlap 0.5, Gaussian blending) gives the
@@ -66,6 +67,8 @@ def pretrain(out: Path, steps: int) -> tuple[Path, float]:
                           f"--config.model.width={WIDTH}", f"--config.total_steps={steps}", "--config.steps_per_epoch=50",
                           "--config.eval_every=100", "--config.checkpoint_every=100", "--config.schedule.step_epochs=5",
                           "--config.data.val_cubes=32", "--config.data.source=volumes",
+                          "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=1.0",
+                          "--config.schedule.kind=step", "--config.deform.nonlinear_rate=0.9",
                           f"--config.data.volumes={DATA / 'chest_ct.nii.gz'}", "--config.data.filter=lung"])
     return workdir, seconds
 

@@ -13,7 +13,11 @@ something restores below both baselines and correlates well; one line says so wh
 does not ("this model is close to a constant: ...", "this model does not restore:
 ..."). --init takes a genesis-jax pre-training run directory (its best checkpoint,
 with the run's cube shape and CT/MR window) or a PyTorch checkpoint of the official
-UNet3D (64x64x32 cubes). Bad input: one line and exit status 1; nothing is written.
+UNet3D (64x64x32 cubes). A run whose deformations differ from the paper's (its
+config's deform fields, e.g. the demo's, which leaves out the intensity map) gets one more
+row, run_pipeline: the pipeline it was trained on. Bad input: one line and exit status 1;
+nothing is written. Eight cubes make the pictures readable, not the figures precise: for
+a figure to compare runs by, score 64 (`python -m benchmarks.demo_learning` does).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 DEFORMATIONS = ("local_pixel_shuffle", "nonlinear_intensity", "inpaint", "outpaint", "pipeline")
+RUN_PIPELINE = "run_pipeline"  # the row of a run trained with other deformations than the paper's
 
 
 def parse_args(argv):
@@ -44,7 +49,8 @@ def parse_args(argv):
 
 
 def load_model(init: str):
-    """(model in eval mode, cube shape, modality, a one-line description)."""
+    """(model in eval mode, cube shape, modality, a one-line description, the run's
+    deformations when they differ from the paper's, else None)."""
     from genesis_jax.errors import UserError
     from genesis_jax.rundir import load_source, read_run_config
     if Path(init).is_dir() and (task := read_run_config(init).task) != "pretrain":
@@ -52,9 +58,20 @@ def load_model(init: str):
                         f"pre-training run directory or an official-layout .pt")
     model, described, cfg = load_source(init)
     model.eval()
-    if cfg is None:  # an official .pt: the paper's cubes and CT window
-        return model, (64, 64, 32), "ct", described
-    return model, tuple(int(d) for d in cfg.data.cube_shape), cfg.data.modality, described
+    if cfg is None:  # an official .pt: the paper's cubes, CT window and deformations
+        return model, (64, 64, 32), "ct", described, None
+    return model, tuple(int(d) for d in cfg.data.cube_shape), cfg.data.modality, described, own_deformations(cfg)
+
+
+def own_deformations(cfg):
+    """The run's DeformConfig if it corrupts otherwise than the paper's defaults (how it
+    computes, batch_mode and lookups, aside: those give the same arrays), else None."""
+    import dataclasses
+
+    from genesis_jax.deform import DeformConfig
+    deform = DeformConfig(**cfg.deform)
+    paper = dataclasses.replace(DeformConfig(), batch_mode=deform.batch_mode, lookups=deform.lookups)
+    return None if deform == paper else deform
 
 
 def sample(volume_path, shape, modality, filter_name, n, seed):
@@ -72,14 +89,14 @@ def sample(volume_path, shape, modality, filter_name, n, seed):
     return cubes
 
 
-def corrupt(name: str, key, cubes):
+def corrupt(name: str, key, cubes, run_deform=None):
     """(corrupted, target) float32 (N, X, Y, Z): one deformation on every cube, or the
-    pipeline (whose flips move the target too)."""
+    pipeline (whose flips move the target too): the paper's, or run_deform for RUN_PIPELINE."""
     import jax
 
     from genesis_jax.deform import DeformConfig, genesis_batch, inpaint, local_pixel_shuffle, nonlinear_intensity, outpaint
-    if name == "pipeline":
-        return genesis_batch(key, cubes, DeformConfig())
+    if name in ("pipeline", RUN_PIPELINE):
+        return genesis_batch(key, cubes, run_deform if name == RUN_PIPELINE else DeformConfig())
     stage = {"local_pixel_shuffle": local_pixel_shuffle, "nonlinear_intensity": nonlinear_intensity,
              "inpaint": inpaint, "outpaint": outpaint}[name]
     keys = jax.random.split(key, cubes.shape[0])
@@ -101,9 +118,10 @@ def correlation(restored: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean(values))
 
 
-def restoration_table(model, cubes, seed: int):
+def restoration_table(model, cubes, seed: int, run_deform=None):
     """{deformation: {restored_mse, identity_mse (the corrupted input's), mean_mse (each
-    original cube's own mean), correlation, arrays (corrupted, restored, original)}}."""
+    original cube's own mean), correlation, arrays (corrupted, restored, original)}}; with
+    run_deform (a DeformConfig) also the RUN_PIPELINE row, the pipeline with those settings."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -113,8 +131,10 @@ def restoration_table(model, cubes, seed: int):
     restore = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x[..., None])[..., 0])
     cubes = jnp.asarray(cubes)
     rows = {}
-    for i, name in enumerate(DEFORMATIONS):
-        corrupted, target = (np.asarray(a, np.float32) for a in corrupt(name, jax.random.key(seed * 1000 + i), cubes))
+    names = DEFORMATIONS + ((RUN_PIPELINE,) if run_deform is not None else ())
+    for i, name in enumerate(names):
+        key = jax.random.key(seed * 1000 + i)
+        corrupted, target = (np.asarray(a, np.float32) for a in corrupt(name, key, cubes, run_deform))
         restored = np.asarray(restore(state, corrupted), np.float32)
         cube_means = np.broadcast_to(target.mean(axis=(1, 2, 3), keepdims=True), target.shape)
         rows[name] = {"restored_mse": float(restoration_mse(restored, target)),
@@ -174,12 +194,12 @@ def main(argv=None) -> int:
     try:
         if args.cubes < 1:
             raise UserError(f"--cubes must be >= 1, got {args.cubes}")
-        model, shape, modality, described = load_model(args.init)
+        model, shape, modality, described, run_deform = load_model(args.init)
         from genesis_jax.data import sample_path
         volume = args.input or sample_path()
         print(f"model: {described}\nvolume: {volume}\ncubes: {args.cubes} of {shape}, {args.filter} filter")
         cubes = sample(volume, shape, args.modality or modality, args.filter, args.cubes, args.seed)
-        rows = restoration_table(model, cubes, args.seed)
+        rows = restoration_table(model, cubes, args.seed, run_deform)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

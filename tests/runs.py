@@ -14,9 +14,12 @@ from genesis_jax.rundir import load_checkpoint
 # other batch, device count, cube shape or schedule is another set of programs to compile
 # (~50 s cold on 2 cores), while a run whose programs an earlier one compiled loads them
 # from the persistent cache in a few seconds.
+# The paper's optimizer, schedule and four deformations, whatever the demo trains with: the
+# loop's tests check SGD momentum, StepLR drops and every stage of the pipeline.
 TINY = {"total_steps": 3, "batch_size": 8, "steps_per_epoch": 2, "eval_every": 2, "checkpoint_every": 1,
         "log_every": 1, "images": 2, "export_pytorch": False, "data.cube_shape": (16, 16, 16), "data.val_cubes": 8,
-        "deform.local_blocks": 300}
+        "deform.local_blocks": 300, "optimizer.name": "sgd", "optimizer.learning_rate": 1.0, "schedule.kind": "step",
+        "deform.nonlinear_rate": 0.9}
 
 
 def tiny_config(**top):

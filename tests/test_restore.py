@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ from flax import nnx
 from PIL import Image
 
 from genesis_jax.configs.segmentation import get_config as get_segmentation_config
-from genesis_jax.restore import DEFORMATIONS, main, restoration_table, summary_lines, table_lines, verdict
+from genesis_jax.restore import DEFORMATIONS, RUN_PIPELINE, corrupt, main, own_deformations, restoration_table, \
+    summary_lines, table_lines, verdict
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,8 @@ def test_restore_from_a_run_directory_writes_the_table_and_labelled_pictures(run
     printed = capsys.readouterr().out
     assert "best checkpoint, step 2" in printed and "| pipeline |" in printed
     report = json.loads((out / "restore.json").read_text())
-    assert list(report["deformations"]) == list(DEFORMATIONS)
+    # the tiny run's 300 shuffle blocks are not the paper's 10,000: its own pipeline gets a row too
+    assert list(report["deformations"]) == [*DEFORMATIONS, RUN_PIPELINE]
     for name, row in report["deformations"].items():
         assert np.isfinite(row["restored_mse"]) and row["restored_mse"] > 0, name
         image = np.asarray(Image.open(out / f"restore_{name}.png"))
@@ -59,6 +62,27 @@ def test_restore_from_an_official_layout_pt(tmp_path):
     assert main([f"--init={tmp_path / 'genesis.pt'}", f"--out={out}", "--cubes=2"]) == 0
     report = json.loads((out / "restore.json").read_text())
     assert "PyTorch UNet3D, width 2" in report["model"]
+    assert list(report["deformations"]) == list(DEFORMATIONS)  # the paper's deformations: no run_pipeline row
+
+
+def test_the_run_pipeline_row_corrupts_as_the_run_trained(cubes):
+    from genesis_jax.configs.demo import get_config
+    from genesis_jax.deform import DeformConfig, genesis_batch
+    cfg = get_config()
+    cfg.deform.nonlinear_rate, cfg.deform.local_blocks = 0.9, 10_000
+    cfg.deform.batch_mode, cfg.deform.lookups = "vmap", "compute"  # how it computes: the same arrays
+    assert own_deformations(cfg) is None
+    cfg.deform.nonlinear_rate = 0.0
+    run_deform = own_deformations(cfg)
+    assert run_deform == DeformConfig(nonlinear_rate=0.0, batch_mode="vmap", lookups="compute")
+    key, x = jax.random.key(3), jnp.asarray(cubes)
+    for got, want in zip(corrupt(RUN_PIPELINE, key, x, run_deform), genesis_batch(key, x, run_deform)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    for got, want in zip(corrupt("pipeline", key, x, run_deform), genesis_batch(key, x, DeformConfig())):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    rows = restoration_table(Copy(), cubes, 0, run_deform)
+    assert list(rows) == [*DEFORMATIONS, RUN_PIPELINE]
+    assert rows[RUN_PIPELINE]["identity_mse"] != rows["pipeline"]["identity_mse"]
 
 
 class Constant(nnx.Module):

@@ -51,21 +51,23 @@ def test_full_width_pytorch_round_trip(tmp_path):
     assert count_params(again) == 19_073_665
 
 
-# What "the demo visibly restores" means (issue 21): on pipeline-corrupted cubes it never
-# drew, clearly below the best constant's MSE and following the originals' structure.
+# What "the demo visibly restores" means (issue 21): on cubes it never drew, corrupted by
+# what it trained on (its own pipeline, and each of its deformations alone), clearly below
+# the best constant's MSE and following the originals' structure. The demo leaves out the
+# intensity map (genesis_jax/configs/demo.py says why): the paper's pipeline is not claimed.
 DEMO_BEATS_MEAN, DEMO_CORRELATION = 0.8, 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 item 1 is open: the demo's model is close to a constant "
-                                       "(docs/pretraining.md, the demo on a 2-core CPU)")
 def test_the_demo_learns_to_restore(tmp_path, monkeypatch):
     """The demo as a user first runs it (one process, the machine's own devices), scored
-    by restore's baselines on cubes it never drew (issue 21: the demo's model was a
+    by restore's baselines on 64 cubes it never drew (issue 21: the demo's model was a
     constant, 1.21x the per-cube-mean baseline, correlation 0.13)."""
     from benchmarks.demo_learning import measure
+    from genesis_jax.restore import RUN_PIPELINE
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     result = measure(tmp_path, [])
-    pipeline = result["deformations"]["pipeline"]
-    assert pipeline["restored_mse"] < DEMO_BEATS_MEAN * pipeline["mean_mse"], result
-    assert pipeline["correlation"] > DEMO_CORRELATION, result
+    rows = result["deformations"]
+    for name in (RUN_PIPELINE, "local_pixel_shuffle", "inpaint", "outpaint"):
+        assert rows[name]["restored_mse"] < DEMO_BEATS_MEAN * rows[name]["mean_mse"], (name, result)
+        assert rows[name]["correlation"] > DEMO_CORRELATION, (name, result)
     assert not any(line.startswith("this model is close to a constant") for line in result["warnings"]), result
