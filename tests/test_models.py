@@ -110,3 +110,41 @@ def test_classifier_uses_the_unet_encoder_weights():
     features = jnp.mean(bottleneck, axis=(1, 2, 3))
     expected = clf.dense_2(jax.nn.relu(clf.dense_1(features)))
     np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+def test_max_pooling_sends_the_gradient_to_the_first_maximum_as_pytorch_does():
+    torch = pytest.importorskip("torch")
+    from genesis_jax.models.unet import max_pool2
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, 6, 4, 3)).astype(np.float32)
+    x[0, :2, :2, :2, 0] = 0.25   # a window of ties: the whole gradient to its first element
+    x[1, 2:, 2:4, :2, 1] = np.maximum(x[1, 2:, 2:4, :2, 1], 0.0)  # ReLU-like ties at 0
+    weights = rng.normal(size=(2, 2, 3, 2, 3)).astype(np.float32)
+    pooled = max_pool2(jnp.asarray(x))
+    grad = jax.grad(lambda v: jnp.sum(max_pool2(v) * weights))(jnp.asarray(x))
+    xt = torch.tensor(x.transpose(0, 4, 1, 2, 3), requires_grad=True)  # NCDHW: X is depth
+    yt = torch.nn.functional.max_pool3d(xt, 2)
+    (yt * torch.tensor(weights.transpose(0, 4, 1, 2, 3))).sum().backward()
+    np.testing.assert_array_equal(np.asarray(pooled), yt.detach().numpy().transpose(0, 2, 3, 4, 1))
+    np.testing.assert_array_equal(np.asarray(grad), xt.grad.numpy().transpose(0, 2, 3, 4, 1))
+    assert np.count_nonzero(np.asarray(grad)[0, :2, :2, :2, 0]) == 1
+
+
+def test_a_train_step_compiled_without_optimizations_stays_finite():
+    # XLA:CPU's unoptimised build recomputes pooled activations in the backward pass;
+    # jnp.max's gradient (every element equal to the maximum, / their count) then found no
+    # equal element and divided 0 by 0: the tiny run's parameters went non-finite at step
+    # 2. models/unet.py max_pool2 keeps the index of each maximum instead.
+    from genesis_jax.optim import recipe_sgd
+    from genesis_jax.step import init_train_state, make_model_step
+    from genesis_jax.tasks import restoration_loss
+    tx = recipe_sgd()
+    graphdef, state = init_train_state(UNet3D(width=2, rngs=nnx.Rngs(0)), tx)
+    cubes = flat_draw(jax.random.uniform, jax.random.key(1), (4, 16, 16, 16))
+    targets = jnp.clip(cubes + 0.1, 0.0, 1.0)
+    step = make_model_step(graphdef, tx, restoration_loss).lower(state, cubes, targets).compile(
+        compiler_options={"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True})
+    for _ in range(3):
+        state, loss = step(state, cubes, targets)
+        assert np.isfinite(float(loss))
+    assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(state.params))

@@ -152,9 +152,45 @@ def _encode(net, x):
     return net.down_tr512(max_pool2(skip256)), (skip64, skip128, skip256)
 
 
+@jax.custom_vjp
 def max_pool2(x):
-    n, dx, dy, dz, c = x.shape
-    return x.reshape(n, dx // 2, 2, dy // 2, 2, dz // 2, 2, c).max(axis=(2, 4, 6))
+    """2x2x2 max pooling, stride 2, of x (N, X, Y, Z, C), with PyTorch's gradient: all of it
+    to the first maximum of each window (x, then y, then z order).
+
+    Why a custom gradient: jnp.max's own sends the gradient to every element equal to the
+    maximum, divided by their count, so it compares each element with the maximum again in
+    the backward pass. When XLA recomputes the pooled activation there instead of reading
+    it back (its unoptimised CPU build does), that recomputation can round differently,
+    no element equals the maximum, and the gradient is 0 / 0: the tiny train step went
+    non-finite at step 2 with jax_disable_most_optimizations. The index of the maximum,
+    found once in the forward pass, cannot disagree with itself.
+    """
+    return _window_max(x)[0]
+
+
+def _window_max(x):
+    """(maxima (N, X/2, Y/2, Z/2, C), index 0..7 of each window's first maximum, int8)."""
+    corners = [x[:, a::2, b::2, c::2] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    best, index = corners[0], jnp.zeros(corners[0].shape, jnp.int8)
+    for k, corner in enumerate(corners[1:], start=1):
+        index = jnp.where(corner > best, jnp.int8(k), index)
+        best = jnp.maximum(best, corner)
+    return best, index
+
+
+def _max_pool2_forward(x):
+    best, index = _window_max(x)
+    return best, index
+
+
+def _max_pool2_backward(index, g):
+    n, hx, hy, hz, c = g.shape
+    parts = jnp.stack([jnp.where(index == k, g, jnp.zeros_like(g)) for k in range(8)], axis=-1)
+    parts = parts.reshape(n, hx, hy, hz, c, 2, 2, 2).transpose(0, 1, 5, 2, 6, 3, 7, 4)
+    return (parts.reshape(n, 2 * hx, 2 * hy, 2 * hz, c),)
+
+
+max_pool2.defvjp(_max_pool2_forward, _max_pool2_backward)
 
 
 class UNet3D(nnx.Module):
