@@ -170,8 +170,9 @@ def program_key(cfg, task, cadence: Cadence, graphdef, mesh) -> tuple:
     fields = {k: v for k, v in cfg.to_dict().items() if k not in _LOOP_ONLY_FIELDS}
     if cfg.schedule.kind != "cosine":
         fields.pop("total_steps")
+    # jax_disable_most_optimizations (tests) changes the compiled programs, not the traced ones
     return (type(task).__name__, task.platform, json.dumps(fields, sort_keys=True, default=str),
-            cadence.steps_per_epoch, graphdef, mesh)
+            cadence.steps_per_epoch, graphdef, mesh, jax.config.read("jax_disable_most_optimizations"))
 
 
 def setup_run(cfg, workdir: Path, task):

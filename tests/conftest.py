@@ -14,6 +14,23 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402 (after the environment above, which jax reads on import)
 
+# XLA without most of its optimisations (jax_disable_most_optimizations: LLVM at -O0, no
+# expensive passes) compiles the suite's tiny programs about 3x faster (a cold tiny
+# training run: 18.6 s against 51.7 s) and computes the same numbers (its validation
+# losses were bitwise the optimised build's). Tests that check what a compiled program
+# does (FLOPs, bytes, collectives, loops: marker `optimized`) and the full-size ones
+# (`slow`, `gpu`: timings and the programs users run) compile as users do. Set per test,
+# before its fixtures, and in the environment its subprocesses inherit.
+OPTIMIZED_MARKERS = ("optimized", "slow", "gpu")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    optimized = any(item.get_closest_marker(name) for name in OPTIMIZED_MARKERS)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0" if optimized else "1"
+    import jax
+    jax.config.update("jax_disable_most_optimizations", not optimized)
+
 
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory):

@@ -25,6 +25,9 @@ from genesis_jax.optim import recipe_sgd
 from genesis_jax.step import init_train_state, make_eval_step, make_train_step
 from genesis_jax.tasks import PretrainTask
 
+# What the compiled programs do is the point here: XLA's optimisations on (conftest.py).
+pytestmark = pytest.mark.optimized
+
 BATCH, CUBE = 16, (16, 16, 16)
 DEFORM = dict(local_blocks=300)
 

@@ -15,6 +15,9 @@ import math
 
 from genesis_jax.dryrun import dry_run, largest_batch, search_largest_batch
 
+# What the compiled programs do is the point here: XLA's optimisations on (conftest.py).
+pytestmark = pytest.mark.optimized
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config.batch_size=16", "--config.data.cube_shape=(16, 16, 16)", "--config.deform.local_blocks=300"]
 

@@ -72,6 +72,7 @@ def test_example_depends_only_on_key_and_index():
     np.testing.assert_allclose(full[4], pair, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.optimized  # reads the compiled program (no all-gather)
 @pytest.mark.parametrize("mode", ["map", "vmap"])
 def test_sharded_over_8_devices_equals_unsharded(mode):
     """Each device corrupts only its own rows (no collective in the program: see

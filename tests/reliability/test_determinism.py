@@ -18,6 +18,9 @@ from genesis_jax.trainer import train
 from runs import tiny_config
 from test_data_parallel import per_example_trip_counts
 
+# What the compiled programs do is the point here: XLA's optimisations on (conftest.py).
+pytestmark = pytest.mark.optimized
+
 DEVICE_COUNTS = (1, 2, 4, 8)
 BATCH = 16  # 2 examples per device on 8: a loop of one is compiled away
 
