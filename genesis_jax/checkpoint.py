@@ -19,6 +19,7 @@ and renames on commit); any found are reported and removed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -26,6 +27,7 @@ import logging
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import jax
@@ -110,22 +112,35 @@ class _EchoesOfAFailedWrite(logging.Filter):
         return True
 
 
-def _echo_of_a_failed_write(error) -> bool:
+def _closed_loop(error) -> bool:
+    return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+
+
+class _UnraisableEchoes:
     """After a failed write, Orbax's futures still post to event loops already closed;
-    TensorStore's callbacks report what that raises as unraisable (one traceback each)."""
-    return _EchoesOfAFailedWrite.seen and isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+    TensorStore's callbacks report what that raises as unraisable (one traceback each,
+    dozens of them). Those that follow a failed write are dropped. One may also come
+    before anything has logged or raised the failure (seen: `seen` still False), so
+    they are held, not printed, and printed at exit only if no write failed."""
 
+    def __init__(self, previous):
+        self.previous, self.held = previous, []
+        atexit.register(self.release)
 
-def _without_echoes(previous, error_of):
-    def hook(*args):
-        if not _echo_of_a_failed_write(error_of(*args)):
-            previous(*args)
-    return hook
+    def __call__(self, args):
+        if not _closed_loop(args.exc_value):
+            self.previous(args)
+        elif not _EchoesOfAFailedWrite.seen:
+            self.held.append("".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)))
+
+    def release(self) -> None:
+        if not _EchoesOfAFailedWrite.seen:
+            sys.stderr.write("".join(self.held))
 
 
 for _name in ("absl", "asyncio"):
     logging.getLogger(_name).addFilter(_EchoesOfAFailedWrite())
-sys.unraisablehook = _without_echoes(sys.unraisablehook, lambda args: args.exc_value)
+sys.unraisablehook = _UnraisableEchoes(sys.unraisablehook)
 
 
 class CheckpointWriteError(UserError):
@@ -219,7 +234,7 @@ class Checkpointer:
             text = str(e)
             if not isinstance(e, OSError) and not any(m in text for m in _WRITE_FAILURES):
                 raise  # not a failed write: a bug, which keeps its traceback
-            self.failed = True
+            self.failed = _EchoesOfAFailedWrite.seen = True
             raise CheckpointWriteError(f"{self.directory}: writing a checkpoint failed ({write_failure(e)}). "
                                        f"{self._intact()}") from None
 
