@@ -24,12 +24,12 @@ from benchmarks.common import run_cli, write_json, write_markdown
 CUBES, SEED = 64, 1
 
 
-def score(workdir: Path) -> tuple[str, dict, list[str]]:
+def score(workdir: Path, cubes: int = CUBES) -> tuple[str, dict, list[str]]:
     """(the checkpoint scored, {deformation: restore's row without its arrays}, restore's warnings)."""
     from genesis_jax.data import sample_path
     from genesis_jax.restore import load_model, report_rows, restoration_table, sample, summary_lines
     model, shape, modality, described, run_deform = load_model(str(workdir))
-    rows = restoration_table(model, sample(sample_path(), shape, modality, "foreground", CUBES, SEED), SEED, run_deform)
+    rows = restoration_table(model, sample(sample_path(), shape, modality, "foreground", cubes, SEED), SEED, run_deform)
     return described, report_rows(rows), summary_lines(rows)
 
 

@@ -18,9 +18,9 @@ import pytest  # noqa: E402 (after the environment above, which jax reads on imp
 # expensive passes) compiles the suite's tiny programs about 3x faster (a cold tiny
 # training run: 18.6 s against 51.7 s) and computes the same numbers (its validation
 # losses were bitwise the optimised build's). Tests that check what a compiled program
-# does (FLOPs, bytes, collectives, loops: marker `optimized`) and the full-size ones
-# (`slow`, `gpu`: timings and the programs users run) compile as users do. Set per test,
-# before its fixtures, and in the environment its subprocesses inherit.
+# does (FLOPs, bytes, collectives, loops) or that run long (marker `optimized`), and the
+# full-size ones (`slow`, `gpu`: timings and the programs users run) compile as users do.
+# Set per test, before its fixtures, and in the environment its subprocesses inherit.
 OPTIMIZED_MARKERS = ("optimized", "slow", "gpu")
 
 

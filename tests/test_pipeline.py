@@ -22,6 +22,7 @@ def random_cubes(n, shape=SMALL, seed=0):
     return jnp.asarray(np.random.default_rng(seed).random((n, *shape), dtype=np.float32))
 
 
+@pytest.mark.optimized  # 8,000 cubes: 4.4 s optimised, 15.3 s without (its compile is small)
 def test_uncorrupted_share_is_half_a_percent():
     """8,000 cubes: corrupted == target for 0.5 * 0.1 * 0.1 = 0.5% of them (4 sigma: +-0.32%)."""
     n = 8000
