@@ -65,12 +65,13 @@ def load_model(init: str):
 
 def own_deformations(cfg):
     """The run's DeformConfig if it corrupts otherwise than the paper's defaults (how it
-    computes, batch_mode and lookups, aside: those give the same arrays), else None."""
+    computes aside: deform.config.HOW_COMPUTED), else None."""
     import dataclasses
 
     from genesis_jax.deform import DeformConfig
+    from genesis_jax.deform.config import HOW_COMPUTED
     deform = DeformConfig(**cfg.deform)
-    paper = dataclasses.replace(DeformConfig(), batch_mode=deform.batch_mode, lookups=deform.lookups)
+    paper = dataclasses.replace(DeformConfig(), **{name: getattr(deform, name) for name in HOW_COMPUTED})
     return None if deform == paper else deform
 
 

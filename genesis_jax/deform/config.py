@@ -7,6 +7,9 @@ import dataclasses
 FLIP_AXES_CHOICES = ("original", "xyz")
 BATCH_MODES = ("auto", "vmap", "map")
 LOOKUPS = ("auto", "table", "compute")
+# Fields that say how the deformations are computed, not what they do (DeformConfig's
+# docstring): a run's identity and restore's "does this run corrupt otherwise" leave them out.
+HOW_COMPUTED = ("batch_mode", "lookups")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from genesis_jax.configs.base import base_config
 from genesis_jax.data.store import check_local_store
 from genesis_jax.data.volumes import split_paths
 from genesis_jax.deform import DeformConfig, sharded_genesis_batch
-from genesis_jax.deform.config import resolve_lookups
+from genesis_jax.deform.config import HOW_COMPUTED, resolve_lookups
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
 from genesis_jax.tasks.base import build_unet, check_model, check_modality, check_multiple_of_8, \
@@ -74,7 +74,7 @@ class PretrainTask:
     def identity(self) -> dict:
         # map and vmap: same arrays; table and compute lookups: the same deformation (the
         # shuffle bit for bit, the Bezier map to the table's interpolation error).
-        deform = {k: v for k, v in self.cfg.deform.items() if k not in ("batch_mode", "lookups")}
+        deform = {k: v for k, v in self.cfg.deform.items() if k not in HOW_COMPUTED}
         data = {k: v for k, v in self.cfg.data.items()}
         return {"model": model_identity(self.cfg.model), "deform": deform, "data": data}
 
