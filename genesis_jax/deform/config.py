@@ -7,6 +7,7 @@ import dataclasses
 FLIP_AXES_CHOICES = ("original", "xyz")
 BATCH_MODES = ("auto", "vmap", "map")
 LOOKUPS = ("auto", "table", "compute")
+CHANNEL_MODES = ("shared", "independent")
 # Fields that say how the deformations are computed, not what they do (DeformConfig's
 # docstring): a run's identity and restore's "does this run corrupt otherwise" leave them out.
 HOW_COMPUTED = ("batch_mode", "lookups")
@@ -33,6 +34,13 @@ class DeformConfig:
       number), no gathers; the TPU compiler costs a per-voxel gather as reading far
       more than it does. "auto": compute on TPU, table elsewhere. The shuffle is the
       same bit for bit; the Bezier map agrees to the table's interpolation error.
+    channels: how a cube of C channels (X, Y, Z, C) is corrupted. "shared": one draw of
+      the spatial corruptions (flips, shuffle blocks and their permutations, in-paint
+      boxes, out-paint windows) for all channels, as co-registered modalities show the
+      same anatomy; the Bezier curve and the painting noise drawn per channel. Which
+      stages run is one draw per cube. "independent": every corruption drawn per
+      channel, as if each were a one-channel cube. Channel 0 gets the cube's own key in
+      both modes, so it is what a one-channel cube gets; C = 1 is today's arrays, bit for bit.
     batch_mode: how genesis_batch runs a batch: "vmap" (every stage computed for every
       cube, then selected), "map" (one cube at a time with real branches), or "auto"
       (map on CPU, vmap on accelerators). The results are the same.
@@ -51,6 +59,7 @@ class DeformConfig:
     paint_continue_rate: float = 0.95   # probability of each further box/window
     inpaint_max_boxes: int = 5          # in-painted boxes at most
     outpaint_max_windows: int = 5       # out-painting windows at most
+    channels: str = "shared"            # shared | independent: corruptions of a C-channel cube (genesis_jax/deform/config.py)
     lookups: str = "auto"               # auto | table | compute (genesis_jax/deform/config.py)
     batch_mode: str = "auto"            # auto | vmap | map (genesis_jax/deform/config.py)
 
@@ -62,6 +71,8 @@ class DeformConfig:
                 raise ValueError(f"DeformConfig.{name} must be a probability in [0, 1], got {value!r}")
         if self.flip_axes not in FLIP_AXES_CHOICES:
             raise ValueError(f"DeformConfig.flip_axes must be one of {FLIP_AXES_CHOICES}, got {self.flip_axes!r}")
+        if self.channels not in CHANNEL_MODES:
+            raise ValueError(f"DeformConfig.channels must be one of {CHANNEL_MODES}, got {self.channels!r}")
         if self.lookups not in LOOKUPS:
             raise ValueError(f"DeformConfig.lookups must be one of {LOOKUPS}, got {self.lookups!r}")
         if self.batch_mode not in BATCH_MODES:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from genesis_jax.deform.channels import per_channel
 from genesis_jax.deform._random import Stream, randint, seed_from_key, uniform
 
 _MARGIN = 3
@@ -82,18 +83,28 @@ def outpaint_mask(key, shape, *, max_windows: int = 5, continue_rate: float = 0.
 
 
 def noise_like(key: jax.Array, x: jax.Array) -> jax.Array:
-    """U[0, 1) noise of x's shape and dtype."""
-    seed = seed_from_key(jax.random.fold_in(key, Stream.NOISE))
-    return uniform(seed, Stream.NOISE, jnp.arange(x.size)).reshape(x.shape).astype(x.dtype)
+    """U[0, 1) noise of x's shape and dtype; for x (X, Y, Z, C) each channel's from its own
+    key (pipeline.channel_keys), so channel 0 gets what a one-channel cube gets."""
+    def one_channel(key, cube):
+        seed = seed_from_key(jax.random.fold_in(key, Stream.NOISE))
+        return uniform(seed, Stream.NOISE, jnp.arange(cube.size)).reshape(cube.shape).astype(cube.dtype)
+    return per_channel(one_channel, key, x)
 
 
 def inpaint(key: jax.Array, x: jax.Array, *, max_boxes: int = 5, continue_rate: float = 0.95) -> jax.Array:
-    """Fill 0..max_boxes random boxes of cube x with uniform noise."""
-    mask = inpaint_mask(key, x.shape, max_boxes=max_boxes, continue_rate=continue_rate)
+    """Fill 0..max_boxes random boxes of cube x (X, Y, Z) or (X, Y, Z, C) with uniform noise
+    (the same boxes in every channel)."""
+    mask = _spatial(inpaint_mask(key, x.shape[:3], max_boxes=max_boxes, continue_rate=continue_rate), x)
     return jnp.where(mask, noise_like(key, x), x)
 
 
 def outpaint(key: jax.Array, x: jax.Array, *, max_windows: int = 5, continue_rate: float = 0.95) -> jax.Array:
-    """Replace cube x by noise except 1..max_windows random windows."""
-    mask = outpaint_mask(key, x.shape, max_windows=max_windows, continue_rate=continue_rate)
+    """Replace cube x (X, Y, Z) or (X, Y, Z, C) by noise except 1..max_windows random windows
+    (the same windows in every channel)."""
+    mask = _spatial(outpaint_mask(key, x.shape[:3], max_windows=max_windows, continue_rate=continue_rate), x)
     return jnp.where(mask, x, noise_like(key, x))
+
+
+def _spatial(mask: jax.Array, x: jax.Array) -> jax.Array:
+    """A (X, Y, Z) mask shaped to broadcast against x's channels, if it has any."""
+    return mask if x.ndim == 3 else mask[..., None]

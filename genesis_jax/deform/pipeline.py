@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
+from genesis_jax.deform.channels import channel_keys, per_channel
 from genesis_jax.deform.config import DeformConfig
 from genesis_jax.deform.flip import apply_flips, random_flip_mask
 from genesis_jax.deform.intensity import nonlinear_intensity
@@ -49,13 +50,16 @@ def _drawn(key, cfg: DeformConfig, n: int, first_index):
 
 
 def genesis_pair(key: jax.Array, cube: jax.Array, cfg: DeformConfig = DeformConfig()):
-    """(corrupted, target) for one cube (X, Y, Z) in [0, 1], in the spec's order.
+    """(corrupted, target) for one cube (X, Y, Z) or (X, Y, Z, C) in [0, 1], in the spec's order.
 
     flip (input and target) -> local shuffle (p=local_rate) -> Bezier intensity
     (p=nonlinear_rate) -> painting (p=paint_rate; in-paint with p=inpaint_rate, else
-    out-paint).
+    out-paint). C channels: cfg.channels says which draws they share (DeformConfig).
     """
-    check_paint_shape(cube.shape)
+    if cube.ndim == 4 and cfg.channels == "independent":
+        pairs = [genesis_pair(k, cube[..., c], cfg) for c, k in enumerate(channel_keys(key, cube.shape[-1]))]
+        return tuple(jnp.stack(side, axis=-1) for side in zip(*pairs))
+    check_paint_shape(cube.shape[:3])
     (k_shuffle, k_intensity, k_paint), flips, drawn = draws(key, cfg)
     use_shuffle, use_intensity, use_paint, use_inpaint = drawn
 
@@ -64,12 +68,11 @@ def genesis_pair(key: jax.Array, cube: jax.Array, cfg: DeformConfig = DeformConf
     x = target
     in_paint = functools.partial(inpaint, max_boxes=cfg.inpaint_max_boxes, continue_rate=cfg.paint_continue_rate)
     out_paint = functools.partial(outpaint, max_windows=cfg.outpaint_max_windows, continue_rate=cfg.paint_continue_rate)
+    intensity = functools.partial(nonlinear_intensity, table_size=cfg.bezier_table_size, lookups=cfg.lookups)
     # lax.cond: a real branch when this runs per cube (lax.map), a select under vmap.
     x = lax.cond(use_shuffle, lambda v: local_pixel_shuffle(k_shuffle, v, n_blocks=cfg.local_blocks,
                                                             rounds=cfg.shuffle_rounds, lookups=cfg.lookups), lambda v: v, x)
-    x = lax.cond(use_intensity, lambda v: nonlinear_intensity(k_intensity, v, table_size=cfg.bezier_table_size,
-                                                                 lookups=cfg.lookups),
-                 lambda v: v, x)
+    x = lax.cond(use_intensity, lambda v: per_channel(intensity, k_intensity, v), lambda v: v, x)
     x = lax.cond(use_paint, lambda v: lax.cond(use_inpaint, in_paint, out_paint, k_paint, v),
                  lambda v: v, x)
     return x, target
@@ -82,7 +85,7 @@ def example_keys(key: jax.Array, n: int, first_index=0) -> jax.Array:
 
 
 def corrupt_examples(key: jax.Array, cubes: jax.Array, cfg: DeformConfig, first_index=0):
-    """(corrupted, target) of cubes (n, X, Y, Z) that are examples first_index ..
+    """(corrupted, target) of cubes (n, X, Y, Z) or (n, X, Y, Z, C) that are examples first_index ..
     first_index + n - 1 of a batch. Not jitted: the building block of genesis_batch and
     of sharded_genesis_batch, where each device passes its own first index."""
     keys = example_keys(key, cubes.shape[0], first_index)
@@ -93,7 +96,7 @@ def corrupt_examples(key: jax.Array, cubes: jax.Array, cfg: DeformConfig, first_
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def genesis_batch(key: jax.Array, cubes: jax.Array, cfg: DeformConfig = DeformConfig()):
-    """(corrupted, target), each (N, X, Y, Z), for cubes (N, X, Y, Z), on one device.
+    """(corrupted, target), each shaped like cubes: (N, X, Y, Z) or (N, X, Y, Z, C), on one device.
 
     Example i is corrupted with fold_in(key, i): the result depends only on (key, i).
     A batch split over devices goes through `sharded_genesis_batch` instead: given a

@@ -178,16 +178,21 @@ def check_shuffle_shape(shape) -> None:
 
 def local_pixel_shuffle(key: jax.Array, x: jax.Array, *, n_blocks: int = 10_000, rounds: int = 12,
                         lookups: str = "auto") -> jax.Array:
-    """Shuffle voxels within n_blocks random small blocks of cube x (X, Y, Z).
+    """Shuffle voxels within n_blocks random small blocks of cube x (X, Y, Z), or of every
+    channel of x (X, Y, Z, C) alike (the same blocks and permutations).
 
     lookups: "table" reads each voxel's block geometry from per-cube tables (fastest on
     CPU and GPU); "compute" recomputes it from the block's number (no gather: the TPU
     compiler costs a per-voxel gather far above its real traffic); "auto": compute on
     TPU. Both give the same array, bit for bit.
     """
-    check_shuffle_shape(x.shape)
+    shape = x.shape[:3]
+    check_shuffle_shape(shape)
     seed = seed_from_key(key)
-    corner, size, block_key = block_fields(seed, jnp.arange(n_blocks), x.shape)
+    corner, size, block_key = block_fields(seed, jnp.arange(n_blocks), shape)
     recompute = resolve_lookups(lookups) == "compute"
-    sources = shuffle_sources(corner, size, block_key, x.shape, rounds, seed=seed if recompute else None)
-    return x.reshape(-1)[sources].reshape(x.shape)
+    sources = shuffle_sources(corner, size, block_key, shape, rounds, seed=seed if recompute else None)
+    if x.ndim == 3:
+        return x.reshape(-1)[sources].reshape(shape)
+    # One 1-D gather per channel: ~10x faster on CPU than gathering rows of C.
+    return jnp.stack([x[..., c].reshape(-1)[sources].reshape(shape) for c in range(x.shape[-1])], axis=-1)
