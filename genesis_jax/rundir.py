@@ -123,11 +123,16 @@ def new_model(task, rngs, initialize: bool = True):
         weights, described, source_cfg = load_source(source)
         if source_cfg is None:  # a .pt: its width is known once it is read
             check_width(task.cfg, source, weights.width)
-        copied = transfer_weights(model, weights, task.part, described)
+        how = task.cfg.get("init_channels", "spread")
+        copied = transfer_weights(model, weights, task.part, described, how)
         modules = list(dict.fromkeys(str(path[0]) for path, _ in nnx.to_flat_state(nnx.state(model))))
+        new = [m for m in modules if m not in PARTS[task.part]]
+        channels = getattr(weights, "in_channels", 1), task.cfg.model.in_channels
+        spread = (f"; its one input channel {'spread over' if how == 'spread' else f'copied to channel {how} of'} "
+                  f"the model's {channels[1]}") if channels[0] != channels[1] else ""
         if jax.process_index() == 0:
-            print(f"initialised from {described}: {len(copied)} arrays of {', '.join(PARTS[task.part])} copied; "
-                  f"new: {', '.join(m for m in modules if m not in PARTS[task.part])}", flush=True)
+            print(f"initialised from {described}: {len(copied)} arrays of {', '.join(PARTS[task.part])} copied"
+                  f"{spread}; new: {', '.join(new) or 'none'}", flush=True)
     return model
 
 

@@ -118,4 +118,33 @@ def test_other_bad_files_are_refused_clearly(tmp_path):
         load_pytorch_checkpoint(tmp_path / "other.pt")
     torch.save(TorchUNet3D(n_class=3, width=WIDTH).state_dict(), tmp_path / "three.pt")
     with pytest.raises(ValueError, match="n_class=3, asked for n_class=1"):
-        load_pytorch_checkpoint(tmp_path / "three.pt")
+        load_pytorch_checkpoint(tmp_path / "three.pt", n_class=1)
+
+
+@pytest.mark.parametrize("bn_mode", ["batch", "running"])
+def test_multi_channel_models_both_directions(tmp_path, bn_mode):
+    """The official layout with 3 input channels and 2 classes (first and last layers of
+    other shapes): import reads both counts from the checkpoint; export loads strictly."""
+    torch.manual_seed(1)
+    tm = TorchUNet3D(n_class=2, width=WIDTH, always_batch_stats=bn_mode == "batch", in_channels=3)
+    tm.eval()
+    torch.save({"state_dict": tm.state_dict()}, tmp_path / "three_channels.pt")
+    model = load_pytorch_checkpoint(tmp_path / "three_channels.pt", bn_mode=bn_mode)
+    assert (model.in_channels, model.n_class) == (3, 2)
+    model.eval()
+    x = np.random.default_rng(2).random((2, 16, 16, 8, 3), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(x))), torch_forward(tm, x), atol=TOL)
+
+    ours = UNet3D(n_class=2, width=WIDTH, bn_mode=bn_mode, rngs=nnx.Rngs(3), in_channels=3)
+    ours.eval()
+    save_pytorch_checkpoint(ours, tmp_path / "ours.pt")
+    back = TorchUNet3D(n_class=2, width=WIDTH, always_batch_stats=bn_mode == "batch", in_channels=3)
+    back.load_state_dict(torch.load(tmp_path / "ours.pt", weights_only=True)["state_dict"], strict=True)
+    back.eval()
+    np.testing.assert_allclose(torch_forward(back, x), np.asarray(ours(jnp.asarray(x))), atol=TOL)
+
+
+def test_an_input_with_other_channels_is_refused_clearly():
+    model = UNet3D(width=WIDTH, rngs=nnx.Rngs(0), in_channels=2)
+    with pytest.raises(ValueError, match="takes 2 input channel"):
+        model(jnp.zeros((1, 16, 16, 8, 1)))

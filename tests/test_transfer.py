@@ -66,3 +66,52 @@ def test_an_official_pt_is_a_source(tmp_path):
                                flat(source)["down_tr64.ops0.conv1.kernel"], rtol=1e-6)
     with pytest.raises(UserError, match="neither a genesis-jax run directory"):
         load_source(tmp_path / "nothing.bin")
+
+
+def activations(model, x):
+    """Every stage's output of the U-Net (skips, bottleneck, decoder, restoration)."""
+    bottleneck, skips = model.encode(x)
+    up256 = model.up_tr256(bottleneck, skips[2])
+    up128 = model.up_tr128(up256, skips[1])
+    up64 = model.up_tr64(up128, skips[0])
+    return [*skips, bottleneck, up256, up128, up64, model.out_tr(up64)]
+
+
+def test_a_one_channel_model_spread_over_three_channels_gives_its_activations():
+    """The official 1-channel model into a 3-channel restoration model ("spread"): a case
+    whose 3 channels are identical gives the one-channel model's activations at every stage
+    (float32 rounding only), and each of the 3 outputs is the one-channel restoration."""
+    source = UNet3D(width=4, rngs=nnx.Rngs(1))
+    target = UNet3D(width=4, n_class=3, in_channels=3, rngs=nnx.Rngs(2))
+    transfer_weights(target, source, "all")
+    one = np.random.default_rng(0).random((2, 16, 16, 8, 1), dtype=np.float32)
+    want = activations(source, jax.numpy.asarray(one))
+    got = activations(target, jax.numpy.asarray(np.repeat(one, 3, axis=-1)))
+    for a, b in zip(got[:-1], want[:-1]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got[-1]), np.repeat(np.asarray(want[-1]), 3, axis=-1), rtol=1e-5,
+                               atol=1e-6)
+    kernel = np.asarray(target.down_tr64.ops0.conv1.kernel.get_value())
+    np.testing.assert_allclose(kernel[..., 1, :], np.asarray(source.down_tr64.ops0.conv1.kernel.get_value())[..., 0, :] / 3, rtol=1e-6)
+
+
+def test_one_chosen_channel_takes_the_kernel_and_the_others_start_at_zero():
+    """init_channels=1: channel 1 gets the one-channel kernel, the others zeros, so the model
+    is the one-channel model of channel 1 whatever the other channels hold."""
+    source = UNet3D(width=4, rngs=nnx.Rngs(1))
+    target = UNet3D(width=4, n_class=2, in_channels=2, rngs=nnx.Rngs(2))
+    transfer_weights(target, source, "all_but_final", init_channels="1")
+    x = np.random.default_rng(1).random((2, 16, 16, 8, 2), dtype=np.float32)
+    want = source.encode(jax.numpy.asarray(x[..., 1:]))[0]
+    np.testing.assert_allclose(np.asarray(target.encode(jax.numpy.asarray(x))[0]), np.asarray(want), rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(UserError, match="init_channels=2: the model has 2 input channels"):
+        transfer_weights(UNet3D(width=4, in_channels=2, rngs=nnx.Rngs(3)), source, "encoder", init_channels="2")
+    with pytest.raises(UserError, match="init_channels must be 'spread' or a channel number"):
+        transfer_weights(target, source, "encoder", init_channels="mean")
+
+
+def test_a_two_channel_source_does_not_fit_three_channels():
+    with pytest.raises(UserError, match=r"mis-shaped: down_tr64.ops0.conv1.kernel \(3, 3, 3, 2, 4\) there"):
+        transfer_weights(UNet3D(width=4, in_channels=3, rngs=nnx.Rngs(2)),
+                         UNet3D(width=4, in_channels=2, rngs=nnx.Rngs(1)), "encoder")

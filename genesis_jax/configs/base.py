@@ -30,6 +30,7 @@ def common_config() -> ml_collections.ConfigDict:
         bn_mode="batch",             # batch (official: batch statistics also in eval) | running
         dtype="float32",             # compute dtype, float32 | bfloat16 (parameters stay float32)
         conv="auto",                 # 3x3x3 conv formulation, auto | native | stacked2d (models/conv.py; same weights)
+        in_channels=1,               # input channels; left at 1 it follows the data (a store's channels, a manifest's columns)
     ))
     # genesis_jax/optim.py says what each field does; README "Optimizers and schedules".
     c.optimizer = ml_collections.ConfigDict(dict(
@@ -58,6 +59,8 @@ def common_config() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
     """Pre-training (the paper's recipe)."""
     c = common_config()
+    c.init = "scratch"               # scratch | a genesis-jax run directory | an official-layout .pt: continue from its weights
+    c.init_channels = "spread"       # a one-channel init for C channels: spread (kernel / C to each) | a channel number
     c.deform = ml_collections.ConfigDict(dataclasses.asdict(DeformConfig()))
     c.data = ml_collections.ConfigDict(dict(
         source="sample",             # "sample" (embedded chest CT crop), "store", or "volumes"
@@ -78,6 +81,7 @@ def finetune_base() -> ml_collections.ConfigDict:
     plateau schedule, early stopping) and where the pre-trained weights come from."""
     c = common_config()
     c.init = "scratch"               # scratch | a genesis-jax run directory | an official-layout .pt
+    c.init_channels = "spread"       # a one-channel init for C channels: spread (kernel / C to each) | a channel number
     c.batch_size = 4
     c.total_steps = 2000
     c.optimizer.name, c.optimizer.learning_rate = "adam", 1e-3

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from genesis_jax.data.sampler import SamplerConfig, accept_corners, check_volume_fits, cut, draw_corners, filter_table
-from genesis_jax.data.store import open_store
+from genesis_jax.data.store import open_store, store_channels
 from genesis_jax.errors import UserError
 
 
@@ -44,7 +44,8 @@ class StoreBatches:
         if self.size == 0:
             raise UserError(f"{path}: no cubes to serve (the store or the selected subset is empty)")
         self.seed = seed
-        self.cube_shape = tuple(int(d) for d in self.array.shape[1:])
+        self.channels = store_channels(self.array, self.attributes)
+        self.cube_shape = tuple(int(d) for d in self.array.shape[1:4])
 
     def __len__(self) -> int:
         return self.size
@@ -54,11 +55,13 @@ class StoreBatches:
         return self.read(self.indices[start:stop])
 
     def read(self, indices: np.ndarray) -> np.ndarray:
+        """(n, X, Y, Z, C) float32; a store from before channels gets its channel axis here."""
         unique, inverse = np.unique(indices, return_inverse=True)
-        return self.array[unique].read().result()[inverse]
+        cubes = self.array[unique].read().result()[inverse]
+        return cubes if cubes.ndim == 5 else cubes[..., None]
 
     def batch(self, step: int, global_batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
-        """(global_batch / process_count, X, Y, Z) float32: this process's part of step's batch."""
+        """(global_batch / process_count, X, Y, Z, C) float32: this process's part of step's batch."""
         positions = global_indices(step, global_batch, self.size, self.seed)
         return self.read(self.indices[positions[process_slice(global_batch, process_index, process_count)]])
 

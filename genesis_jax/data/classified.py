@@ -13,8 +13,9 @@ A CSV (header row required) lists one example per row, in either form:
                           genesis_jax.prepare), read on demand
 
 `label` is the class, an integer 0 .. classes - 1. Rows of a batch are served as float32
-(n, X, Y, Z, 2): channel 0 the cube in [0, 1], channel 1 the label (the same value in
-every voxel, so batches keep the one-array form the loop shards). Training batches walk
+(n, X, Y, Z, C + 1): channels 0 .. C - 1 the cube in [0, 1] (C = 1 from a volume; a
+store's channels), channel C the label (the same value in every voxel, so batches keep
+the one-array form the loop shards). Training batches walk
 seeded permutations of the rows (epoch after epoch), so step s's batch is the same
 whenever it is asked for.
 """
@@ -119,18 +120,19 @@ class LabelledCubes:
                 raise UserError(f"{path}: centre {centre} is outside the volume of shape {volumes[path].shape}")
 
         def read(indices):
-            return np.stack([crop_centred(volumes[examples[i][0]], examples[i][1], self.cube_shape) for i in indices])
+            return np.stack([crop_centred(volumes[examples[i][0]], examples[i][1], self.cube_shape)
+                             for i in indices])[..., None]
         return read
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def _rows(self, indices) -> np.ndarray:
+        """(n, X, Y, Z, C + 1): the cube's C channels, then its label in every voxel."""
         indices = np.asarray(indices)
-        out = np.empty((len(indices), *self.cube_shape, 2), np.float32)
-        out[..., 0] = self._read(indices)
-        out[..., 1] = self.labels[indices].reshape(-1, 1, 1, 1)
-        return out
+        cubes = self._read(indices)
+        labels = np.broadcast_to(self.labels[indices].reshape(-1, 1, 1, 1, 1), (*cubes.shape[:4], 1))
+        return np.concatenate([cubes, labels.astype(np.float32)], axis=-1)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         return self._rows(np.arange(start, stop))

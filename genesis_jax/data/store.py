@@ -1,8 +1,10 @@
 """Cube stores: the on-disk format (TensorStore zarr v3), its writer and its reader.
 
-A store is a zarr v3 array (N, 64, 64, 32) float32, one chunk per cube (zstd), whose
-attributes record where the cubes came from (`genesis` key: sources, spacing, window,
-filter, seed, package version). Writers build it in a temporary directory beside the
+A store is a zarr v3 array (N, X, Y, Z, C) float32 (the paper's cubes: (N, 64, 64, 32,
+1)), one chunk per cube (zstd), whose attributes record the channel names (`channels`)
+and where the cubes came from (`genesis` key: sources, spacing, window, filter, seed,
+package version). Stores written before channels existed are (N, X, Y, Z): they open
+as one channel, "image" (store_channels, StoreBatches). Writers build it in a temporary directory beside the
 target and rename it into place at the end, so a failed run leaves nothing behind.
 
 A store's location is a path or a TensorStore kvstore URL (`gs://bucket/cubes.zarr/`,
@@ -107,9 +109,10 @@ class CubeStoreWriter:
     same target are cleaned up, or named, when a writer starts (`self.leftovers`).
     """
 
-    def __init__(self, path, cube_shape=(64, 64, 32)):
+    def __init__(self, path, cube_shape=(64, 64, 32), channels=("image",)):
         self.location = store_location(path)
-        self.cube_shape = tuple(cube_shape)
+        self.channels = tuple(channels)
+        self.cube_shape = (*tuple(cube_shape), len(self.channels))
         self.leftovers = []
         if isinstance(self.location, Path):
             try:
@@ -147,7 +150,8 @@ class CubeStoreWriter:
     def commit(self, attributes: dict):
         """Record the attributes, then publish the store at its final location."""
         with self._write_errors():
-            _write_attributes(self.tmp or self.location, {**attributes, "cubes": self.count,
+            _write_attributes(self.tmp or self.location, {**attributes, "channels": list(self.channels),
+                                                          "cubes": self.count,
                                                           "cubes_sha256": self.content.hexdigest()})
             if self.tmp is not None:
                 publish(self.tmp, self.location)
@@ -206,6 +210,25 @@ def open_store(path):
     except ValueError as e:  # TensorStore: metadata it cannot use, a chunk layout it does not know
         reason = str(e).split(" [tensorstore_spec=")[0].strip().splitlines()[0]
         raise UserError(f"{path}: not a readable cube store ({reason[:200]}); prepare it again") from None
+
+
+def store_channels(array, attributes: dict) -> list[str]:
+    """The channel names of an opened store; a store from before channels is one, "image"."""
+    return _channel_names(array.shape, attributes)
+
+
+def _channel_names(shape, attributes: dict) -> list[str]:
+    if len(shape) == 4:
+        return ["image"]
+    return list(attributes.get("channels") or [f"channel{c}" for c in range(int(shape[-1]))])
+
+
+def read_store_channels(path) -> list[str]:
+    """The channel names of the store at path, from its metadata alone (no cube is read)."""
+    meta = _read_metadata(store_location(path))
+    if meta is None:
+        raise _not_a_store(path)
+    return _channel_names(meta.get("shape", []), meta.get("attributes", {}).get(ATTRIBUTES_KEY, {}))
 
 
 def store_digest(path) -> str:

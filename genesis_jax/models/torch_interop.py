@@ -60,8 +60,10 @@ def _read_state_dict(path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_pytorch_checkpoint(path, bn_mode: str = "batch", n_class: int = 1, dtype=jnp.float32) -> UNet3D:
-    """A UNet3D holding the weights of a PyTorch UNet3D checkpoint (width read from it).
+def load_pytorch_checkpoint(path, bn_mode: str = "batch", n_class: int | None = None, dtype=jnp.float32) -> UNet3D:
+    """A UNet3D holding the weights of a PyTorch UNet3D checkpoint: width, input channels
+    and classes read from it (the official layout with other first and last layer shapes;
+    n_class given: the checkpoint must have that many).
 
     Every tensor must map: missing, unexpected or mis-shaped keys raise ValueError
     naming them; nothing is loaded partially.
@@ -71,12 +73,13 @@ def load_pytorch_checkpoint(path, bn_mode: str = "batch", n_class: int = 1, dtyp
     if first not in state_dict:
         raise ValueError(f"{path}: not a Genesis UNet3D checkpoint (no '{first}'; keys start with "
                          f"{sorted(state_dict)[:3]})")
-    width = int(state_dict[first].shape[0])
+    width, in_channels = (int(d) for d in state_dict[first].shape[:2])
     final = state_dict.get("out_tr.final_conv.weight")
-    if final is not None and int(final.shape[0]) != n_class:
+    if final is not None and n_class is not None and int(final.shape[0]) != n_class:
         raise ValueError(f"{path}: the checkpoint has n_class={int(final.shape[0])}, asked for n_class={n_class}")
+    n_class = n_class or (int(final.shape[0]) if final is not None else 1)
 
-    abstract = nnx.eval_shape(lambda: UNet3D(n_class, width, bn_mode, dtype, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: UNet3D(n_class, width, bn_mode, dtype, rngs=nnx.Rngs(0), in_channels=in_channels))
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
     expected = {torch_key(p): (p, v) for p, v in flat}
@@ -100,7 +103,8 @@ def load_pytorch_checkpoint(path, bn_mode: str = "batch", n_class: int = 1, dtyp
             return f"{len(items)} {name}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}" if items else ""
         problems = "; ".join(x for x in (listing("missing", missing), listing("unexpected", unexpected),
                                          listing("mis-shaped", misshaped)) if x)
-        raise ValueError(f"{path}: does not match UNet3D(width={width}, n_class={n_class}): {problems}")
+        raise ValueError(f"{path}: does not match UNet3D(width={width}, in_channels={in_channels}, n_class={n_class}): "
+                         f"{problems}")
     for p, var in flat:
         var.set_value(jnp.asarray(values[p], var.dtype))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))

@@ -145,6 +145,9 @@ def _encode(net, x):
     """The encoder shared by UNet3D and GenesisClassifier (both hold down_tr64..512)."""
     if x.ndim != 5 or any(d % 8 for d in x.shape[1:4]):
         raise ValueError(f"UNet3D expects (N, X, Y, Z, C) with X, Y, Z divisible by 8, got {x.shape}")
+    channels = net.down_tr64.ops0.conv1.kernel.shape[3]
+    if x.shape[-1] != channels:
+        raise ValueError(f"the model takes {channels} input channel(s), got an input of {x.shape[-1]}: {x.shape}")
     x = x.astype(net.dtype)
     skip64 = net.down_tr64(x)
     skip128 = net.down_tr128(max_pool2(skip64))
@@ -191,20 +194,25 @@ max_pool2.defvjp(_window_max, _max_pool2_backward)
 
 
 class UNet3D(nnx.Module):
-    """Input (N, X, Y, Z, 1), X, Y, Z divisible by 8; output sigmoid probabilities
-    (N, X, Y, Z, n_class) in float32. width=32 is the official model (19,073,665 parameters).
+    """Input (N, X, Y, Z, in_channels), X, Y, Z divisible by 8; output sigmoid probabilities
+    (N, X, Y, Z, n_class) in float32. width=32 is the official model (19,073,665 parameters
+    with one input channel and one class; each further input channel adds 27 * width
+    weights, each further class 2 * width + 1).
     fast_upconv=False computes the transposed convs with lax.conv_transpose (the slow
     XLA path, kept for benchmarks and tests). conv: the 3x3x3 convolutions' formulation
     (models/conv.py: "auto" is 2D-stacked on CPU, native 3D elsewhere); the weights do
     not depend on it."""
 
     def __init__(self, n_class: int = 1, width: int = 32, bn_mode: str = "batch", dtype=jnp.float32,
-                 *, rngs: nnx.Rngs, fast_upconv: bool = True, conv: str = "auto"):
+                 *, rngs: nnx.Rngs, fast_upconv: bool = True, conv: str = "auto", in_channels: int = 1):
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
         w = width
+        if in_channels < 1 or n_class < 1:
+            raise ValueError(f"in_channels and n_class must be >= 1, got {in_channels} and {n_class}")
         self.n_class, self.width, self.bn_mode, self.dtype = n_class, width, bn_mode, dtype
-        self.down_tr64 = DownTransition(1, 0, w, bn_mode, dtype, rngs, conv)
+        self.in_channels = in_channels
+        self.down_tr64 = DownTransition(in_channels, 0, w, bn_mode, dtype, rngs, conv)
         self.down_tr128 = DownTransition(2 * w, 1, w, bn_mode, dtype, rngs, conv)
         self.down_tr256 = DownTransition(4 * w, 2, w, bn_mode, dtype, rngs, conv)
         self.down_tr512 = DownTransition(8 * w, 3, w, bn_mode, dtype, rngs, conv)

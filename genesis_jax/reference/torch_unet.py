@@ -56,11 +56,11 @@ class Out(nn.Module):
 
 
 class TorchUNet3D(nn.Module):
-    def __init__(self, n_class=1, width=32, always_batch_stats=True):
+    def __init__(self, n_class=1, width=32, always_batch_stats=True, in_channels=1):
         super().__init__()
         bn = ContBatchNorm3d if always_batch_stats else nn.BatchNorm3d
         w = width
-        self.down_tr64 = Down(1, 0, w, bn)
+        self.down_tr64 = Down(in_channels, 0, w, bn)
         self.down_tr128 = Down(2 * w, 1, w, bn)
         self.down_tr256 = Down(4 * w, 2, w, bn)
         self.down_tr512 = Down(8 * w, 3, w, bn)

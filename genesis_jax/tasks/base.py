@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
 from genesis_jax.models.conv import CONV_MODES, resolve_conv_mode
-from genesis_jax.transfer import PARTS
+from genesis_jax.transfer import PARTS, check_init_channels
 
 MODEL_DTYPES = ("float32", "bfloat16")
 
@@ -48,6 +48,8 @@ def check_model(model_cfg) -> None:
     model_dtype(model_cfg.dtype)
     if model_cfg.width < 1:
         raise UserError(f"model.width must be >= 1, got {model_cfg.width}")
+    if model_cfg.in_channels < 1:
+        raise UserError(f"model.in_channels must be >= 1, got {model_cfg.in_channels}")
 
 
 def check_modality(data_cfg) -> None:
@@ -70,6 +72,16 @@ def check_multiple_of_8(field: str, shape) -> None:
         raise UserError(f"{field} {tuple(shape)}: every dim must be a multiple of 8")
 
 
+def follow_channels(model_cfg, channels, source: str) -> None:
+    """model.in_channels follows the data: left at 1 it becomes the data's channel count;
+    another value must be that count (UserError naming the field and the source)."""
+    count = len(channels)
+    if model_cfg.in_channels not in (1, count):
+        raise UserError(f"model.in_channels={model_cfg.in_channels}, but {source} has {count} channel(s) "
+                        f"({', '.join(channels)}): leave model.in_channels at 1 (it follows the data) or set {count}")
+    model_cfg.in_channels = count
+
+
 def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None) -> UNet3D:
     """The configured U-Net; platform: resolve conv="auto" for that platform (an
     ahead-of-time compile for another one), not for this machine."""
@@ -81,13 +93,14 @@ def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None) -
         raise UserError(f"model.conv must be one of {', '.join(CONV_MODES)}, got {model_cfg.conv!r}")
     conv = resolve_conv_mode(model_cfg.conv, platform) if platform else model_cfg.conv
     return UNet3D(n_class=n_class, width=model_cfg.width, bn_mode=model_cfg.bn_mode,
-                  dtype=model_dtype(model_cfg.dtype), rngs=rngs, conv=conv)
+                  dtype=model_dtype(model_cfg.dtype), rngs=rngs, conv=conv, in_channels=model_cfg.in_channels)
 
 
 def model_identity(model_cfg) -> dict:
     """The model fields a checkpoint must match; conv is left out (its formulations have
-    the same weights and sums)."""
-    return {k: v for k, v in model_cfg.items() if k != "conv"}
+    the same weights and sums), and in_channels at 1 (runs from before it, one channel,
+    still resume)."""
+    return {k: v for k, v in model_cfg.items() if k != "conv" and not (k == "in_channels" and v == 1)}
 
 
 class FineTuneTask:
@@ -102,6 +115,7 @@ class FineTuneTask:
         self.cfg, self.platform = cfg, platform
 
     def check_init(self) -> None:
+        check_init_channels(self.cfg.init_channels)
         if self.cfg.init != "scratch":
             check_paths_exist("init", [self.cfg.init])
         optimizer = self.cfg.optimizer

@@ -67,11 +67,11 @@ class ClassificationTask(FineTuneTask):
 
     def prepare(self, key, batch, mesh, first_index=0):
         del key, mesh, first_index  # no augmentation: the cube is the example
-        return batch[..., 0], jnp.round(batch[:, 0, 0, 0, 1]).astype(jnp.int32)
+        return batch[..., :-1], jnp.round(batch[:, 0, 0, 0, -1]).astype(jnp.int32)
 
     def loss(self, model, cubes, labels):
         import optax
-        logits = model(cubes[..., None])
+        logits = model(cubes)
         if self.n_outputs == 1:
             return jnp.mean(optax.sigmoid_binary_cross_entropy(logits[:, 0], labels.astype(jnp.float32))), logits
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)), logits

@@ -8,14 +8,15 @@ import dataclasses
 import jax.numpy as jnp
 
 from genesis_jax.configs.base import base_config
-from genesis_jax.data.store import check_local_store
+from genesis_jax.data.store import check_local_store, read_store_channels
 from genesis_jax.data.volumes import split_paths
 from genesis_jax.deform import DeformConfig, sharded_genesis_batch
 from genesis_jax.deform.config import HOW_COMPUTED, resolve_lookups
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
 from genesis_jax.tasks.base import build_unet, check_model, check_modality, check_multiple_of_8, \
-    check_paths_exist, model_identity
+    check_paths_exist, follow_channels, model_identity
+from genesis_jax.transfer import check_init_channels
 
 
 def restoration_mse(restored, target):
@@ -24,8 +25,12 @@ def restoration_mse(restored, target):
 
 
 def restoration_loss(model: UNet3D, corrupted, target):
-    """(MSE between the sigmoid output and the target, restored cubes); cubes (N, X, Y, Z)."""
-    restored = model(corrupted[..., None])[..., 0]
+    """(MSE between the sigmoid output and the target, restored cubes); cubes (N, X, Y, Z, C),
+    the model's C outputs restoring its C inputs, or (N, X, Y, Z) for one channel."""
+    if corrupted.ndim == 4:
+        restored = model(corrupted[..., None])[..., 0]
+    else:
+        restored = model(corrupted)
     return restoration_mse(restored, target), restored
 
 
@@ -34,6 +39,7 @@ class PretrainTask:
 
     name, picture_name = "pretrain", "restoration"
     default_config = staticmethod(base_config)
+    part = "all"  # with init: every weight, the last layer spread to C outputs (transfer.py)
 
     def __init__(self, cfg, platform: str | None = None):
         """platform: compile for that platform (the dry run's target) rather than this machine's."""
@@ -50,6 +56,7 @@ class PretrainTask:
         if self.platform:  # a dry run compiles for its target, not for this host
             self.deform = dataclasses.replace(self.deform, lookups=resolve_lookups(self.deform.lookups, self.platform))
         check_model(self.cfg.model)
+        check_init_channels(self.cfg.init_channels)
         check_multiple_of_8("data.cube_shape", self.cfg.data.cube_shape)
         check_modality(self.cfg.data)
         if self.cfg.data.val_cubes < 1:
@@ -70,20 +77,26 @@ class PretrainTask:
             check_paths_exist("data.volumes", split_paths(data.volumes))
         if require_data and data.source == "store":
             check_local_store(data.store, "data.store")
+            follow_channels(self.cfg.model, read_store_channels(data.store), f"data.store {data.store}")
+        if require_data and self.cfg.init != "scratch":
+            check_paths_exist("init", [self.cfg.init])
 
     def identity(self) -> dict:
         # map and vmap: same arrays; table and compute lookups: the same deformation (the
         # shuffle bit for bit, the Bezier map to the table's interpolation error).
         deform = {k: v for k, v in self.cfg.deform.items() if k not in HOW_COMPUTED}
+        if deform.get("channels") == "shared":
+            del deform["channels"]  # the default: runs from before the field still resume
         data = {k: v for k, v in self.cfg.data.items()}
         return {"model": model_identity(self.cfg.model), "deform": deform, "data": data}
 
     def build_model(self, rngs) -> UNet3D:
-        return build_unet(self.cfg.model, rngs, platform=self.platform)
+        """The U-Net restoring its in_channels inputs: as many outputs."""
+        return build_unet(self.cfg.model, rngs, n_class=self.cfg.model.in_channels, platform=self.platform)
 
-    @staticmethod
-    def init_source() -> None:
-        return None  # pre-training starts from random weights
+    def init_source(self) -> str | None:
+        """Random weights (scratch), or a run directory or .pt to continue from."""
+        return None if self.cfg.init == "scratch" else str(self.cfg.init)
 
     @staticmethod
     def pretrained_modules() -> tuple:
