@@ -2,7 +2,11 @@
 
 INPUT: files (.nii, .nii.gz, .mhd, .mha, .nrrd) or directories, searched recursively; a
 directory of DICOM slices is one volume; @sample is the chest CT crop bundled with the
-package (genesis_jax.data.sample_path()). Each volume is read, optionally resampled,
+package (genesis_jax.data.sample_path()). Several channels (multi-modal MR, PET/CT): an
+INPUT may be a CSV manifest (a header naming the channels, e.g. t1,t1c,t2,flair, then one
+row per case, one path per channel, relative to the CSV's folder), or, with --channels
+t1,t1c,t2,flair, a folder of case folders, each holding one file per channel named
+NAME or ending in _NAME (case_001/case_001_t1.nii.gz); genesis_jax/data/cases.py. Each volume is read, optionally resampled,
 windowed to [0, 1] (CT: HU [-1000, 1000]; MR: 0.5-99.5 percentiles), and cut into up to
 --cubes-per-volume cubes (--cube-shape, default the paper's 64x64x32) by the Genesis
 sampler and filter. Filters: `lung` (the official one, for chest CT) keeps crops that
@@ -18,6 +22,8 @@ problem (exit code 1). With --skip-bad, bad inputs are skipped and listed at the
 
 Examples:
     python -m genesis_jax.prepare /data/LUNA16 --out cubes.zarr                # chest CTs, the paper's cubes
+    python -m genesis_jax.prepare brats.csv --out mr.zarr --modality mr --filter foreground --filter-channel t1
+    python -m genesis_jax.prepare /data/BraTS --channels t1,t1ce,t2,flair --modality mr --filter none --out mr.zarr
     python -m genesis_jax.prepare abdomen/*.nii.gz --out cubes.zarr --filter foreground
     python -m genesis_jax.prepare @sample --out small.zarr --filter foreground --cube-shape 32 32 16
         # @sample: the chest CT crop bundled with genesis-jax; 32x32x16 cubes for a CPU
@@ -37,7 +43,9 @@ import genesis_jax
 from genesis_jax.data.sampler import FILTERS, SamplerConfig, borders_for, sample_cubes
 from genesis_jax.data.store import CubeStoreWriter
 from genesis_jax.errors import UserError
-from genesis_jax.data.volumes import VolumeError, find_inputs, read_volume, resample, to_unit_range
+from genesis_jax.data.cases import Case, find_cases, is_manifest, parse_channel_names, parse_modalities, read_case, \
+    read_manifest, unit_channels
+from genesis_jax.data.volumes import VolumeError, find_inputs, resample
 
 
 def parse_args(argv):
@@ -57,7 +65,12 @@ def parse_args(argv):
     parser.add_argument("--cube-shape", type=int, nargs=3, default=(64, 64, 32), metavar=("X", "Y", "Z"),
                         help="cube size in voxels, each a multiple of 8 (default 64 64 32, the paper's; "
                         "32 32 16 for CPU-sized runs, with --config.data.cube_shape='(32, 32, 16)' in train)")
-    parser.add_argument("--modality", choices=("ct", "mr"), default="ct")
+    parser.add_argument("--modality", default="ct", help="ct (HU window) or mr (0.5-99.5 percentiles), for every "
+                        "channel, or one per channel in channel order: --modality ct,mr (PET/CT: mr windows PET by "
+                        "its percentiles)")
+    parser.add_argument("--channels", help="with folder INPUTs: the channel names, e.g. t1,t1ce,t2,flair; each case "
+                        "folder holds one file per channel, named NAME or ending in _NAME")
+    parser.add_argument("--filter-channel", metavar="NAME", help="the channel the filter judges (default the first)")
     parser.add_argument("--window", type=float, nargs=2, default=(-1000.0, 1000.0), metavar=("LOW", "HIGH"),
                         help="CT HU window (default -1000 1000)")
     parser.add_argument("--spacing", type=float, nargs="+", metavar="MM",
@@ -83,18 +96,22 @@ def parse_args(argv):
     return args
 
 
-def prepare_volume(path, index, args, cfg):
-    """(cubes, source record) for one input; VolumeError for a bad one."""
-    volume = read_volume(path)
+def prepare_case(case: Case, index, args, cfg, modalities):
+    """(cubes (n, X, Y, Z, C), source record) for one case (one volume, or one per channel);
+    VolumeError for a bad one."""
+    volumes = read_case(case)
     if args.spacing:
-        volume = resample(volume, args.spacing * 3 if len(args.spacing) == 1 else args.spacing)
-    unit, window = to_unit_range(volume.array, args.modality, args.window)
+        volumes = [resample(v, args.spacing * 3 if len(args.spacing) == 1 else args.spacing) for v in volumes]
+    unit, windows = unit_channels(volumes, modalities, args.window)
     try:
         cubes, tries = sample_cubes(unit, cfg, np.random.default_rng([args.seed, index]))
     except ValueError as e:
-        raise VolumeError(path, str(e)) from None
-    record = {"path": str(path), "shape": list(unit.shape), "spacing": list(volume.spacing), "window": list(window),
-              "border": list(borders_for(unit.shape, cfg)), "cubes": int(len(cubes)), "tries": int(tries)}
+        raise VolumeError(case.name, str(e)) from None
+    record = {"path": str(case.paths[0]) if len(case.paths) == 1 else case.name, "shape": list(unit.shape[:3]),
+              "spacing": list(volumes[0].spacing), "window": windows[0] if len(windows) == 1 else windows,
+              "border": list(borders_for(unit.shape[:3], cfg)), "cubes": int(len(cubes)), "tries": int(tries)}
+    if len(case.paths) > 1:
+        record["channels"] = {c: str(p) for c, p in zip(case.channels, case.paths)}
     return cubes, record
 
 
@@ -119,43 +136,74 @@ def spacing_warning(sources: list[dict]) -> str | None:
             f"to resample them to one spacing; the Models Genesis paper did not resample")
 
 
-def run(argv=None) -> int:
-    args = parse_args(argv)
-    cfg = SamplerConfig(crop=tuple(args.cube_shape), filter=args.filter, cubes_per_volume=args.cubes_per_volume,
-                        tries_per_cube=args.tries_per_cube, border=tuple(args.border) if args.border else "auto")
-    inputs, skipped = {}, []  # dict: ordered and duplicate-free
+def collect_cases(args, skipped: list) -> tuple[tuple[str, ...], dict]:
+    """(channel names, {case name: Case}, ordered and duplicate-free) of the INPUTs: plain
+    volumes are one channel, "image"; manifests and --channels folders name theirs, and
+    every INPUT must name the same. Bad inputs stop the run (UserError) or, with
+    --skip-bad, go to `skipped`."""
+    named = parse_channel_names(args.channels, "--channels") if args.channels else None
+    cases, channels = {}, None
     for argument in args.inputs:
         if argument == "@sample":
             from genesis_jax.data import sample_path
             argument = str(sample_path())
         try:
-            inputs.update(dict.fromkeys(find_inputs([argument])))
+            if is_manifest(argument):
+                found_channels, found = read_manifest(argument)
+            elif named:
+                found_channels, found = named, find_cases(argument, named)
+            else:
+                found_channels, found = ("image",), [Case.single(p) for p in find_inputs([argument])]
         except VolumeError as e:
             if not args.skip_bad:
-                print(f"error: {e}", file=sys.stderr)
-                return 1
+                raise
             skipped.append(str(e))
+            continue
+        if channels is not None and found_channels != channels:
+            raise UserError(f"{argument}: channels {','.join(found_channels)}, the INPUTs before it "
+                            f"{','.join(channels)}: every INPUT of a store must have the same channels")
+        channels = found_channels
+        cases.update((case.name, case) for case in found)
+    return channels or named or ("image",), cases
+
+
+def run(argv=None) -> int:
+    args = parse_args(argv)
+    skipped = []
+    try:
+        channels, cases = collect_cases(args, skipped)
+        modalities = parse_modalities(args.modality, channels)
+        filter_channel = channels.index(args.filter_channel) if args.filter_channel in channels else 0
+        if args.filter_channel and args.filter_channel not in channels:
+            raise UserError(f"--filter-channel {args.filter_channel}: not a channel ({', '.join(channels)})")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    cfg = SamplerConfig(crop=tuple(args.cube_shape), filter=args.filter, cubes_per_volume=args.cubes_per_volume,
+                        tries_per_cube=args.tries_per_cube, border=tuple(args.border) if args.border else "auto",
+                        filter_channel=filter_channel)
     start = time.perf_counter()
     try:
-        writer = CubeStoreWriter(args.out, cfg.crop)
+        writer = CubeStoreWriter(args.out, cfg.crop, channels)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for line in writer.leftovers:
         print(line, file=sys.stderr)
     try:
-        return write_store(writer, inputs, args, cfg, skipped, start)
+        return write_store(writer, list(cases.values()), args, cfg, skipped, start, modalities)
     except UserError as e:  # the store could not be written (a full or read-only disk)
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
-def write_store(writer, inputs, args, cfg, skipped, start) -> int:
+def write_store(writer, inputs, args, cfg, skipped, start, modalities) -> int:
     sources, empty = [], []
     with writer:
-        for index, path in enumerate(tqdm(inputs, desc="volumes", unit="vol", disable=None)):
+        for index, case in enumerate(tqdm(inputs, desc="volumes", unit="vol", disable=None)):
+            path = case.name
             try:
-                cubes, record = prepare_volume(path, index, args, cfg)
+                cubes, record = prepare_case(case, index, args, cfg, modalities)
             except VolumeError as e:
                 if not args.skip_bad:
                     print(f"error: {e}", file=sys.stderr)
@@ -175,7 +223,8 @@ def write_store(writer, inputs, args, cfg, skipped, start) -> int:
             return 1
         writer.commit({
             "package": "genesis-jax", "version": genesis_jax.__version__, "seed": args.seed,
-            "filter": args.filter, "modality": args.modality, "spacing": args.spacing,
+            "filter": args.filter, "modality": args.modality, "modalities": list(modalities),
+            "filter_channel": writer.channels[cfg.filter_channel], "spacing": args.spacing,
             "cube_shape": list(cfg.crop), "cubes_per_volume": args.cubes_per_volume,
             "tries_per_cube": args.tries_per_cube, "sources": sources,
             "skipped": skipped,

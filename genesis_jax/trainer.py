@@ -237,7 +237,7 @@ def write_run_info(run: Run) -> None:
         "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
         "process_count": jax.process_count(), "mesh": dict(run.mesh.shape), "seed": run.cfg.seed,
         "task": run.task.name, "steps_per_epoch": run.cadence.steps_per_epoch,
-        "data": run.data.description, "data_sha256": run.data.digest,
+        "data": run.data.description, "data_sha256": run.data.digest, "channels": list(run.data.channels),
     })
 
 

@@ -70,6 +70,9 @@ def test_every_format_reads_to_the_same_volume(ct_crop, tmp_path):
         volume = read_volume(path)
         np.testing.assert_array_equal(volume.array, expected, err_msg=str(path))
         np.testing.assert_allclose(volume.spacing, (1.5, 1.5, 1.5), err_msg=str(path))
+        # one grid in LPS mm whatever the format (the channels of a case are compared by it)
+        np.testing.assert_allclose(volume.affine, read_volume(paths[0]).affine, atol=1e-3, err_msg=str(path))
+        np.testing.assert_allclose(volume.affine[:3, 3], ct_crop.GetOrigin(), atol=1e-3, err_msg=str(path))
 
 
 def test_orientation_is_canonical(ct_crop, tmp_path):
@@ -78,6 +81,9 @@ def test_orientation_is_canonical(ct_crop, tmp_path):
     assert flipped.GetDirection() != ct_crop.GetDirection()
     sitk.WriteImage(flipped, str(tmp_path / "flipped.nii.gz"))
     np.testing.assert_array_equal(read_volume(tmp_path / "flipped.nii.gz").array, expected_array(ct_crop))
+    sitk.WriteImage(ct_crop, str(tmp_path / "plain.mha"))
+    np.testing.assert_allclose(read_volume(tmp_path / "flipped.nii.gz").affine, read_volume(tmp_path / "plain.mha").affine,
+                               atol=1e-3)
 
 
 def test_find_inputs_recurses_and_ignores_companions(ct_crop, tmp_path):
@@ -166,7 +172,7 @@ def test_prepare_skip_bad_goes_on_and_lists_every_skipped_file(bad_cases, tmp_pa
     for path in bad:
         assert path in printed
     array, attributes = open_store(out)
-    assert array.shape == (32, 64, 64, 32) and len(attributes["skipped"]) == len(bad)
+    assert array.shape == (32, 64, 64, 32, 1) and len(attributes["skipped"]) == len(bad)
 
 
 def test_resample_keeps_the_physical_extent_and_values(ct_crop):

@@ -128,9 +128,27 @@ def make_store(path, n=10, shape=(8, 8, 6)):
 def test_store_roundtrip_attributes_and_chunking(tmp_path):
     cubes = make_store(tmp_path / "s.zarr")
     array, attributes = open_store(tmp_path / "s.zarr")
-    np.testing.assert_array_equal(array.read().result(), cubes)
-    assert attributes == {"seed": 5, "sources": ["a"], "cubes": 10, "cubes_sha256": hashlib.sha256(cubes.tobytes()).hexdigest()}
-    assert list(array.chunk_layout.read_chunk.shape) == [1, 8, 8, 6]
+    np.testing.assert_array_equal(array.read().result(), cubes[..., None])
+    assert attributes == {"seed": 5, "sources": ["a"], "channels": ["image"], "cubes": 10,
+                          "cubes_sha256": hashlib.sha256(cubes.tobytes()).hexdigest()}
+    assert list(array.chunk_layout.read_chunk.shape) == [1, 8, 8, 6, 1]
+
+
+def test_a_store_from_before_channels_reads_as_one_channel(tmp_path):
+    """A (N, X, Y, Z) store as genesis-jax wrote them before channels (zarr v3, no channels
+    attribute): batches come out (n, X, Y, Z, 1), its one channel named "image"."""
+    import tensorstore as ts
+
+    from genesis_jax.data.store import read_store_channels
+    cubes = np.random.default_rng(0).random((6, 8, 8, 8), dtype=np.float32)
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "old.zarr")}, "create": True,
+            "metadata": {"shape": [6, 8, 8, 8], "data_type": "float32",
+                         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, 8, 8, 8]}},
+                         "attributes": {"genesis": {"cubes": 6, "seed": 0}}}}
+    ts.open(spec).result().write(cubes).result()
+    source = StoreBatches(tmp_path / "old.zarr")
+    assert source.channels == ["image"] and read_store_channels(tmp_path / "old.zarr") == ["image"]
+    np.testing.assert_array_equal(source.rows(0, 6), cubes[..., None])
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -191,7 +209,7 @@ def test_prepare_on_a_real_chest_ct(volume, shape, border, tmp_path, capsys):
     from genesis_jax.prepare import run
     assert run([str(volume()), "--out", str(tmp_path / "c.zarr"), "--filter", "foreground", "--seed", "3"]) == 0
     array, attributes = open_store(tmp_path / "c.zarr")
-    assert array.shape == (32, 64, 64, 32)
+    assert array.shape == (32, 64, 64, 32, 1)
     cubes = array.read().result()
     assert 0.0 <= cubes.min() and cubes.max() <= 1.0
     source = attributes["sources"][0]
@@ -211,13 +229,14 @@ def test_store_at_a_url_roundtrips_and_feeds_training(tmp_path, scheme):
     url = f"memory://roundtrip-{tmp_path.name}/s.zarr" if scheme == "memory" else f"file://{tmp_path}/s.zarr"
     cubes = make_store(url)
     array, attributes = open_store(url)
-    np.testing.assert_array_equal(array.read().result(), cubes)
-    assert attributes == {"seed": 5, "sources": ["a"], "cubes": 10, "cubes_sha256": hashlib.sha256(cubes.tobytes()).hexdigest()}
+    np.testing.assert_array_equal(array.read().result(), cubes[..., None])
+    assert attributes == {"seed": 5, "sources": ["a"], "channels": ["image"], "cubes": 10,
+                          "cubes_sha256": hashlib.sha256(cubes.tobytes()).hexdigest()}
     np.testing.assert_array_equal(StoreBatches(url, seed=1).batch(0, 4), StoreBatches(url, seed=1).batch(0, 4))
     data = base_config().data
     data.source, data.store, data.cube_shape, data.val_fraction = "store", url, (8, 8, 6), 0.2
     run_data = load_run_data(data, seed=0)
-    assert run_data.train_cubes == 8 and run_data.validation.rows(0, 2).shape == (2, 8, 8, 6) and len(run_data.digest) == 64
+    assert run_data.train_cubes == 8 and run_data.validation.rows(0, 2).shape == (2, 8, 8, 6, 1) and len(run_data.digest) == 64
     if scheme == "file":
         assert (tmp_path / "s.zarr" / "zarr.json").exists()
 
@@ -266,10 +285,10 @@ def test_prepare_the_bundled_sample_at_a_cpu_cube_shape_feeds_the_demo(tmp_path,
     assert run(["@sample", "--out", str(tmp_path / "s.zarr"), "--filter", "foreground", "--cube-shape", "32", "32",
                 "16", "--cubes-per-volume", "20"]) == 0
     array, attributes = open_store(tmp_path / "s.zarr")
-    assert array.shape == (20, 32, 32, 16) and attributes["cube_shape"] == [32, 32, 16]
+    assert array.shape == (20, 32, 32, 16, 1) and attributes["cube_shape"] == [32, 32, 16]
     data = get_config().data
     data.source, data.store = "store", str(tmp_path / "s.zarr")
-    assert load_run_data(data, seed=0).validation.rows(0, 2).shape == (2, 32, 32, 16)
+    assert load_run_data(data, seed=0).validation.rows(0, 2).shape == (2, 32, 32, 16, 1)
 
 
 def test_a_lung_filter_that_keeps_nothing_suggests_the_foreground_filter(tmp_path, capsys):

@@ -67,7 +67,8 @@ class StoreBatches:
 
 
 class VolumeBatches:
-    """On-the-fly batches: cubes cut straight from volumes in [0, 1] held in memory.
+    """On-the-fly batches: cubes cut straight from volumes in [0, 1] held in memory, (X, Y, Z)
+    or (X, Y, Z, C): batches (n, X, Y, Z) or (n, X, Y, Z, C).
 
     Example i of step s comes from a generator seeded by (seed, s, i): a volume chosen
     uniformly, then crops tried until the filter accepts one (at most tries_per_cube).
@@ -78,7 +79,7 @@ class VolumeBatches:
         if not volumes:
             raise UserError("no volumes to sample from")
         for volume in volumes:
-            check_volume_fits(volume.shape, cfg)
+            check_volume_fits(volume.shape[:3], cfg)
         self.volumes, self.cfg, self.seed = volumes, cfg, seed
         self.tables = [filter_table(v, cfg) for v in volumes]  # once: every cube's filter is 8 lookups
         self.cube_shape = cfg.crop
@@ -88,7 +89,7 @@ class VolumeBatches:
         rng = np.random.default_rng([self.seed, step, index])
         which = int(rng.integers(len(self.volumes)))
         volume = self.volumes[which]
-        corners = draw_corners(volume.shape, self.cfg, rng, self.cfg.tries_per_cube)
+        corners = draw_corners(volume.shape[:3], self.cfg, rng, self.cfg.tries_per_cube)
         ok = np.flatnonzero(accept_corners(self.tables[which], corners, self.cfg))
         if len(ok) == 0:
             self.fallbacks += 1

@@ -47,6 +47,7 @@ class SamplerConfig:
     lung_max_share: float = 0.15
     foreground_threshold: float = (-500 + 1000) / 2000
     min_foreground: float = 0.5
+    filter_channel: int = 0               # volumes of C channels (X, Y, Z, C): the channel the filter judges
 
     def __post_init__(self):
         if self.filter not in FILTERS:
@@ -115,7 +116,10 @@ def box_sums(table: np.ndarray, corners: np.ndarray, size) -> np.ndarray:
 
 
 def filter_table(volume: np.ndarray, cfg: SamplerConfig) -> np.ndarray | None:
-    """What the filter needs to judge any crop of this volume (None for "none")."""
+    """What the filter needs to judge any crop of this volume (None for "none"); a volume
+    of C channels is judged by its channel cfg.filter_channel."""
+    if volume.ndim == 4:
+        volume = volume[..., cfg.filter_channel]
     return None if cfg.filter == "none" else summed_table(voxel_scores(volume, cfg))
 
 
@@ -134,21 +138,23 @@ def draw_corners(shape, cfg: SamplerConfig, rng: np.random.Generator, n: int) ->
 
 
 def cut(volume: np.ndarray, corners: np.ndarray, size) -> np.ndarray:
-    """(T, *size) crops at the given corners (one slice per crop, no per-voxel loop)."""
+    """(T, *size) crops at the given corners, (T, *size, C) of a volume of C channels (one
+    slice per crop, no per-voxel loop)."""
     return np.stack([volume[x:x + size[0], y:y + size[1], z:z + size[2]] for x, y, z in corners])
 
 
 def sample_cubes(volume: np.ndarray, cfg: SamplerConfig, rng: np.random.Generator):
-    """Cubes (n, *crop) float32 from one volume in [0, 1], and the number of tries used.
+    """Cubes (n, *crop) float32 from one volume (X, Y, Z) in [0, 1], or (n, *crop, C) from a
+    volume of C channels (X, Y, Z, C), and the number of tries used.
 
     All tries are drawn up front and judged at once; the first cubes_per_volume accepted
     ones, in order, are kept: what a sequential try-until-enough loop gives with the
     same draws.
     """
-    check_volume_fits(volume.shape, cfg)
-    corners = draw_corners(volume.shape, cfg, rng, cfg.cubes_per_volume * cfg.tries_per_cube)
+    check_volume_fits(volume.shape[:3], cfg)
+    corners = draw_corners(volume.shape[:3], cfg, rng, cfg.cubes_per_volume * cfg.tries_per_cube)
     accepted = np.flatnonzero(accept_corners(filter_table(volume, cfg), corners, cfg))[: cfg.cubes_per_volume]
     tries = int(accepted[-1]) + 1 if len(accepted) == cfg.cubes_per_volume else len(corners)
     if len(accepted) == 0:
-        return np.zeros((0, *cfg.crop), np.float32), tries
+        return np.zeros((0, *cfg.crop, *volume.shape[3:]), np.float32), tries
     return cut(volume, corners[accepted], cfg.crop).astype(np.float32), tries

@@ -29,6 +29,7 @@ class RunData:
     train_cubes: int            # cubes in one epoch of the training source
     description: str
     digest: str                 # sha256 of the data's defining files
+    channels: list = dataclasses.field(default_factory=lambda: ["image"])  # input channel names, in order
 
 
 def files_sha256(paths) -> str:
@@ -55,7 +56,7 @@ def load_run_data(data, seed: int) -> RunData:
         paths = find_inputs(split_paths(data.volumes))
     else:
         raise UserError(f"data.source must be 'sample', 'store' or 'volumes', got {data.source!r}")
-    volumes = [to_unit_range(read_volume(p).array, data.modality)[0] for p in paths]
+    volumes = [to_unit_range(read_volume(p).array, data.modality)[0][..., None] for p in paths]  # one channel
     cfg = SamplerConfig(crop=cube_shape, filter=data.filter)
     train = VolumeBatches(volumes, cfg, seed)
     validation = VolumeBatches(volumes, cfg, seed + _VALIDATION_SEED_OFFSET).batch(0, int(data.val_cubes))
@@ -70,13 +71,14 @@ def _store_data(data, seed: int, cube_shape) -> RunData:
         raise UserError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
     array, _ = open_store(data.store)
     n = int(array.shape[0])
-    if tuple(array.shape[1:]) != cube_shape:
-        raise UserError(f"{data.store}: cubes are {tuple(array.shape[1:])}, the config wants {cube_shape}")
+    if tuple(array.shape[1:4]) != cube_shape:
+        raise UserError(f"{data.store}: cubes are {tuple(array.shape[1:4])}, the config wants {cube_shape}")
     n_val = max(1, int(round(n * data.val_fraction)))
     if n - n_val < 1:
         raise UserError(f"{data.store}: {n} cubes are too few to hold out {n_val} for validation")
     order = np.random.default_rng([seed, _VALIDATION_SEED_OFFSET]).permutation(n)
     train = StoreBatches(data.store, seed, indices=np.sort(order[n_val:]))
     validation = StoreBatches(data.store, seed, indices=np.sort(order[:n_val]))
-    return RunData(train, validation, n - n_val, f"cube store {data.store} ({n} cubes, {n_val} for validation)",
-                   store_digest(data.store))
+    channels = train.channels
+    return RunData(train, validation, n - n_val, f"cube store {data.store} ({n} cubes of {len(channels)} channel(s) "
+                   f"{', '.join(channels)}, {n_val} for validation)", store_digest(data.store), channels)

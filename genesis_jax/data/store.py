@@ -137,6 +137,8 @@ class CubeStoreWriter:
     def append(self, cubes: np.ndarray) -> None:
         if len(cubes) == 0:
             return
+        if cubes.ndim == 4 and self.cube_shape[-1] == 1:  # one channel, given without its axis
+            cubes = cubes[..., None]
         if cubes.shape[1:] != self.cube_shape:
             raise UserError(f"cubes of shape {cubes.shape[1:]} do not fit a store of {self.cube_shape}")
         new_count = self.count + len(cubes)
@@ -218,7 +220,7 @@ def store_channels(array, attributes: dict) -> list[str]:
 
 
 def _channel_names(shape, attributes: dict) -> list[str]:
-    if len(shape) == 4:
+    if len(shape) != 5:  # a store from before channels (or a damaged one, refused when opened)
         return ["image"]
     return list(attributes.get("channels") or [f"channel{c}" for c in range(int(shape[-1]))])
 

@@ -37,11 +37,14 @@ class VolumeError(UserError):
 
 @dataclasses.dataclass
 class Volume:
-    """array: float32 (X, Y, Z) in the file's units; spacing: mm per voxel along X, Y, Z."""
+    """array: float32 (X, Y, Z) in the file's units; spacing: mm per voxel along X, Y, Z;
+    affine: float64 (4, 4) from the array's voxel index (x, y, z, 1) to LPS world mm,
+    whatever the file format (None where unknown)."""
 
     array: np.ndarray
     spacing: tuple[float, float, float]
     source: str
+    affine: np.ndarray | None = None
 
 
 def _sitk():
@@ -268,12 +271,28 @@ def _read_nifti(path: Path):
             canonical = nib.as_closest_canonical(image)  # RAS
             array = np.asarray(canonical.dataobj, dtype=np.float32)[::-1, ::-1, :]  # -> LPS
             spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
+            affine = _lps_affine(canonical.affine, array.shape)
     except VolumeError:
         raise
     except Exception as e:
         raise VolumeError(path, f"not a readable image (corrupt, truncated or not NIfTI: {type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
-    return np.ascontiguousarray(array), spacing
+    return np.ascontiguousarray(array), spacing, affine
+
+
+def _lps_affine(ras_affine: np.ndarray, shape) -> np.ndarray:
+    """The index -> LPS mm affine of a RAS-canonical array read with x and y reversed."""
+    reverse_xy = np.diag([-1.0, -1.0, 1.0, 1.0])
+    reverse_xy[:2, 3] = [shape[0] - 1, shape[1] - 1]
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(ras_affine, np.float64) @ reverse_xy
+
+
+def _itk_affine(image) -> np.ndarray:
+    """The index -> LPS mm affine of an ITK image (ITK's world frame is LPS)."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(image.GetDirection(), np.float64).reshape(3, 3) * np.asarray(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    return affine
 
 
 def read_volume(path) -> Volume:
@@ -284,22 +303,23 @@ def read_volume(path) -> Volume:
     sitk = _sitk()
     path = Path(path)
     if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
-        return _checked(*_read_nifti(path), path)
+        array, spacing, affine = _read_nifti(path)
+        return _checked(array, spacing, path, affine)
     image = _read_dicom_series(path) if path.is_dir() else _read_itk_file(path)
     _check_size(path, image.GetSize())
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(path, f"{image.GetNumberOfComponentsPerPixel()} components per voxel; need a scalar volume")
     image = sitk.DICOMOrient(image, "LPS")
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
-    return _checked(np.ascontiguousarray(array), tuple(float(s) for s in image.GetSpacing()), path)
+    return _checked(np.ascontiguousarray(array), tuple(float(s) for s in image.GetSpacing()), path, _itk_affine(image))
 
 
-def _checked(array: np.ndarray, spacing, path) -> Volume:
+def _checked(array: np.ndarray, spacing, path, affine=None) -> Volume:
     if not np.isfinite(array).all():
         raise VolumeError(path, f"{int((~np.isfinite(array)).sum())} NaN/Inf voxels")
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise VolumeError(path, f"invalid voxel spacing {', '.join(f'{s:g}' for s in spacing)} mm in the header")
-    return Volume(array, spacing, str(path))
+    return Volume(array, spacing, str(path), affine)
 
 
 def resample(volume: Volume, spacing) -> Volume:
@@ -313,7 +333,11 @@ def resample(volume: Volume, spacing) -> Volume:
     size = [max(1, int(round(n * old / new))) for n, old, new in zip(volume.array.shape, volume.spacing, spacing)]
     out = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, (0.0, 0.0, 0.0), spacing,
                         image.GetDirection(), float(volume.array.min()), sitk.sitkFloat32)
-    return Volume(sitk.GetArrayFromImage(out).transpose(2, 1, 0).copy(), spacing, volume.source)
+    affine = None
+    if volume.affine is not None:  # the same origin and directions, the new spacing
+        affine = volume.affine.copy()
+        affine[:3, :3] = volume.affine[:3, :3] / np.asarray(volume.spacing) * np.asarray(spacing)
+    return Volume(sitk.GetArrayFromImage(out).transpose(2, 1, 0).copy(), spacing, volume.source, affine)
 
 
 def hu_window(array: np.ndarray, low: float = -1000.0, high: float = 1000.0) -> np.ndarray:
