@@ -34,6 +34,29 @@ def dice_per_class(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> 
     return np.where(denominator > 0, 2 * inter / np.maximum(denominator, 1), 1.0)
 
 
+def _mask_overlaps(predicted: np.ndarray, truth: np.ndarray):
+    """(intersection, predicted count, true count) per class of boolean masks (..., K)."""
+    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
+    if predicted.shape != truth.shape:
+        raise ValueError(f"prediction {predicted.shape} and labels {truth.shape} differ in shape")
+    axes = tuple(range(predicted.ndim - 1))
+    return tuple(np.count_nonzero(m, axis=axes).astype(float) for m in (predicted & truth, predicted, truth))
+
+
+def dice_of_masks(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """float (K,): Dice per class of boolean masks (..., K), classes that may overlap."""
+    inter, pred_n, true_n = _mask_overlaps(predicted, truth)
+    denominator = pred_n + true_n
+    return np.where(denominator > 0, 2 * inter / np.maximum(denominator, 1), 1.0)
+
+
+def iou_of_masks(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """float (K,): IoU per class of boolean masks (..., K)."""
+    inter, pred_n, true_n = _mask_overlaps(predicted, truth)
+    union = pred_n + true_n - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
 def iou_per_class(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
     """float (n_classes,): |P & T| / |P | T| for labels 1..n_classes."""
     inter, pred_n, true_n = _overlaps(predicted, truth, n_classes)

@@ -65,37 +65,42 @@ def pad_to_patch(volume: np.ndarray, patch_shape) -> tuple[np.ndarray, tuple[sli
 def sliding_window(apply_fn: Callable, volume: np.ndarray, patch_shape, *, overlap: float = 0.5,
                    blend: str = "gaussian", batch_size: int = 4, put: Callable | None = None,
                    progress: Callable | None = None) -> np.ndarray:
-    """Blended outputs (X, Y, Z, C) float32 of apply_fn over every window of volume (X, Y, Z).
+    """Blended outputs (X, Y, Z, K) float32 of apply_fn over every window of volume (X, Y, Z)
+    or of its C channels (X, Y, Z, C).
 
-    apply_fn maps (batch_size, *patch_shape, 1) float32 to (batch_size, *patch_shape, C)
+    apply_fn maps (batch_size, *patch_shape, C) float32 (C = 1 for a (X, Y, Z) volume) to
+    (batch_size, *patch_shape, K)
     (a jitted model call); put places a host batch on the devices (default: as is; with a
     mesh, `lambda b: sharding.global_batch(b, mesh)` splits it, and batch_size must
     divide by the device count). The last batch is filled with copies of its first
     window so that every call has the same shape. progress(done, total) is called after
     each batch.
     """
-    if len(volume.shape) != 3 or len(patch_shape) != 3:
-        raise ValueError(f"sliding_window needs a 3D volume and patch, got {volume.shape} and {tuple(patch_shape)}")
+    if len(volume.shape) not in (3, 4) or len(patch_shape) != 3:
+        raise ValueError(f"sliding_window needs a 3D volume (with or without channels) and a 3D patch, got "
+                         f"{volume.shape} and {tuple(patch_shape)}")
+    volume = np.asarray(volume, np.float32)
+    volume = volume if volume.ndim == 4 else volume[..., None]
     patch_shape = tuple(int(p) for p in patch_shape)
-    padded, crop = pad_to_patch(np.asarray(volume, np.float32), patch_shape)
+    padded, crop = pad_to_patch(volume, (*patch_shape, volume.shape[-1]))
     weights = blend_weights(patch_shape, blend)
     corners = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(padded.shape, patch_shape))))
     put = put or (lambda batch: batch)
-    total, norm = None, np.zeros(padded.shape)
+    total, norm = None, np.zeros(padded.shape[:3])
     n_batches = math.ceil(len(corners) / batch_size)
     for b in range(n_batches):
         chunk = corners[b * batch_size:(b + 1) * batch_size]
         windows = [padded[tuple(slice(c, c + p) for c, p in zip(corner, patch_shape))] for corner in chunk]
         windows += [windows[0]] * (batch_size - len(windows))
-        outputs = np.asarray(apply_fn(put(np.stack(windows)[..., None])), np.float64)
+        outputs = np.asarray(apply_fn(put(np.stack(windows))), np.float64)
         if outputs.shape[:4] != (batch_size, *patch_shape) or outputs.ndim != 5:
             raise ValueError(f"apply_fn returned {outputs.shape}, expected ({batch_size}, {patch_shape}, C)")
         if total is None:
-            total = np.zeros((*padded.shape, outputs.shape[-1]))
+            total = np.zeros((*padded.shape[:3], outputs.shape[-1]))
         for corner, output in zip(chunk, outputs):
             where = tuple(slice(c, c + p) for c, p in zip(corner, patch_shape))
             total[where] += output * weights[..., None]
             norm[where] += weights
         if progress:
             progress(b + 1, n_batches)
-    return (total / norm[..., None])[crop].astype(np.float32)
+    return (total / norm[..., None])[crop[:3]].astype(np.float32)

@@ -144,9 +144,9 @@ def test_without_validation_volumes_a_z_slab_of_each_training_volume_is_held_out
         "validation: no data.val_images given: holding out 20% of each training volume's z slices, the end with more "
         "labelled voxels (ct.nii.gz z 32-39 of 40); no validation voxel is trained on"]
     (val_image, val_classes), = task.val_volumes
-    assert val_image.shape == (24, 24, 8) and val_classes.any()
+    assert val_image.shape == (24, 24, 8, 1) and val_classes.any()
     trained, = run_data.train.pairs  # padded to the patch at least: 32 slices already are
-    assert trained[0].shape == (24, 24, 32)
+    assert trained[0].shape == (24, 24, 32, 1)
     np.testing.assert_array_equal(trained[1], ball[::-1, ::-1, :32].astype(np.int8))  # read as LPS: X, Y flip
     thin = tmp_path / "thin"
     thin.mkdir()

@@ -54,9 +54,10 @@ def parse_channel_names(text, field: str) -> tuple[str, ...]:
     return names
 
 
-def read_manifest(path, with_label: bool = False) -> tuple[tuple[str, ...], list[Case]]:
+def read_manifest(path, with_label: bool | str = False) -> tuple[tuple[str, ...], list[Case]]:
     """(channel names, cases) of a CSV manifest; with_label: the `label` column is required
-    and is not a channel. UserError naming the file (and row) for anything malformed."""
+    and is not a channel ("optional": it may be there). UserError naming the file (and row)
+    for anything malformed."""
     path = Path(path)
     try:
         rows = list(csv.reader(path.read_text().splitlines()))
@@ -66,6 +67,8 @@ def read_manifest(path, with_label: bool = False) -> tuple[tuple[str, ...], list
     if len(rows) < 2:
         raise UserError(f"{path}: a manifest needs a header row naming the channels and one row per case")
     header = [h.strip() for h in rows[0]]
+    if with_label == "optional":
+        with_label = LABEL_COLUMN in header
     if with_label and LABEL_COLUMN not in header:
         raise UserError(f"{path}: no '{LABEL_COLUMN}' column (header: {','.join(header)}): one column per channel, "
                         f"then the label volume")

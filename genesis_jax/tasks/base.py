@@ -52,9 +52,14 @@ def check_model(model_cfg) -> None:
         raise UserError(f"model.in_channels must be >= 1, got {model_cfg.in_channels}")
 
 
-def check_modality(data_cfg) -> None:
-    if data_cfg.modality not in ("ct", "mr"):
-        raise UserError(f"data.modality must be 'ct' or 'mr', got {data_cfg.modality!r}")
+def check_modality(data_cfg, per_channel: bool = True) -> None:
+    """ct or mr, or (per_channel) one per channel: ct,mr."""
+    modalities = str(data_cfg.modality).split(",")
+    if not per_channel and len(modalities) > 1:
+        raise UserError(f"data.modality {data_cfg.modality!r}: one value here (the volumes are read as one channel; "
+                        f"a store of several channels was normalised by prepare --modality)")
+    if any(m.strip() not in ("ct", "mr") for m in modalities):
+        raise UserError(f"data.modality must be 'ct' or 'mr' (or one per channel: 'ct,mr'), got {data_cfg.modality!r}")
 
 
 def check_paths_exist(field: str, paths) -> None:

@@ -58,7 +58,7 @@ class PretrainTask:
         check_model(self.cfg.model)
         check_init_channels(self.cfg.init_channels)
         check_multiple_of_8("data.cube_shape", self.cfg.data.cube_shape)
-        check_modality(self.cfg.data)
+        check_modality(self.cfg.data, per_channel=False)
         if self.cfg.data.val_cubes < 1:
             raise UserError(f"data.val_cubes must be >= 1, got {self.cfg.data.val_cubes}")
 

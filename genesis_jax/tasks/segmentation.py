@@ -7,31 +7,43 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from genesis_jax.configs.base import segmentation_base
+from genesis_jax.data.cases import Case, is_manifest, parse_modalities, read_manifest
 from genesis_jax.data.volumes import split_paths
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
 from genesis_jax.tasks.base import FineTuneTask, build_unet, check_model, check_modality, check_multiple_of_8, \
-    check_paths_exist, model_identity
+    check_paths_exist, follow_channels, model_identity
 
 
-def parse_label_values(text) -> list[float]:
-    """'5' or '5,6' (or a number) -> [5.0, 6.0]; UserError naming the field."""
+def parse_label_values(text) -> list[tuple[float, ...]]:
+    """Class k's raw label values: '5' or '5,6' (one value per class) -> [(5.0,), (6.0,)];
+    '1+2+4,1+4,4' (groups, BraTS's whole tumour, tumour core, enhancing) -> [(1.0, 2.0,
+    4.0), (1.0, 4.0), (4.0,)]. Groups may overlap; UserError naming the field."""
     try:
-        values = [float(v) for v in str(text).split(",") if v.strip()]
+        groups = [tuple(float(v) for v in part.split("+")) for part in str(text).split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"data.label_values must be numbers separated by commas, got {text!r}") from None
-    if not values or len(set(values)) != len(values):
+        raise UserError(f"data.label_values must be numbers separated by commas, values of one class joined by "
+                        f"'+' (e.g. 1+2+4,1+4,4), got {text!r}") from None
+    if not groups or len(set(groups)) != len(groups) or any(len(set(g)) != len(g) for g in groups):
         raise UserError(f"data.label_values must be distinct and non-empty, got {text!r}")
-    return values
+    return groups
+
+
+def overlapping(groups) -> bool:
+    """Whether some raw value belongs to two classes."""
+    values = [v for group in groups for v in group]
+    return len(values) != len(set(values))
 
 
 class SegmentationTask(FineTuneTask):
     """Fine-tuning for segmentation: image patches in, one sigmoid channel per class out,
     Dice/BCE against the labels; the U-Net but its last layer initialised from `init`.
 
-    A batch row is (X, Y, Z, 2): the image patch and its class map (data/labelled.py);
-    validation is a frozen set of patches drawn once from the validation volumes, scored
-    by the loss and a hard Dice per class (outputs > 0.5)."""
+    A batch row is (X, Y, Z, C + 1): the image patch's C channels and its label value
+    index (data/labelled.py); validation is a frozen set of patches drawn once from the
+    validation volumes, scored by the loss and a hard Dice per class (outputs > 0.5).
+    Images: comma-separated volumes with their label volumes, or a CSV manifest (one
+    column per channel and a `label` column; data/cases.py)."""
 
     name, picture_name = "segmentation", "segmentation"
     default_config = staticmethod(segmentation_base)
@@ -41,8 +53,12 @@ class SegmentationTask(FineTuneTask):
         self.val_volumes, self._apply = [], None
 
     @property
+    def groups(self) -> list[tuple[float, ...]]:
+        return parse_label_values(self.cfg.data.label_values)
+
+    @property
     def n_classes(self) -> int:
-        return len(parse_label_values(self.cfg.data.label_values))
+        return len(self.groups)
 
     def check_config(self) -> None:
         from genesis_jax.losses import SEGMENTATION_LOSSES
@@ -58,20 +74,46 @@ class SegmentationTask(FineTuneTask):
 
     def check_data(self, require_data: bool = True) -> None:
         data = self.cfg.data
-        for images, labels in (("train_images", "train_labels"), ("val_images", "val_labels")):
-            if require_data and images == "train_images" and not split_paths(data[images]):
-                raise UserError(f"data.{images} is empty: pass --config.data.{images}=A.nii.gz,B.nii.gz")
-            if len(split_paths(data[images])) != len(split_paths(data[labels])):
-                raise UserError(f"data.{images} has {len(split_paths(data[images]))} volumes, data.{labels} "
-                                f"{len(split_paths(data[labels]))}: one label volume per image")
-            if require_data:
-                for field in (images, labels):
-                    check_paths_exist(f"data.{field}", split_paths(data[field]))
+        if require_data and not data.train_images:
+            raise UserError("data.train_images is empty: pass --config.data.train_images=A.nii.gz,B.nii.gz (with "
+                            "data.train_labels) or a CSV manifest (one column per channel and a label column)")
+        channels = None
+        for split in ("train", "val"):
+            if data[f"{split}_images"] and (require_data or not is_manifest(data[f"{split}_images"])):
+                found = self.cases(split, check_files=require_data)[0]
+                if channels is not None and found != channels:
+                    raise UserError(f"data.val_images has channels {','.join(found)}, data.train_images "
+                                    f"{','.join(channels)}: validation needs the training channels")
+                channels = found
+        if channels and require_data:
+            follow_channels(self.cfg.model, channels, f"data.train_images {data.train_images}")
+            parse_modalities(data.modality, channels)
         for name in ("patches_per_epoch", "val_patches"):
             if data[name] < 1:
                 raise UserError(f"data.{name} must be >= 1, got {data[name]}")
         if not 0.0 < data.val_fraction < 1.0:
             raise UserError(f"data.val_fraction must be in (0, 1), got {data.val_fraction}")
+
+    def cases(self, split: str, check_files: bool = True) -> tuple[tuple[str, ...], list[Case]]:
+        """(channel names, labelled cases) of data.<split>_images: a CSV manifest with a label
+        column, or comma-separated volumes and data.<split>_labels, one channel ("image")."""
+        images, labels = self.cfg.data[f"{split}_images"], self.cfg.data[f"{split}_labels"]
+        if is_manifest(images):
+            if labels:
+                raise UserError(f"data.{split}_images is a manifest, whose label column gives the labels: leave "
+                                f"data.{split}_labels empty")
+            check_paths_exist(f"data.{split}_images", [images])
+            channels, cases = read_manifest(images, with_label=True)
+        else:
+            if len(split_paths(images)) != len(split_paths(labels)):
+                raise UserError(f"data.{split}_images has {len(split_paths(images))} volumes, data.{split}_labels "
+                                f"{len(split_paths(labels))}: one label volume per image")
+            channels = ("image",)
+            cases = [Case(i, channels, (Path(i),), Path(l)) for i, l in zip(split_paths(images), split_paths(labels))]
+        if check_files:
+            for case in cases:
+                check_paths_exist(f"data.{split}_images", [*case.paths, case.label])
+        return channels, cases
 
     def identity(self) -> dict:
         return {"model": model_identity(self.cfg.model), "data": dict(self.cfg.data), "loss": self.cfg.loss,
@@ -82,26 +124,28 @@ class SegmentationTask(FineTuneTask):
 
     def load_data(self):
         from genesis_jax.data.batches import InMemoryCubes
-        from genesis_jax.data.labelled import PatchSampler, read_pair
+        from genesis_jax.data.labelled import PatchSampler, label_value_list, read_labelled
         from genesis_jax.data.sources import RunData, files_sha256
-        data, values = self.cfg.data, parse_label_values(self.cfg.data.label_values)
-        pairs = {split: [read_pair(i, l, values, data.modality)
-                         for i, l in zip(split_paths(data[f"{split}_images"]), split_paths(data[f"{split}_labels"]))]
-                 for split in ("train", "val")}
+        data, values = self.cfg.data, label_value_list(self.groups)
+        cases = {split: self.cases(split)[1] if data[f"{split}_images"] else [] for split in ("train", "val")}
+        channels = self.cases("train")[0]
+        modalities = parse_modalities(data.modality, channels)
+        pairs = {split: [read_labelled(case, values, modalities) for case in cases[split]] for split in cases}
         if not pairs["val"]:
-            pairs["train"], pairs["val"] = self.held_out(pairs["train"])
+            pairs["train"], pairs["val"] = self.held_out(pairs["train"], cases["train"])
         train = PatchSampler(pairs["train"], data.patch_shape, data.foreground_ratio, self.cfg.seed)
         frozen = PatchSampler(pairs["val"], data.patch_shape, data.foreground_ratio, self.cfg.seed + 1)
         validation = InMemoryCubes(frozen.batch(0, int(data.val_patches)))
         self.val_volumes = pairs["val"]
-        keys = ("train_images", "train_labels", "val_images", "val_labels")
-        paths = [p for key in keys for p in split_paths(data[key])]
-        described = (f"{len(pairs['train'])} training and {len(pairs['val'])} validation volume(s), "
-                     f"{len(values)} class(es) from label values {values}, patches {tuple(data.patch_shape)} "
-                     f"({data.foreground_ratio:.0%} centred on foreground)")
-        return RunData(train, validation, int(data.patches_per_epoch), described, files_sha256(paths))
+        paths = [p for split in cases.values() for case in split for p in (*case.paths, case.label)]
+        paths += [data[f"{s}_images"] for s in ("train", "val") if is_manifest(data[f"{s}_images"])]
+        described = (f"{len(pairs['train'])} training and {len(pairs['val'])} validation volume(s) of "
+                     f"{len(channels)} channel(s) ({', '.join(channels)}), {self.n_classes} class(es) from label "
+                     f"values {data.label_values}{' (overlapping groups)' if overlapping(self.groups) else ''}, "
+                     f"patches {tuple(data.patch_shape)} ({data.foreground_ratio:.0%} centred on foreground)")
+        return RunData(train, validation, int(data.patches_per_epoch), described, files_sha256(paths), list(channels))
 
-    def held_out(self, pairs) -> tuple[list, list]:
+    def held_out(self, pairs, cases) -> tuple[list, list]:
         """(training pairs, validation pairs) when no validation volumes are given: a z slab
         of each training volume (data/labelled.py hold_out_slab), said in one line."""
         import jax
@@ -110,26 +154,30 @@ class SegmentationTask(FineTuneTask):
         from genesis_jax.data.volumes import VolumeError
         data = self.cfg.data
         try:
-            split = [hold_out_slab(image, classes, data.val_fraction, int(data.patch_shape[2]), path)
-                     for (image, classes), path in zip(pairs, split_paths(data.train_images))]
+            split = [hold_out_slab(image, classes, data.val_fraction, int(data.patch_shape[2]), case.name)
+                     for (image, classes), case in zip(pairs, cases)]
         except VolumeError as e:
             raise UserError(f"no data.val_images given, and {e}") from None
         if jax.process_index() == 0:
-            slabs = ", ".join(f"{Path(path).name} z {a}-{b - 1} of {image.shape[2]}"
-                              for (_, _, (a, b)), path, (image, _) in zip(split, split_paths(data.train_images), pairs))
+            slabs = ", ".join(f"{Path(case.name).name} z {a}-{b - 1} of {image.shape[2]}"
+                              for (_, _, (a, b)), case, (image, _) in zip(split, cases, pairs))
             print(f"validation: no data.val_images given: holding out {data.val_fraction:.0%} of each training "
                   f"volume's z slices, the end with more labelled voxels ({slabs}); no validation voxel is trained "
                   f"on", flush=True)
         return [train for train, _, _ in split], [val for _, val, _ in split]
 
     def prepare(self, key, batch, mesh, first_index=0):
-        from genesis_jax.losses import one_hot_classes
+        """(images (n, X, Y, Z, C), targets (n, X, Y, Z, K): 1 where the voxel's value is in class k)."""
+        from genesis_jax.data.labelled import class_membership
         del key, mesh, first_index  # no augmentation: the patch is the example
-        return batch[..., 0], one_hot_classes(jnp.round(batch[..., 1]).astype(jnp.int32), self.n_classes)
+        membership = jnp.asarray(class_membership(self.groups))
+        return batch[..., :-1], membership[jnp.round(batch[..., -1]).astype(jnp.int32)]
 
     def loss(self, model, images, targets):
+        """The configured loss on the sigmoid outputs, one per class: also right for
+        overlapping classes (each class is its own binary problem)."""
         from genesis_jax.losses import segmentation_loss
-        probs = model(images[..., None])
+        probs = model(images)
         return segmentation_loss(self.cfg.loss, probs, targets), probs
 
     def metrics(self, outputs, targets) -> dict:
@@ -146,12 +194,11 @@ class SegmentationTask(FineTuneTask):
         return labelled_grid({"image": inputs, "prediction (class 1)": outputs[..., 0],
                               "label (class 1)": targets[..., 0]}, title=title)
 
-    def segment(self, model, volume, mesh, batch_size: int, overlap: float = 0.5, blend: str = "gaussian"):
-        """int class map (0 background, 1..K) of a [0, 1] volume, by sliding-window inference
-        with patches of data.patch_shape split over the mesh; a voxel's class is the most
-        probable one where that probability exceeds 0.5. Compiled once per task."""
+    def probabilities(self, model, volume, mesh, batch_size: int, overlap: float = 0.5, blend: str = "gaussian"):
+        """float32 (X, Y, Z, K): each class's probability over a [0, 1] volume (X, Y, Z, C),
+        by sliding-window inference with patches of data.patch_shape split over the mesh.
+        Compiled once per task."""
         import jax
-        import numpy as np
         from flax import nnx
 
         from genesis_jax import sharding
@@ -164,16 +211,42 @@ class SegmentationTask(FineTuneTask):
                                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                                   out_shardings=sharding.replicated(mesh))
         rows = process_slice(batch_size, jax.process_index(), jax.process_count())
-        probs = sliding_window(lambda b: self._apply(state, b), volume, self.cfg.data.patch_shape, overlap=overlap,
-                               blend=blend, batch_size=batch_size, put=lambda b: sharding.global_batch(b[rows], mesh))
-        return np.where(probs.max(-1) > 0.5, probs.argmax(-1) + 1, 0)
+        return sliding_window(lambda b: self._apply(state, b), volume, self.cfg.data.patch_shape, overlap=overlap,
+                              blend=blend, batch_size=batch_size, put=lambda b: sharding.global_batch(b[rows], mesh))
+
+    def class_masks(self, probs):
+        """bool (X, Y, Z, K): the voxels predicted in each class. Exclusive classes: the most
+        probable class where it exceeds 0.5; overlapping groups: every class above 0.5."""
+        import numpy as np
+        if overlapping(self.groups):
+            return probs > 0.5
+        winner = np.where(probs.max(-1) > 0.5, probs.argmax(-1), -1)
+        return winner[..., None] == np.arange(self.n_classes)
+
+    def class_map(self, masks):
+        """int class map (0 background, 1..K) of class_masks: a voxel in several overlapping
+        classes gets the last of them (list groups from largest to smallest, as BraTS's
+        whole tumour, core, enhancing, and the map nests them)."""
+        import numpy as np
+        last = masks.shape[-1] - np.argmax(masks[..., ::-1], axis=-1)
+        return np.where(masks.any(-1), last, 0)
+
+    def segment(self, model, volume, mesh, batch_size: int, overlap: float = 0.5, blend: str = "gaussian"):
+        """int class map (0 background, 1..K) of a [0, 1] volume (X, Y, Z) or (X, Y, Z, C)."""
+        volume = volume if volume.ndim == 4 else volume[..., None]
+        return self.class_map(self.class_masks(self.probabilities(model, volume, mesh, batch_size, overlap, blend)))
+
+    def truth_masks(self, value_index_map):
+        """bool (X, Y, Z, K) of a label value index map (data/labelled.py map_labels)."""
+        from genesis_jax.data.labelled import class_membership
+        return class_membership(self.groups)[value_index_map] > 0
 
     def volume_metrics(self, model, mesh, batch_size: int) -> dict:
-        """Dice per class on the whole validation volumes (segment: overlap 0.5, Gaussian
-        blending), means over volumes."""
+        """Dice per class on the whole validation volumes (overlap 0.5, Gaussian blending),
+        means over volumes."""
         import numpy as np
 
-        from genesis_jax.scores import dice_per_class
-        dices = [dice_per_class(self.segment(model, image, mesh, batch_size), classes, self.n_classes)
-                 for image, classes in self.val_volumes]
+        from genesis_jax.scores import dice_of_masks
+        dices = [dice_of_masks(self.class_masks(self.probabilities(model, image, mesh, batch_size)),
+                               self.truth_masks(classes)) for image, classes in self.val_volumes]
         return {f"volume_dice_{k + 1}": float(np.mean([d[k] for d in dices])) for k in range(self.n_classes)}
