@@ -1,6 +1,10 @@
 """Cubes/s of the jitted genesis_batch versus the per-cube NumPy reference, in one run.
 
     python -m benchmarks.deform_throughput --batch-sizes 6 64 256 --json results.json
+    python -m benchmarks.deform_throughput --channels 1 4 --batch-sizes 6 --reference-cubes 0
+
+--channels times cubes of C channels (X, Y, Z, C), deform.channels "shared" (default 1:
+the one-channel (X, Y, Z) cubes); cubes/s counts C-channel cubes.
 
 Both sides corrupt the same random 64x64x32 cubes with the default DeformConfig on
 this machine, one after the other. JAX: compiled and warmed up first, then `repeats`
@@ -44,11 +48,14 @@ def time_calls(fn, make_args, repeats: int) -> list[float]:
     return times
 
 
-def bench_jax(batch: int, shape, repeats: int, cfg: DeformConfig) -> dict:
-    cubes = flat_draw(jax.random.uniform, jax.random.key(0), (batch, *shape), dtype=jnp.float32)
+def bench_jax(batch: int, shape, repeats: int, cfg: DeformConfig, channels: int = 0) -> dict:
+    """channels 0: (batch, X, Y, Z) cubes; C: (batch, X, Y, Z, C)."""
+    cubes = flat_draw(jax.random.uniform, jax.random.key(0), (batch, *shape, *([channels] if channels else [])),
+                      dtype=jnp.float32)
     times = time_calls(lambda k, c: genesis_batch(k, c, cfg), lambda i: (jax.random.key(1000 + i), cubes), repeats)
     median = statistics.median(times)
-    return {"batch": batch, "median_s": median, "cubes_per_s": batch / median, "ms_per_cube": 1e3 * median / batch}
+    return {"batch": batch, "channels": channels or 1, "median_s": median, "cubes_per_s": batch / median,
+            "ms_per_cube": 1e3 * median / batch}
 
 
 def bench_stages(batch: int, shape, repeats: int) -> dict:
@@ -114,6 +121,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reference-cubes", type=int, default=40, help="0 skips the reference")
     parser.add_argument("--stages", action="store_true", help="also time each deformation alone")
+    parser.add_argument("--channels", type=int, nargs="+", default=[0], help="channels per cube (0: the one-channel "
+                        "(X, Y, Z) form; C: (X, Y, Z, C))")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     shape = tuple(args.shape)
@@ -134,26 +143,28 @@ def main(argv=None) -> dict:
         ref = result["reference"]
         print(f"reference NumPy loop: {ref['cubes_per_s']:.1f} cubes/s ({ref['ms_per_cube']:.1f} ms/cube, "
               f"{ref['cubes']} cubes)", flush=True)
-    for batch in args.batch_sizes:
-        run = bench_jax(batch, shape, args.repeats, DeformConfig())
-        if "reference" in result:
-            run["speedup_vs_reference"] = run["cubes_per_s"] / result["reference"]["cubes_per_s"]
-        result["jax_runs"].append(run)
-        print(f"  batch {batch}: {run['cubes_per_s']:.1f} cubes/s ({run['ms_per_cube']:.2f} ms/cube)", flush=True)
+    for channels in args.channels:
+        for batch in args.batch_sizes:
+            run = bench_jax(batch, shape, args.repeats, DeformConfig(), channels)
+            if "reference" in result and run["channels"] == 1:
+                run["speedup_vs_reference"] = run["cubes_per_s"] / result["reference"]["cubes_per_s"]
+            result["jax_runs"].append(run)
+            print(f"  batch {batch}, {run['channels']} channel(s): {run['cubes_per_s']:.1f} cubes/s "
+                  f"({run['ms_per_cube']:.2f} ms/cube)", flush=True)
     if args.stages:
         result["stage_ms_per_cube"] = bench_stages(max(args.batch_sizes), shape, args.repeats)
         if args.reference_cubes:
             result["reference_stage_ms_per_cube"] = bench_reference_stages(min(args.reference_cubes, 10), shape)
 
     print()
-    print("| implementation | batch | cubes/s | ms/cube | vs reference |")
-    print("|---|---:|---:|---:|---:|")
+    print("| implementation | batch | channels | cubes/s | ms/cube | vs reference |")
+    print("|---|---:|---:|---:|---:|---:|")
     if "reference" in result:
         ref = result["reference"]
-        print(f"| NumPy reference (per cube) | 1 | {ref['cubes_per_s']:.1f} | {ref['ms_per_cube']:.2f} | 1.0x |")
+        print(f"| NumPy reference (per cube) | 1 | 1 | {ref['cubes_per_s']:.1f} | {ref['ms_per_cube']:.2f} | 1.0x |")
     for run in result["jax_runs"]:
         speedup = f"{run['speedup_vs_reference']:.1f}x" if "speedup_vs_reference" in run else "-"
-        print(f"| genesis_batch ({result['backend']}) | {run['batch']} | {run['cubes_per_s']:.1f} | "
+        print(f"| genesis_batch ({result['backend']}) | {run['batch']} | {run['channels']} | {run['cubes_per_s']:.1f} | "
               f"{run['ms_per_cube']:.3f} | {speedup} |")
     if "stage_ms_per_cube" in result:
         print("\nper stage, applied to every cube (ms/cube): " +

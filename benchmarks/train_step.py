@@ -42,12 +42,14 @@ def peak_tflops(device) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), None)
 
 
-def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, conv="auto") -> dict:
-    model = UNet3D(width=width, dtype=dtype, rngs=nnx.Rngs(0), fast_upconv=fast_upconv, conv=conv)
+def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, conv="auto", channels=1) -> dict:
+    """channels: the U-Net restores cubes of that many channels (in and out)."""
+    model = UNet3D(n_class=channels, width=width, dtype=dtype, rngs=nnx.Rngs(0), fast_upconv=fast_upconv, conv=conv,
+                   in_channels=channels)
     tx = recipe_sgd()
     graphdef, state = init_train_state(model, tx)
     step = make_model_step(graphdef, tx, restoration_loss)
-    cubes = flat_draw(jax.random.uniform, jax.random.key(0), (batch, *shape), dtype=jnp.float32)
+    cubes = flat_draw(jax.random.uniform, jax.random.key(0), (batch, *shape, channels), dtype=jnp.float32)
     start = time.perf_counter()
     traced = step.trace(state, cubes, cubes)
     compiled = traced.lower().compile()
@@ -60,7 +62,8 @@ def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, 
 
     median = statistics.median(timed(run, steps, warmup))
     flops = program.model_flops(traced.jaxpr) / batch
-    return {"batch": batch, "width": width, "dtype": jnp.dtype(dtype).name, "fast_upconv": fast_upconv,
+    return {"batch": batch, "width": width, "channels": channels, "dtype": jnp.dtype(dtype).name,
+            "fast_upconv": fast_upconv,
             "compile_s": compile_s, "median_step_s": median, "samples_per_s": batch / median,
             "flops_per_sample": flops, "flops_source": "jaxpr convolutions and matmuls",
             "peak_bytes": program.analyse(compiled).peak_bytes}
@@ -127,6 +130,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--conv", nargs="+", default=["auto"], choices=["auto", "native", "stacked2d"],
                         help="3x3x3 conv formulations to time (genesis_jax/models/conv.py)")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: bf16 dense of H100/H200)")
+    parser.add_argument("--channels", type=int, default=1, help="input (and restored) channels per cube")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     shape, dtype = tuple(args.shape), jnp.dtype(args.dtype)
@@ -140,7 +144,8 @@ def main(argv=None) -> dict:
     for batch in args.batch:
         variants = [(True, conv) for conv in args.conv] + ([(False, args.conv[0])] if args.naive_step else [])
         for fast, conv in variants:
-            row = bench_jax_step(batch, args.width, shape, dtype, args.steps, args.warmup, fast_upconv=fast, conv=conv)
+            row = bench_jax_step(batch, args.width, shape, dtype, args.steps, args.warmup, fast_upconv=fast, conv=conv,
+                                 channels=args.channels)
             row["conv"] = resolve_conv_mode(conv)
             if peak:
                 row["mfu"] = row["samples_per_s"] * row["flops_per_sample"] / (peak * 1e12)

@@ -120,7 +120,7 @@ def compile_step(cfg, mesh, target, global_batch: int):
     (target_step) at this global batch; the FLOPs come from the jaxpr the compile traced
     (program.model_flops: the same on every backend)."""
     step, state = target
-    cubes = jax.ShapeDtypeStruct((global_batch, *cfg.data.cube_shape), jnp.float32,
+    cubes = jax.ShapeDtypeStruct((global_batch, *cfg.data.cube_shape, cfg.model.in_channels), jnp.float32,
                                  sharding=sharding.batch_sharded(mesh))
     start = time.perf_counter()
     traced = step.trace(state, cubes, jax.ShapeDtypeStruct((), jnp.int32))
@@ -154,6 +154,7 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
         "platform": platform,
         "device_kind": devices[0].device_kind, "devices": mesh.size, "global_batch": cfg.batch_size,
         "per_device_batch": per_device, "cube_shape": list(cfg.data.cube_shape), "width": cfg.model.width,
+        "channels": cfg.model.in_channels,
         "dtype": cfg.model.dtype, "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(
             target[1].params))), "compile_s": round(seconds, 1), "per_device": report.to_dict(),
         "flops_per_sample": report.flops / per_device,

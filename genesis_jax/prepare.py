@@ -4,7 +4,8 @@ INPUT: files (.nii, .nii.gz, .mhd, .mha, .nrrd) or directories, searched recursi
 directory of DICOM slices is one volume; @sample is the chest CT crop bundled with the
 package (genesis_jax.data.sample_path()). Several channels (multi-modal MR, PET/CT): an
 INPUT may be a CSV manifest (a header naming the channels, e.g. t1,t1c,t2,flair, then one
-row per case, one path per channel, relative to the CSV's folder), or, with --channels
+row per case, one path per channel, relative to the CSV's folder; a `label` column, as
+fine-tuning manifests have, is left out), or, with --channels
 t1,t1c,t2,flair, a folder of case folders, each holding one file per channel named
 NAME or ending in _NAME (case_001/case_001_t1.nii.gz); genesis_jax/data/cases.py. Each volume is read, optionally resampled,
 windowed to [0, 1] (CT: HU [-1000, 1000]; MR: 0.5-99.5 percentiles), and cut into up to
@@ -79,6 +80,10 @@ def parse_args(argv):
                         help="corner margins in voxels (default: min(100/100/30, slack // 4) per axis)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable or unusable inputs and list them")
     args = parser.parse_args(argv)
+    wrong = [m for m in args.modality.split(",") if m.strip() not in ("ct", "mr")]
+    if wrong:
+        parser.error(f"argument --modality: invalid choice: {wrong[0]!r} (choose from ct, mr; or one per channel in "
+                     f"channel order: ct,mr)")
     if args.spacing is not None and len(args.spacing) not in (1, 3):
         parser.error("--spacing takes one value or three (X Y Z)")
     if args.cubes_per_volume < 1 or args.tries_per_cube < 1:
@@ -149,7 +154,7 @@ def collect_cases(args, skipped: list) -> tuple[tuple[str, ...], dict]:
             argument = str(sample_path())
         try:
             if is_manifest(argument):
-                found_channels, found = read_manifest(argument)
+                found_channels, found = read_manifest(argument, with_label="optional")  # labels: not a channel
             elif named:
                 found_channels, found = named, find_cases(argument, named)
             else:

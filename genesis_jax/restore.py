@@ -57,6 +57,10 @@ def load_model(init: str):
         raise UserError(f"{init} is a {task} fine-tuning run; restore checks what pre-training learned: pass a "
                         f"pre-training run directory or an official-layout .pt")
     model, described, cfg = load_source(init)
+    if model.in_channels != 1:
+        raise UserError(f"{init}: restore scores one-channel models on one volume (this one takes "
+                        f"{model.in_channels} channels); a multi-channel run shows its restorations in the pictures "
+                        f"of its run directory (images/) and its validation loss")
     model.eval()
     if cfg is None:  # an official .pt: the paper's cubes, CT window and deformations
         return model, (64, 64, 32), "ct", described, None

@@ -74,7 +74,7 @@ def compile_pretrain(model_state, n, mode):
 def per_example_trip_counts(hlo_text):
     """Trip counts of the while loops that carry a stack of cubes: lax.map over examples
     (the other loops, e.g. threefry's rounds, carry only small keys)."""
-    cube_stack = re.compile(r"f32\[\d+,%s\]" % ",".join(map(str, CUBE)))
+    cube_stack = re.compile(r"f32\[\d+,%s(,\d+)?\]" % ",".join(map(str, CUBE)))  # channels or not
     return [int(n) for line in hlo_text.splitlines() if " while(" in line and cube_stack.search(line)
             for n in re.findall(r'known_trip_count":\{"n":"(\d+)"', line)]
 

@@ -7,6 +7,7 @@ import pytest
 
 from genesis_jax.data.labelled import PatchSampler, map_labels, read_pair
 from genesis_jax.data.volumes import VolumeError
+from genesis_jax.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -89,3 +90,46 @@ def test_the_shared_aorta_task_reads():
     image, classes = read_pair(SHARED / "chest_ct_cropped.nii.gz", SHARED / "chest_ct_cropped_aorta.nii.gz", [1])
     assert image.shape == classes.shape and 0 < classes.mean() < 0.2
     assert image.min() >= 0 and image.max() <= 1
+
+
+def test_label_groups_become_overlapping_classes_with_dice_per_class():
+    """BraTS-style groups 1+2+4 (whole), 1+4 (core), 4 (enhancing) on a label map of raw
+    values: the targets are nested masks; one value per class keeps the one-hot classes;
+    Dice per class of masks counts each class on its own."""
+    from genesis_jax.data.labelled import class_membership, label_value_list
+    from genesis_jax.scores import dice_of_masks
+    from genesis_jax.tasks import parse_label_values
+    groups = parse_label_values("1+2+4,1+4,4")
+    assert groups == [(1.0, 2.0, 4.0), (1.0, 4.0), (4.0,)]
+    raw = np.array([0, 1, 2, 4, 3, 4])
+    index = map_labels(raw, label_value_list(groups))
+    targets = class_membership(groups)[index]
+    np.testing.assert_array_equal(targets, [[0, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(class_membership(parse_label_values("6,5")), [[0, 0], [1, 0], [0, 1]])
+    predicted = targets.astype(bool).copy()
+    predicted[2, 0] = False   # whole tumour misses one of its 4 voxels: Dice 2*3/(3+4)
+    predicted[0, 2] = True    # enhancing gains one: 2*2/(3+2)
+    np.testing.assert_allclose(dice_of_masks(predicted, targets > 0), [6 / 7, 1.0, 4 / 5])
+    with pytest.raises(UserError, match="values of one class joined by"):
+        parse_label_values("1+x")
+    with pytest.raises(UserError, match="distinct"):
+        parse_label_values("1+1,2")
+
+
+def test_predict_writes_nested_groups_back_as_their_own_raw_values():
+    """The map shows the last class above 0.5; class k is written as the raw value only it
+    holds among later classes: whole/core/enhancing -> 2, 1, 4 (the BraTS labels)."""
+    from genesis_jax.configs.segmentation import get_config
+    from genesis_jax.predict import written_values
+    from genesis_jax.tasks import SegmentationTask, parse_label_values
+    np.testing.assert_array_equal(written_values(parse_label_values("1+2+4,1+4,4")), [0, 2, 1, 4])
+    np.testing.assert_array_equal(written_values(parse_label_values("5,6")), [0, 5, 6])
+    np.testing.assert_array_equal(written_values(parse_label_values("1+2,1+2+3")), [0, 1, 2])  # none or several: k
+    cfg = get_config()
+    cfg.data.label_values = "1+2+4,1+4,4"
+    task = SegmentationTask(cfg)
+    probs = np.array([[0.9, 0.2, 0.1], [0.9, 0.8, 0.6], [0.2, 0.1, 0.1], [0.9, 0.7, 0.3]])
+    masks = task.class_masks(probs)
+    np.testing.assert_array_equal(task.class_map(masks), [1, 3, 0, 2])
+    cfg.data.label_values = "5,6"
+    np.testing.assert_array_equal(SegmentationTask(cfg).class_masks(probs[:, :2]).sum(-1), [1, 1, 0, 1])

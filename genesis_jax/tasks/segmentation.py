@@ -112,7 +112,8 @@ class SegmentationTask(FineTuneTask):
             cases = [Case(i, channels, (Path(i),), Path(l)) for i, l in zip(split_paths(images), split_paths(labels))]
         if check_files:
             for case in cases:
-                check_paths_exist(f"data.{split}_images", [*case.paths, case.label])
+                check_paths_exist(f"data.{split}_images", case.paths)
+                check_paths_exist(f"data.{split}_labels" if labels else f"data.{split}_images", [case.label])
         return channels, cases
 
     def identity(self) -> dict:
