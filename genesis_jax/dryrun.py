@@ -237,7 +237,7 @@ def format_report(result: dict) -> str:
         ("target", f"{result['target']}, {result['devices']} device(s), mesh ('data': {result['devices']})"),
         ("model", f"UNet3D width {result['width']} ({result['parameters']:,} parameters), {result['dtype']}"),
         ("batch", f"global {result['global_batch']} = {result['per_device_batch']} per device, cubes "
-                  f"{tuple(result['cube_shape'])}"),
+                  f"{tuple(result['cube_shape'])} x {result.get('channels', 1)} channel(s)"),
         ("compile time", f"{result['compile_s']:.1f} s"),
         ("memory: arguments", program.format_bytes(d["argument_bytes"])),
         ("memory: temporaries", program.format_bytes(d["temp_bytes"])),
