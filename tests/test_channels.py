@@ -182,3 +182,50 @@ def test_model_channels_that_disagree_with_the_data_are_refused(ct_case):
     cfg.model.in_channels, cfg.data.train_images = 3, str(ct_case / "cases.csv")
     with pytest.raises(UserError, match="model.in_channels=3, but data.train_images .* has 2 channel"):
         SegmentationTask(cfg).check_data()
+
+
+def test_pre_training_continues_a_one_channel_model_on_two_channels(ct_case, pretrained, tmp_path, capsys):
+    """init for pre-training: the whole U-Net of the one-channel run, its first kernel spread
+    and its last layer copied to both outputs, so identical channels restore as it does."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from genesis_jax.rundir import load_source, new_model
+    from genesis_jax.tasks import PretrainTask
+    from runs import tiny_config
+    store = tmp_path / "cubes.zarr"
+    assert prepare.run([str(ct_case / "cases.csv"), "--out", str(store), "--cube-shape", "16", "16", "16",
+                        "--filter", "none", "--cubes-per-volume", "2"]) == 0
+    cfg = tiny_config()
+    cfg.init, cfg.data.source, cfg.data.store = str(pretrained), "store", str(store)
+    task = PretrainTask(cfg)
+    task.check_config()
+    task.check_data()
+    model = new_model(task, nnx.Rngs(0))
+    assert "copied; its one input channel spread over the model's 2; new: none" in capsys.readouterr().out
+    source = load_source(str(pretrained))[0]
+    x = np.random.default_rng(3).random((2, 16, 16, 16, 1), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(np.repeat(x, 2, -1)))),
+                               np.repeat(np.asarray(source(jnp.asarray(x))), 2, -1), rtol=1e-4, atol=1e-5)
+
+
+def test_a_store_from_before_channels_trains_as_one_channel(tmp_path):
+    """A (N, X, Y, Z) store (no channel axis, no channel names) feeds a pre-training run's
+    data as (n, X, Y, Z, 1), and the model keeps one channel."""
+    import tensorstore as ts
+
+    from genesis_jax.data.sources import load_run_data
+    from genesis_jax.tasks import PretrainTask
+    from runs import tiny_config
+    cubes = np.random.default_rng(0).random((10, 16, 16, 16), dtype=np.float32)
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "old.zarr")}, "create": True,
+            "metadata": {"shape": [10, 16, 16, 16], "data_type": "float32",
+                         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, 16, 16, 16]}},
+                         "attributes": {"genesis": {"cubes": 10}}}}
+    ts.open(spec).result().write(cubes).result()
+    cfg = tiny_config()
+    cfg.data.source, cfg.data.store = "store", str(tmp_path / "old.zarr")
+    PretrainTask(cfg).check_data()
+    data = load_run_data(cfg.data, cfg.seed)
+    assert cfg.model.in_channels == 1 and data.channels == ["image"]
+    assert data.train.batch(0, 4).shape == (4, 16, 16, 16, 1)

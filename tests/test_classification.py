@@ -113,6 +113,30 @@ def test_store_rows_read_the_named_cubes(tmp_path):
         LabelledCubes(tmp_path / "rows.csv", 2, (16, 16, 8), store=str(tmp_path / "store"))
 
 
+def test_cubes_of_a_two_channel_store_come_with_both_channels_and_the_model_follows(tmp_path):
+    """cube,label rows of a (N, 16, 16, 8, 2) store: rows (n, 16, 16, 8, 3), channels, then the
+    label; the classification task's model takes the store's 2 channels."""
+    from genesis_jax.data.store import CubeStoreWriter
+    from genesis_jax.tasks import ClassificationTask
+    cubes = np.random.default_rng(2).random((4, 16, 16, 8, 2)).astype(np.float32)
+    with CubeStoreWriter(tmp_path / "store", (16, 16, 8), channels=("pet", "ct")) as writer:
+        writer.append(cubes)
+        writer.commit({})
+    (tmp_path / "rows.csv").write_text("cube,label\n3,1\n1,0\n2,1\n")
+    labelled = LabelledCubes(tmp_path / "rows.csv", 2, (16, 16, 8), store=str(tmp_path / "store"))
+    rows = labelled.rows(0, 3)
+    assert labelled.channels == ["pet", "ct"] and rows.shape == (3, 16, 16, 8, 3)
+    np.testing.assert_array_equal(rows[..., :2], cubes[[3, 1, 2]])
+    np.testing.assert_array_equal(rows[:, 0, 0, 0, 2], [1, 0, 1])
+    cfg = tiny(tmp_path, train_csv=str(tmp_path / "rows.csv"), val_csv=str(tmp_path / "rows.csv"),
+               store=str(tmp_path / "store"))
+    task = ClassificationTask(cfg)
+    assert task.load_data().channels == ["pet", "ct"] and cfg.model.in_channels == 2
+    import jax.numpy as jnp
+    from flax import nnx
+    assert task.build_model(nnx.Rngs(0))(jnp.asarray(rows[..., :2])).shape == (3, 1)
+
+
 def test_auc_and_accuracy_of_the_whole_set_and_of_batches():
     task = ClassificationTask(get_config())
     labels = np.array([1, 0, 1, 0, 1])

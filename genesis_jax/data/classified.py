@@ -87,12 +87,13 @@ def crop_centred(volume: np.ndarray, centre, shape) -> np.ndarray:
 
 class LabelledCubes:
     """The examples of one CSV: len(), rows(start, stop) in CSV order (validation) and
-    batch(step, n, ...) from seeded permutations (training); float32 (n, X, Y, Z, 2)."""
+    batch(step, n, ...) from seeded permutations (training); float32 (n, X, Y, Z, C + 1)."""
 
     def __init__(self, csv_path, classes: int, cube_shape, store: str = "", modality: str = "ct", seed: int = 0):
         self.cube_shape, self.seed = tuple(int(d) for d in cube_shape), seed
         kind, examples = read_label_csv(csv_path, classes)
         self.labels = np.array([e[-1] for e in examples], np.int64)
+        self.channels = ["image"]  # a volume's crop; store cubes: the store's channels
         if kind == "store":
             self._read = self._store_reader(csv_path, store, [e[0] for e in examples])
             self.sources = [store]
@@ -105,6 +106,7 @@ class LabelledCubes:
             raise UserError(f"{csv_path} lists store cubes (column 'cube') but data.store is empty: "
                             f"pass --config.data.store=PATH")
         source = StoreBatches(store)
+        self.channels = source.channels
         if source.cube_shape != self.cube_shape:
             raise UserError(f"{store}: cubes are {source.cube_shape}, data.cube_shape is {self.cube_shape}")
         cubes = np.asarray(cubes)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from genesis_jax.configs.base import classification_base
 from genesis_jax.errors import UserError
 from genesis_jax.tasks.base import FineTuneTask, build_unet, check_model, check_modality, check_multiple_of_8, \
-    check_paths_exist, model_identity
+    check_paths_exist, follow_channels, model_identity
 
 
 class ClassificationTask(FineTuneTask):
@@ -59,11 +59,16 @@ class ClassificationTask(FineTuneTask):
         data = self.cfg.data
         split = {name: LabelledCubes(data[f"{name}_csv"], int(data.classes), data.cube_shape, data.store,
                                      data.modality, self.cfg.seed) for name in ("train", "val")}
+        if split["train"].channels != split["val"].channels:
+            raise UserError(f"data.val_csv's cubes have channels {', '.join(split['val'].channels)}, data.train_csv's "
+                            f"{', '.join(split['train'].channels)}")
+        follow_channels(self.cfg.model, split["train"].channels, f"data.train_csv {data.train_csv}")
         described = (f"{len(split['train'])} training cubes (per class {class_counts(split['train'].labels, data.classes)}"
                      f"), {len(split['val'])} validation cubes (per class "
                      f"{class_counts(split['val'].labels, data.classes)}), cubes {tuple(data.cube_shape)}")
         paths = [data.train_csv, data.val_csv, *{p for s in split.values() for p in s.sources}]
-        return RunData(split["train"], split["val"], len(split["train"]), described, files_sha256(paths))
+        return RunData(split["train"], split["val"], len(split["train"]), described, files_sha256(paths),
+                       list(split["train"].channels))
 
     def prepare(self, key, batch, mesh, first_index=0):
         del key, mesh, first_index  # no augmentation: the cube is the example
