@@ -38,11 +38,11 @@ def per_cube_summaries(corrupted, target):
 
 @pytest.mark.parametrize("mode", ["shared", "independent"])
 def test_each_channel_alone_has_the_one_channel_statistics(mode):
-    """800 two-channel cubes vs 800 one-channel cubes (other keys): the per-cube mean
+    """500 two-channel cubes vs 500 one-channel cubes (other keys): the per-cube mean
     change and unchanged share of channel 1 are distributed as a one-channel cube's
     (two-sample KS, p > 1e-4). Fails if channel 1 skipped a stage channel 0 gets (e.g. its
     own Bezier curve or its painting noise)."""
-    n = 800
+    n = 500
     cfg = dataclasses.replace(FAST, channels=mode)
     two = genesis_batch(jax.random.key(10), cubes(n, 2, seed=1), cfg)
     one = genesis_batch(jax.random.key(11), cubes(n, 1, seed=2)[..., 0], cfg)
@@ -53,11 +53,11 @@ def test_each_channel_alone_has_the_one_channel_statistics(mode):
 
 
 def test_shared_mode_shares_geometry_and_draws_curves_and_noise_per_channel():
-    """Two identical channels, 200 cubes. Without the intensity map the channels are equal
+    """Two identical channels, 100 cubes. Without the intensity map the channels are equal
     wherever nothing was painted (same flips, shuffle blocks and permutations) and differ
     at every painted voxel (noise per channel), the painted voxels being the same in both.
     With only the intensity map, the channels differ (a curve per channel)."""
-    n = 200
+    n = 100
     same = jnp.repeat(cubes(n, 1, seed=3), 2, axis=-1)
     no_curve = dataclasses.replace(FAST, nonlinear_rate=0.0)
     corrupted, target = (np.asarray(a) for a in genesis_batch(jax.random.key(5), same, no_curve))
@@ -77,10 +77,10 @@ def test_shared_mode_shares_geometry_and_draws_curves_and_noise_per_channel():
 
 
 def test_independent_mode_draws_the_geometry_per_channel():
-    """Two identical channels, 200 cubes, flips and shuffle only: independent channels
+    """Two identical channels, 100 cubes, flips and shuffle only: independent channels
     differ in most cubes (own flips and blocks; both untouched in ~0.6 * 0.5 of the pairs
     of draws at most), shared ones never."""
-    n = 200
+    n = 100
     same = jnp.repeat(cubes(n, 1, seed=4), 2, axis=-1)
     geometry = DeformConfig(local_blocks=64, nonlinear_rate=0.0, paint_rate=0.0)
     for mode, least, most in (("shared", 0, 0), ("independent", n // 2, n)):
