@@ -125,7 +125,8 @@ def test_two_channels_go_prepare_train_finetune_predict(ct_case, tmp_path, capsy
     assert StoreBatches(store).channels == ["ct", "soft"]
 
     run_cli("genesis_jax.train", f"--workdir={tmp_path / 'pre'}", *tiny_flags(
-        "--config.data.source=store", f"--config.data.store={store}", "--config.data.val_fraction=0.4"))
+        "--config.data.source=store", f"--config.data.store={store}", "--config.data.val_fraction=0.4",
+        "--config.total_steps=2", "--config.checkpoint_every=2"))
     pre = json.loads((tmp_path / "pre" / "config.json").read_text())
     assert pre["model"]["in_channels"] == 2
     assert json.loads((tmp_path / "pre" / "run_info.json").read_text())["channels"] == ["ct", "soft"]
@@ -139,10 +140,11 @@ def test_two_channels_go_prepare_train_finetune_predict(ct_case, tmp_path, capsy
     assert info["channels"] == ["ct", "soft"] and "of 2 channel(s) (ct, soft)" in info["data"]
     assert json.loads((tmp_path / "ft" / "config.json").read_text())["model"]["in_channels"] == 2
 
+    windows = "--overlap=0"  # 48 windows, not 245: the channels are the point here
     assert predict([f"--workdir={tmp_path / 'ft'}", f"--input={ct_case / 'ct.nii.gz'},{ct_case / 'soft.nii.gz'}",
-                    f"--out={tmp_path / 'a.nii.gz'}"]) == 0
+                    f"--out={tmp_path / 'a.nii.gz'}", windows]) == 0
     assert predict([f"--workdir={tmp_path / 'ft'}", f"--input={ct_case / 'cases.csv'}",
-                    f"--out={tmp_path / 'b.nii.gz'}"]) == 0
+                    f"--out={tmp_path / 'b.nii.gz'}", windows]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # the manifest's label column
     assert set(scores["dice"]) == {"1.0"}
     a, b = (np.asarray(nib.load(str(tmp_path / f"{n}.nii.gz")).dataobj) for n in "ab")
