@@ -7,17 +7,17 @@ from pathlib import Path
 import numpy as np
 
 
-def labelled_grid(columns: dict, title: str = "", row_labels=None, scale: int = 3) -> np.ndarray:
+def labelled_grid(columns: dict, title: str = "", row_labels=None, scale: int = 3, channels=None) -> np.ndarray:
     """uint8 (H, W) image readable at a glance: one row per example; for each named column
     (e.g. corrupted / restored / original) two views of the cube, the middle axial (Z)
     slice and the middle coronal (Y) slice, each upsampled by `scale` without blurring
     (nearest neighbour); column and view names on top, a title above, row labels at the
     left. columns: name -> array (N, X, Y, Z) or (N, X, Y, Z, C) in [0, 1]; C > 1 gives a
-    column per channel ("name, channel c")."""
+    column per channel, named by `channels` (the data's channel names) or "channel c"."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    columns = split_channels(columns)
+    columns = split_channels(columns, channels)
     names = list(columns)
     volumes = [np.clip(np.asarray(columns[name], np.float32), 0.0, 1.0) for name in names]
     n, dx, dy, dz = volumes[0].shape
@@ -85,15 +85,18 @@ class MetricWriter:
             self.tb.close()
 
 
-def split_channels(columns: dict) -> dict:
-    """name -> (N, X, Y, Z): channel axes squeezed (C = 1) or spread over columns (C > 1)."""
+def split_channels(columns: dict, channels=None) -> dict:
+    """name -> (N, X, Y, Z): channel axes squeezed (C = 1) or spread over columns (C > 1),
+    each named by its channel's name when `channels` has one per channel."""
     out = {}
     for name, array in columns.items():
         array = np.asarray(array)
         if array.ndim == 5 and array.shape[-1] == 1:
             out[name] = array[..., 0]
         elif array.ndim == 5:
-            out.update({f"{name}, channel {c}": array[..., c] for c in range(array.shape[-1])})
+            named = channels is not None and len(channels) == array.shape[-1]
+            out.update({f"{name}, {channels[c] if named else f'channel {c}'}": array[..., c]
+                        for c in range(array.shape[-1])})
         else:
             out[name] = array
     return out

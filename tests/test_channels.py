@@ -231,3 +231,15 @@ def test_a_store_from_before_channels_trains_as_one_channel(tmp_path):
     data = load_run_data(cfg.data, cfg.seed)
     assert cfg.model.in_channels == 1 and data.channels == ["image"]
     assert data.train.batch(0, 4).shape == (4, 16, 16, 16, 1)
+
+
+def test_pictures_get_a_column_per_channel_named_by_the_data():
+    """(N, X, Y, Z, 2) columns: one column per channel, named by the channels given; C = 1 is
+    squeezed; without names, "channel c". The grid widens by those columns."""
+    from genesis_jax.metrics import labelled_grid, split_channels
+    two = np.random.default_rng(0).random((2, 16, 16, 8, 2), dtype=np.float32)
+    assert list(split_channels({"input": two, "target": two[..., :1]}, ["t1", "flair"])) == \
+        ["input, t1", "input, flair", "target"]
+    assert list(split_channels({"input": two})) == ["input, channel 0", "input, channel 1"]
+    one, both = labelled_grid({"input": two[..., :1]}), labelled_grid({"input": two}, channels=["t1", "flair"])
+    assert one.shape[0] == both.shape[0] and both.shape[1] > 1.8 * one.shape[1]

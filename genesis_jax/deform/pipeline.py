@@ -30,7 +30,8 @@ def draws(key: jax.Array, cfg: DeformConfig):
 
 def describe_draws(key: jax.Array, n: int, cfg: DeformConfig, first_index: int = 0) -> list[str]:
     """Examples first_index .. first_index + n - 1 of a batch prepared with key: what was
-    done to each, e.g. 'flip x,z + shuffle + in-paint' or 'none' (picture labels)."""
+    done to each, e.g. 'flip x,z + shuffle + in-paint' or 'none' (picture labels); with
+    deform.channels "independent", what was done to channel 0."""
     import numpy as np
     flips, drawn = _drawn(key, cfg, n, first_index)
     names = []

@@ -118,6 +118,7 @@ class FineTuneTask:
     def __init__(self, cfg, platform: str | None = None):
         """platform: compile for that platform (the dry run's target) rather than this machine's."""
         self.cfg, self.platform = cfg, platform
+        self.channels = None  # the data's channel names, once loaded (picture columns)
 
     def check_init(self) -> None:
         check_init_channels(self.cfg.init_channels)

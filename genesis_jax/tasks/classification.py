@@ -63,6 +63,7 @@ class ClassificationTask(FineTuneTask):
             raise UserError(f"data.val_csv's cubes have channels {', '.join(split['val'].channels)}, data.train_csv's "
                             f"{', '.join(split['train'].channels)}")
         follow_channels(self.cfg.model, split["train"].channels, f"data.train_csv {data.train_csv}")
+        self.channels = split["train"].channels
         described = (f"{len(split['train'])} training cubes (per class {class_counts(split['train'].labels, data.classes)}"
                      f"), {len(split['val'])} validation cubes (per class "
                      f"{class_counts(split['val'].labels, data.classes)}), cubes {tuple(data.cube_shape)}")
@@ -110,4 +111,4 @@ class ClassificationTask(FineTuneTask):
             rows = [f"label {int(t)}, p(1) {1 / (1 + np.exp(-z[0])):.2f}" for t, z in zip(labels, logits)]
         else:
             rows = [f"label {int(t)}, predicted {int(np.argmax(z))}" for t, z in zip(labels, logits)]
-        return labelled_grid({"cube": cubes}, title=title, row_labels=rows)
+        return labelled_grid({"cube": cubes}, title=title, row_labels=rows, channels=self.channels)

@@ -44,7 +44,7 @@ class PretrainTask:
     def __init__(self, cfg, platform: str | None = None):
         """platform: compile for that platform (the dry run's target) rather than this machine's."""
         self.cfg, self.platform = cfg, platform
-        self.deform = None
+        self.deform, self.channels = None, None  # channels: the data's names, once loaded
 
     def check_config(self) -> None:
         try:
@@ -104,7 +104,9 @@ class PretrainTask:
 
     def load_data(self):
         from genesis_jax.data.sources import load_run_data
-        return load_run_data(self.cfg.data, self.cfg.seed)
+        data = load_run_data(self.cfg.data, self.cfg.seed)
+        self.channels = data.channels  # the pictures' column names
+        return data
 
     def prepare(self, key, cubes, mesh, first_index=0):
         if self.deform is None:
@@ -124,4 +126,5 @@ class PretrainTask:
         from genesis_jax.metrics import labelled_grid
         rows = describe_draws(key, len(inputs), self.deform) if key is not None else None
         return labelled_grid({"corrupted (input)": inputs, "restored (output)": outputs,
-                              "original (target)": targets}, title=title, row_labels=rows)
+                              "original (target)": targets}, title=title, row_labels=rows,
+                             channels=self.channels)

@@ -137,7 +137,7 @@ class SegmentationTask(FineTuneTask):
         train = PatchSampler(pairs["train"], data.patch_shape, data.foreground_ratio, self.cfg.seed)
         frozen = PatchSampler(pairs["val"], data.patch_shape, data.foreground_ratio, self.cfg.seed + 1)
         validation = InMemoryCubes(frozen.batch(0, int(data.val_patches)))
-        self.val_volumes = pairs["val"]
+        self.val_volumes, self.channels = pairs["val"], list(channels)
         paths = [p for split in cases.values() for case in split for p in (*case.paths, case.label)]
         paths += [data[f"{s}_images"] for s in ("train", "val") if is_manifest(data[f"{s}_images"])]
         described = (f"{len(pairs['train'])} training and {len(pairs['val'])} validation volume(s) of "
@@ -189,11 +189,10 @@ class SegmentationTask(FineTuneTask):
         dice = jnp.where(total > 0, 2 * inter / jnp.maximum(total, 1), 1.0)
         return {f"dice_{k + 1}": dice[k] for k in range(self.n_classes)}
 
-    @staticmethod
-    def picture(inputs, targets, outputs, title="", key=None):
+    def picture(self, inputs, targets, outputs, title="", key=None):
         from genesis_jax.metrics import labelled_grid
         return labelled_grid({"image": inputs, "prediction (class 1)": outputs[..., 0],
-                              "label (class 1)": targets[..., 0]}, title=title)
+                              "label (class 1)": targets[..., 0]}, title=title, channels=self.channels)
 
     def probabilities(self, model, volume, mesh, batch_size: int, overlap: float = 0.5, blend: str = "gaussian"):
         """float32 (X, Y, Z, K): each class's probability over a [0, 1] volume (X, Y, Z, C),
