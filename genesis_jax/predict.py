@@ -61,13 +61,20 @@ def load_model(workdir):
     return model, task, meta.get("step")
 
 
-def read_nifti_grid(path):
-    """(nibabel image, its array reordered as genesis_jax reads volumes) for a NIfTI input."""
-    from genesis_jax.data.volumes import VolumeError, read_volume
+def require_nifti(path) -> None:
+    """VolumeError unless path is NIfTI: predict writes its label map on the input's grid."""
+    from genesis_jax.data.volumes import VolumeError
     if not str(path).lower().endswith((".nii", ".nii.gz")):
         raise VolumeError(path, "predict writes NIfTI on the input's grid, so it takes NIfTI input "
                                 "(convert MHD/DICOM first, e.g. with SimpleITK)")
+
+
+def read_nifti_grid(path):
+    """(nibabel image, its array reordered as genesis_jax reads volumes) for a NIfTI input."""
     import nibabel as nib
+
+    from genesis_jax.data.volumes import read_volume
+    require_nifti(path)
     return nib.load(str(path)), read_volume(path)
 
 
@@ -128,14 +135,16 @@ def main(argv=None) -> int:
     from genesis_jax.data.labelled import label_value_list, map_labels
     from genesis_jax.errors import UserError
     from genesis_jax.scores import dice_of_masks, iou_of_masks
+    import nibabel as nib
     try:
         if not 0.0 <= args.overlap < 1.0:
             raise UserError(f"--overlap must be in [0, 1), got {args.overlap}")
         model, task, step = load_model(args.workdir)
         channels = run_channels(args.workdir, model)
         case, label_path = input_case(args.input, channels)
-        image, _ = read_nifti_grid(case.paths[0])
-        volumes = read_case(case)
+        require_nifti(case.paths[0])
+        volumes = read_case(case)  # the first channel read once: its header below is nibabel's lazy load
+        image = nib.load(str(case.paths[0]))
         truth = None
         if args.labels or label_path:
             _, truth_volume = read_nifti_grid(args.labels or label_path)
@@ -151,7 +160,6 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    import nibabel as nib
     classes = task.class_map(masks)
     values = written_values(task.groups)
     dtype = np.uint8 if values.max() < 256 and (values == values.round()).all() and values.min() >= 0 else np.float32

@@ -5,10 +5,10 @@ directory of DICOM slices is one volume; @sample is the chest CT crop bundled wi
 package (genesis_jax.data.sample_path()). Several channels (multi-modal MR, PET/CT): an
 INPUT may be a CSV manifest (a header naming the channels, e.g. t1,t1c,t2,flair, then one
 row per case, one path per channel, relative to the CSV's folder; a `label` column, as
-fine-tuning manifests have, is left out), or, with --channels
-t1,t1c,t2,flair, a folder of case folders, each holding one file per channel named
-NAME or ending in _NAME (case_001/case_001_t1.nii.gz); genesis_jax/data/cases.py. Each volume is read, optionally resampled,
-windowed to [0, 1] (CT: HU [-1000, 1000]; MR: 0.5-99.5 percentiles), and cut into up to
+fine-tuning manifests have, is left out), or, with --channels t1,t1c,t2,flair, a folder
+of case folders, each holding one file per channel named NAME or ending in _NAME
+(case_001/case_001_t1.nii.gz); genesis_jax/data/cases.py. Each volume is read,
+optionally resampled, windowed to [0, 1] (CT: HU [-1000, 1000]; MR: 0.5-99.5 percentiles), and cut into up to
 --cubes-per-volume cubes (--cube-shape, default the paper's 64x64x32) by the Genesis
 sampler and filter. Filters: `lung` (the official one, for chest CT) keeps crops that
 are mostly lung, and so rejects every crop of a scan without lungs (abdomen, head, MR);
@@ -45,7 +45,7 @@ from genesis_jax.data.sampler import FILTERS, SamplerConfig, borders_for, sample
 from genesis_jax.data.store import CubeStoreWriter
 from genesis_jax.errors import UserError
 from genesis_jax.data.cases import Case, find_cases, is_manifest, parse_channel_names, parse_modalities, read_case, \
-    read_manifest, unit_channels
+    read_manifest, unit_channels, unknown_modalities
 from genesis_jax.data.volumes import VolumeError, find_inputs, resample
 
 
@@ -80,7 +80,7 @@ def parse_args(argv):
                         help="corner margins in voxels (default: min(100/100/30, slack // 4) per axis)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable or unusable inputs and list them")
     args = parser.parse_args(argv)
-    wrong = [m for m in args.modality.split(",") if m.strip() not in ("ct", "mr")]
+    wrong = unknown_modalities(args.modality)
     if wrong:
         parser.error(f"argument --modality: invalid choice: {wrong[0]!r} (choose from ct, mr; or one per channel in "
                      f"channel order: ct,mr)")
@@ -178,9 +178,9 @@ def run(argv=None) -> int:
     try:
         channels, cases = collect_cases(args, skipped)
         modalities = parse_modalities(args.modality, channels)
-        filter_channel = channels.index(args.filter_channel) if args.filter_channel in channels else 0
         if args.filter_channel and args.filter_channel not in channels:
             raise UserError(f"--filter-channel {args.filter_channel}: not a channel ({', '.join(channels)})")
+        filter_channel = channels.index(args.filter_channel) if args.filter_channel else 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -27,15 +27,30 @@ def _overlaps(predicted: np.ndarray, truth: np.ndarray, n_classes: int):
     return np.array(inter, float), np.array(pred_n, float), np.array(true_n, float)
 
 
-def dice_per_class(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
-    """float (n_classes,): 2|P & T| / (|P| + |T|) for labels 1..n_classes (0: background)."""
-    inter, pred_n, true_n = _overlaps(predicted, truth, n_classes)
+def _dice(inter, pred_n, true_n) -> np.ndarray:
     denominator = pred_n + true_n
     return np.where(denominator > 0, 2 * inter / np.maximum(denominator, 1), 1.0)
 
 
+def _iou(inter, pred_n, true_n) -> np.ndarray:
+    union = pred_n + true_n - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def dice_per_class(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
+    """float (n_classes,): 2|P & T| / (|P| + |T|) for labels 1..n_classes (0: background)."""
+    return _dice(*_overlaps(predicted, truth, n_classes))
+
+
+def iou_per_class(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
+    """float (n_classes,): |P & T| / |P | T| for labels 1..n_classes."""
+    return _iou(*_overlaps(predicted, truth, n_classes))
+
+
 def _mask_overlaps(predicted: np.ndarray, truth: np.ndarray):
-    """(intersection, predicted count, true count) per class of boolean masks (..., K)."""
+    """(intersection, predicted count, true count) per class of boolean masks (..., K): for
+    classes that may overlap (label maps go through _overlaps, one class at a time, never
+    holding K masks of a volume)."""
     predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
     if predicted.shape != truth.shape:
         raise ValueError(f"prediction {predicted.shape} and labels {truth.shape} differ in shape")
@@ -45,23 +60,12 @@ def _mask_overlaps(predicted: np.ndarray, truth: np.ndarray):
 
 def dice_of_masks(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """float (K,): Dice per class of boolean masks (..., K), classes that may overlap."""
-    inter, pred_n, true_n = _mask_overlaps(predicted, truth)
-    denominator = pred_n + true_n
-    return np.where(denominator > 0, 2 * inter / np.maximum(denominator, 1), 1.0)
+    return _dice(*_mask_overlaps(predicted, truth))
 
 
 def iou_of_masks(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """float (K,): IoU per class of boolean masks (..., K)."""
-    inter, pred_n, true_n = _mask_overlaps(predicted, truth)
-    union = pred_n + true_n - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-
-
-def iou_per_class(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
-    """float (n_classes,): |P & T| / |P | T| for labels 1..n_classes."""
-    inter, pred_n, true_n = _overlaps(predicted, truth, n_classes)
-    union = pred_n + true_n - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return _iou(*_mask_overlaps(predicted, truth))
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:

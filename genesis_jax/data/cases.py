@@ -29,6 +29,7 @@ from genesis_jax.errors import UserError
 
 GRID_TOLERANCE_MM = 1e-3
 LABEL_COLUMN = "label"
+MODALITIES = ("ct", "mr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,10 +153,15 @@ def read_case(case: Case) -> list[Volume]:
     return volumes
 
 
+def unknown_modalities(text) -> list[str]:
+    """The values of a modality text ('ct', or one per channel: 'ct,mr') that are not in MODALITIES."""
+    return [m.strip() for m in str(text).split(",") if m.strip() not in MODALITIES]
+
+
 def parse_modalities(text, channels) -> tuple[str, ...]:
     """'ct' (every channel) or 'ct,mr' (one per channel, in order) -> one modality per channel."""
     modalities = tuple(m.strip() for m in str(text).split(","))
-    if any(m not in ("ct", "mr") for m in modalities):
+    if unknown_modalities(text):
         raise UserError(f"modality {text!r}: each must be ct or mr")
     if len(modalities) == 1:
         return modalities * len(channels)

@@ -8,8 +8,9 @@ tumour core 1+4, enhancing 4), and groups may overlap: the label map is kept as 
 index of each voxel's raw value among the listed ones (label_value_list), and a
 membership table (value index -> the classes it belongs to) turns it into one target
 channel per class on the device. Images may have C channels (X, Y, Z, C): a case of a
-manifest (data/cases.py) whose label volume lies on its first channel's grid. Patches are drawn from a generator seeded by (seed, step):
-batch `step` is the same whenever it is asked for, which is what exact resume needs.
+manifest (data/cases.py) whose label volume lies on its first channel's grid. Patches
+are drawn from a generator seeded by (seed, step): batch `step` is the same whenever it
+is asked for, which is what exact resume needs.
 A patch is centred on a random foreground voxel with probability `foreground_ratio`
 (small structures such as the aorta are otherwise rare in random patches), else placed
 uniformly. Volumes smaller than the patch are padded (image with its edge values,
@@ -18,9 +19,9 @@ labels with background).
 
 from __future__ import annotations
 
-import numpy as np
-
 import dataclasses
+
+import numpy as np
 
 from genesis_jax.data.batches import process_slice
 from genesis_jax.data.cases import Case, check_same_grid, read_case, unit_channels

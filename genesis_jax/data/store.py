@@ -4,8 +4,9 @@ A store is a zarr v3 array (N, X, Y, Z, C) float32 (the paper's cubes: (N, 64, 6
 1)), one chunk per cube (zstd), whose attributes record the channel names (`channels`)
 and where the cubes came from (`genesis` key: sources, spacing, window, filter, seed,
 package version). Stores written before channels existed are (N, X, Y, Z): they open
-as one channel, "image" (store_channels, StoreBatches). Writers build it in a temporary directory beside the
-target and rename it into place at the end, so a failed run leaves nothing behind.
+as one channel, "image" (store_channels, StoreBatches). Writers build it in a temporary
+directory beside the target and rename it into place at the end, so a failed run leaves
+nothing behind.
 
 A store's location is a path or a TensorStore kvstore URL (`gs://bucket/cubes.zarr/`,
 `s3://...`, `file:///data/cubes.zarr`, `memory://...`): pod workers read one store

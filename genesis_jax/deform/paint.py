@@ -84,7 +84,7 @@ def outpaint_mask(key, shape, *, max_windows: int = 5, continue_rate: float = 0.
 
 def noise_like(key: jax.Array, x: jax.Array) -> jax.Array:
     """U[0, 1) noise of x's shape and dtype; for x (X, Y, Z, C) each channel's from its own
-    key (pipeline.channel_keys), so channel 0 gets what a one-channel cube gets."""
+    key (channels.channel_keys), so channel 0 gets what a one-channel cube gets."""
     def one_channel(key, cube):
         seed = seed_from_key(jax.random.fold_in(key, Stream.NOISE))
         return uniform(seed, Stream.NOISE, jnp.arange(cube.size)).reshape(cube.shape).astype(cube.dtype)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from genesis_jax.data.cases import unknown_modalities
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
 from genesis_jax.models.conv import CONV_MODES, resolve_conv_mode
@@ -54,11 +55,10 @@ def check_model(model_cfg) -> None:
 
 def check_modality(data_cfg, per_channel: bool = True) -> None:
     """ct or mr, or (per_channel) one per channel: ct,mr."""
-    modalities = str(data_cfg.modality).split(",")
-    if not per_channel and len(modalities) > 1:
+    if not per_channel and "," in str(data_cfg.modality):
         raise UserError(f"data.modality {data_cfg.modality!r}: one value here (the volumes are read as one channel; "
                         f"a store of several channels was normalised by prepare --modality)")
-    if any(m.strip() not in ("ct", "mr") for m in modalities):
+    if unknown_modalities(data_cfg.modality):
         raise UserError(f"data.modality must be 'ct' or 'mr' (or one per channel: 'ct,mr'), got {data_cfg.modality!r}")
 
 

@@ -29,7 +29,7 @@ class ClassificationTask(FineTuneTask):
 
     def check_config(self) -> None:
         check_model(self.cfg.model)
-        check_modality(self.cfg.data)
+        check_modality(self.cfg.data, per_channel=False)
         self.check_init()
         if self.cfg.data.classes < 2:
             raise UserError(f"data.classes must be >= 2, got {self.cfg.data.classes}")

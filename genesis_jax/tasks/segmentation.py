@@ -128,8 +128,8 @@ class SegmentationTask(FineTuneTask):
         from genesis_jax.data.labelled import PatchSampler, label_value_list, read_labelled
         from genesis_jax.data.sources import RunData, files_sha256
         data, values = self.cfg.data, label_value_list(self.groups)
-        cases = {split: self.cases(split)[1] if data[f"{split}_images"] else [] for split in ("train", "val")}
-        channels = self.cases("train")[0]
+        channels, train_cases = self.cases("train")
+        cases = {"train": train_cases, "val": self.cases("val")[1] if data.val_images else []}
         modalities = parse_modalities(data.modality, channels)
         pairs = {split: [read_labelled(case, values, modalities) for case in cases[split]] for split in cases}
         if not pairs["val"]:
@@ -230,11 +230,6 @@ class SegmentationTask(FineTuneTask):
         import numpy as np
         last = masks.shape[-1] - np.argmax(masks[..., ::-1], axis=-1)
         return np.where(masks.any(-1), last, 0)
-
-    def segment(self, model, volume, mesh, batch_size: int, overlap: float = 0.5, blend: str = "gaussian"):
-        """int class map (0 background, 1..K) of a [0, 1] volume (X, Y, Z) or (X, Y, Z, C)."""
-        volume = volume if volume.ndim == 4 else volume[..., None]
-        return self.class_map(self.class_masks(self.probabilities(model, volume, mesh, batch_size, overlap, blend)))
 
     def truth_masks(self, value_index_map):
         """bool (X, Y, Z, K) of a label value index map (data/labelled.py map_labels)."""
