@@ -8,6 +8,7 @@ FLIP_AXES_CHOICES = ("original", "xyz")
 BATCH_MODES = ("auto", "vmap", "map")
 LOOKUPS = ("auto", "table", "compute")
 CHANNEL_MODES = ("shared", "independent")
+DIMS = (2, 3)
 # Fields that say how the deformations are computed, not what they do (DeformConfig's
 # docstring): a run's identity and restore's "does this run corrupt otherwise" leave them out.
 HOW_COMPUTED = ("batch_mode", "lookups")
@@ -19,9 +20,16 @@ class DeformConfig:
 
     Frozen and hashable so it can be a static argument of jax.jit.
 
+    dims: the spatial axes of what is corrupted: 3, cubes (X, Y, Z); 2, images (H, W),
+      Models Genesis 2D. Every size rule of the spec is per side, so it carries over
+      axis by axis (blocks up to side // 10, in-paint boxes side // 6 .. side // 3,
+      out-paint windows side - 4 side // 7 .. side - 3 side // 7, 3-pixel margins);
+      the block count does not (shuffle.blocks_for_shape). An image may carry channels
+      after its spatial axes as a cube does: (H, W, C).
     flip_axes: "original" reproduces the official code, where the three flip choices
       are the axes of a (1, X, Y, Z) array: one third of the picks flip the channel
-      axis (a no-op) and Z is never flipped. "xyz" flips X, Y or Z instead.
+      axis (a no-op) and Z is never flipped; in 2D the choices are the axes of a (1, H, W)
+      array: a no-op, H or W. "xyz" flips one of the spatial axes instead (2D: H or W).
     shuffle_rounds: rounds of the swap-or-not permutation used to permute each
       shuffle block (more rounds, closer to a uniform permutation; 12 leaves a
       first-order bias below 2**-12, see tests/test_local_shuffle.py).
@@ -46,6 +54,7 @@ class DeformConfig:
       (map on CPU, vmap on accelerators). The results are the same.
     """
 
+    dims: int = 3                       # 3 (cubes X, Y, Z) | 2 (images H, W): the spatial axes (genesis_jax/deform/config.py)
     flip_rate: float = 0.4              # another flip follows with this probability (up to max_flips)
     max_flips: int = 3                  # flips per cube at most
     flip_axes: str = "original"         # original (the official code's axes) | xyz (genesis_jax/deform/config.py)
@@ -69,6 +78,8 @@ class DeformConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"DeformConfig.{name} must be a probability in [0, 1], got {value!r}")
+        if self.dims not in DIMS:
+            raise ValueError(f"DeformConfig.dims must be 2 or 3, got {self.dims!r}")
         if self.flip_axes not in FLIP_AXES_CHOICES:
             raise ValueError(f"DeformConfig.flip_axes must be one of {FLIP_AXES_CHOICES}, got {self.flip_axes!r}")
         if self.channels not in CHANNEL_MODES:

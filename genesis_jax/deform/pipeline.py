@@ -19,12 +19,13 @@ from genesis_jax.deform.shuffle import local_pixel_shuffle
 
 def draws(key: jax.Array, cfg: DeformConfig):
     """What one cube's key decides: (stage keys (shuffle, intensity, paint), flipped axes
-    bool (3,), stages drawn bool (4,): shuffle, intensity, paint, in-paint rather than
+    bool (cfg.dims,), stages drawn bool (4,): shuffle, intensity, paint, in-paint rather than
     out-paint). genesis_pair applies them; describe_draws names them."""
     k_flip, k_shuffle, k_intensity, k_paint, k_stage = jax.random.split(key, 5)
     drawn = jax.random.uniform(k_stage, (4,)) < jnp.array([cfg.local_rate, cfg.nonlinear_rate, cfg.paint_rate,
                                                            cfg.inpaint_rate])
-    flips = random_flip_mask(k_flip, flip_rate=cfg.flip_rate, max_flips=cfg.max_flips, flip_axes=cfg.flip_axes)
+    flips = random_flip_mask(k_flip, flip_rate=cfg.flip_rate, max_flips=cfg.max_flips, flip_axes=cfg.flip_axes,
+                             dims=cfg.dims)
     return (k_shuffle, k_intensity, k_paint), flips, drawn
 
 
@@ -45,35 +46,39 @@ def describe_draws(key: jax.Array, n: int, cfg: DeformConfig, first_index: int =
 
 @functools.partial(jax.jit, static_argnames=("cfg", "n"))
 def _drawn(key, cfg: DeformConfig, n: int, first_index):
-    """(flipped axes (n, 3), stages drawn (n, 4)) of examples first_index .. + n - 1: one
+    """(flipped axes (n, cfg.dims), stages drawn (n, 4)) of examples first_index .. + n - 1: one
     compiled program, not an eager op per primitive."""
     return jax.vmap(lambda k: draws(k, cfg)[1:])(example_keys(key, n, first_index))
 
 
 def genesis_pair(key: jax.Array, cube: jax.Array, cfg: DeformConfig = DeformConfig()):
-    """(corrupted, target) for one cube (X, Y, Z) or (X, Y, Z, C) in [0, 1], in the spec's order.
+    """(corrupted, target) for one cube (X, Y, Z) or (X, Y, Z, C) in [0, 1], or with
+    cfg.dims = 2 one image (H, W) or (H, W, C), in the spec's order.
 
     flip (input and target) -> local shuffle (p=local_rate) -> Bezier intensity
     (p=nonlinear_rate) -> painting (p=paint_rate; in-paint with p=inpaint_rate, else
     out-paint). C channels: cfg.channels says which draws they share (DeformConfig).
     """
-    if cube.ndim == 4 and cfg.channels == "independent":
+    if cube.ndim == cfg.dims + 1 and cfg.channels == "independent":
         pairs = [genesis_pair(k, cube[..., c], cfg) for c, k in enumerate(channel_keys(key, cube.shape[-1]))]
         return tuple(jnp.stack(side, axis=-1) for side in zip(*pairs))
-    check_paint_shape(cube.shape[:3])
+    check_paint_shape(cube.shape[:cfg.dims], cfg.dims)
     (k_shuffle, k_intensity, k_paint), flips, drawn = draws(key, cfg)
     use_shuffle, use_intensity, use_paint, use_inpaint = drawn
 
     # Input and target are the same flipped cube: flip once.
     target = apply_flips(cube, flips)
     x = target
-    in_paint = functools.partial(inpaint, max_boxes=cfg.inpaint_max_boxes, continue_rate=cfg.paint_continue_rate)
-    out_paint = functools.partial(outpaint, max_windows=cfg.outpaint_max_windows, continue_rate=cfg.paint_continue_rate)
+    in_paint = functools.partial(inpaint, max_boxes=cfg.inpaint_max_boxes, continue_rate=cfg.paint_continue_rate,
+                                 dims=cfg.dims)
+    out_paint = functools.partial(outpaint, max_windows=cfg.outpaint_max_windows,
+                                  continue_rate=cfg.paint_continue_rate, dims=cfg.dims)
     intensity = functools.partial(nonlinear_intensity, table_size=cfg.bezier_table_size, lookups=cfg.lookups)
     # lax.cond: a real branch when this runs per cube (lax.map), a select under vmap.
     x = lax.cond(use_shuffle, lambda v: local_pixel_shuffle(k_shuffle, v, n_blocks=cfg.local_blocks,
-                                                            rounds=cfg.shuffle_rounds, lookups=cfg.lookups), lambda v: v, x)
-    x = lax.cond(use_intensity, lambda v: per_channel(intensity, k_intensity, v), lambda v: v, x)
+                                                            rounds=cfg.shuffle_rounds, lookups=cfg.lookups,
+                                                            dims=cfg.dims), lambda v: v, x)
+    x = lax.cond(use_intensity, lambda v: per_channel(intensity, k_intensity, v, cfg.dims), lambda v: v, x)
     x = lax.cond(use_paint, lambda v: lax.cond(use_inpaint, in_paint, out_paint, k_paint, v),
                  lambda v: v, x)
     return x, target

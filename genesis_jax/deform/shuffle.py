@@ -13,9 +13,15 @@ last and (b) which source voxel that block's permutation sends there. So:
    permutation (Hoang, Morris, Rogaway 2012), evaluated per voxel: no sort, no
    per-block loop, any n (no cycle walking).
 3. one gather from the unshuffled cube.
+
+A 2D image (H, W) is shuffled as the cube (H, W, 1): its blocks' z-size is drawn from
+[1, max(1 // 10, 1)] = 1 and their z-corner from [0, 0], so the blocks are exactly the
+spec's rectangles (sides uniform on [1, side // 10]) and the same code does both.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +35,28 @@ _ROUND_KEY = 0x9E3779B9
 _ROUND_BIT = 0x85EBCA6B
 
 
-def max_block_size(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+# The official 10,000 blocks on a 64x64x32 cube: each voxel lies in this many blocks on
+# average (10,000 x E[block volume] 3.5 x 3.5 x 2 / 131,072 voxels).
+OFFICIAL_BLOCKS, OFFICIAL_SHAPE = 10_000, (64, 64, 32)
+
+
+def max_block_size(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Largest block per axis: dim // 10 (6, 6, 3 for a 64x64x32 cube), at least 1."""
     return tuple(max(d // 10, 1) for d in shape)
+
+
+def mean_block_volume(shape) -> float:
+    """E[block volume]: each side uniform on [1, max side], independent."""
+    return math.prod((m + 1) / 2 for m in max_block_size(shape))
+
+
+def blocks_for_shape(shape) -> int:
+    """How many blocks cover each voxel (or pixel) of `shape` as often, on average, as the
+    official 10,000 blocks cover a 64x64x32 cube: the rule that sizes DeformConfig.local_blocks
+    for other shapes, 2D images included (10,000 for 64x64x32 itself; 725 for 128x128,
+    whose blocks are up to 12x12 pixels)."""
+    coverage = OFFICIAL_BLOCKS * mean_block_volume(OFFICIAL_SHAPE) / math.prod(OFFICIAL_SHAPE)
+    return max(1, round(coverage * math.prod(shape) / mean_block_volume(shape)))
 
 
 def block_plan(key: jax.Array, shape: tuple[int, int, int], n_blocks: int = 10_000):
@@ -171,23 +196,28 @@ def shuffle_sources(corner, size, block_key, shape, rounds: int = 12, seed=None)
     return jnp.where(covered, source, jnp.arange(dim_x * dim_y * dim_z))
 
 
-def check_shuffle_shape(shape) -> None:
-    if len(shape) != 3 or max(shape) > 1023 or min(shape) < 1:
-        raise ValueError(f"local_pixel_shuffle needs a 3D cube with dims in [1, 1023], got shape {tuple(shape)}")
+def check_shuffle_shape(shape, dims: int = 3) -> None:
+    if len(shape) != dims or max(shape) > 1023 or min(shape) < 1:
+        what = "3D cube" if dims == 3 else "2D image"
+        raise ValueError(f"local_pixel_shuffle needs a {what} with dims in [1, 1023], got shape {tuple(shape)}")
 
 
 def local_pixel_shuffle(key: jax.Array, x: jax.Array, *, n_blocks: int = 10_000, rounds: int = 12,
-                        lookups: str = "auto") -> jax.Array:
+                        lookups: str = "auto", dims: int = 3) -> jax.Array:
     """Shuffle voxels within n_blocks random small blocks of cube x (X, Y, Z), or of every
-    channel of x (X, Y, Z, C) alike (the same blocks and permutations).
+    channel of x (X, Y, Z, C) alike (the same blocks and permutations). dims=2: pixels of
+    an image (H, W) or (H, W, C), shuffled as the cube (H, W, 1) (the module's docstring).
 
     lookups: "table" reads each voxel's block geometry from per-cube tables (fastest on
     CPU and GPU); "compute" recomputes it from the block's number (no gather: the TPU
     compiler costs a per-voxel gather far above its real traffic); "auto": compute on
     TPU. Both give the same array, bit for bit.
     """
+    check_shuffle_shape(x.shape[:dims], dims)
+    if dims == 2:
+        cube = x.reshape(x.shape[:2] + (1,) + x.shape[2:])
+        return local_pixel_shuffle(key, cube, n_blocks=n_blocks, rounds=rounds, lookups=lookups).reshape(x.shape)
     shape = x.shape[:3]
-    check_shuffle_shape(shape)
     seed = seed_from_key(key)
     corner, size, block_key = block_fields(seed, jnp.arange(n_blocks), shape)
     recompute = resolve_lookups(lookups) == "compute"
