@@ -7,24 +7,32 @@ from pathlib import Path
 import numpy as np
 
 
-def labelled_grid(columns: dict, title: str = "", row_labels=None, scale: int = 3, channels=None) -> np.ndarray:
+def labelled_grid(columns: dict, title: str = "", row_labels=None, scale: int = 3, channels=None,
+                  dims: int = 3) -> np.ndarray:
     """uint8 (H, W) image readable at a glance: one row per example; for each named column
     (e.g. corrupted / restored / original) two views of the cube, the middle axial (Z)
     slice and the middle coronal (Y) slice, each upsampled by `scale` without blurring
     (nearest neighbour); column and view names on top, a title above, row labels at the
     left. columns: name -> array (N, X, Y, Z) or (N, X, Y, Z, C) in [0, 1]; C > 1 gives a
-    column per channel, named by `channels` (the data's channel names) or "channel c"."""
+    column per channel, named by `channels` (the data's channel names) or "channel c".
+    dims=2: images (N, H, W) or (N, H, W, C), one view each, the image itself."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    columns = split_channels(columns, channels)
+    columns = split_channels(columns, channels, dims)
     names = list(columns)
     volumes = [np.clip(np.asarray(columns[name], np.float32), 0.0, 1.0) for name in names]
-    n, dx, dy, dz = volumes[0].shape
-    views = (("axial z=%d" % (dz // 2), lambda v: v[:, :, dz // 2]), ("coronal y=%d" % (dy // 2), lambda v: v[:, dy // 2, :]))
+    if dims == 2:
+        n, dx, dy = volumes[0].shape
+        views, sizes = (("image", lambda v: v),), (dy,)
+    else:
+        n, dx, dy, dz = volumes[0].shape
+        views = (("axial z=%d" % (dz // 2), lambda v: v[:, :, dz // 2]),
+                 ("coronal y=%d" % (dy // 2), lambda v: v[:, dy // 2, :]))
+        sizes = (dy, dz)
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
     # a view's slot is as wide as its tile or its name, whichever is wider (names never overlap)
-    tile_w = [int(max(size * scale, probe.textlength(view, font=font) + 4)) for size, (view, _) in zip((dy, dz), views)]
+    tile_w = [int(max(size * scale, probe.textlength(view, font=font) + 4)) for size, (view, _) in zip(sizes, views)]
     left = 12 + max((probe.textlength(str(label), font=font) for label in row_labels), default=0) \
         if row_labels else 6
     gap, left, top = 6, int(left), 44 if title else 30
@@ -85,15 +93,15 @@ class MetricWriter:
             self.tb.close()
 
 
-def split_channels(columns: dict, channels=None) -> dict:
-    """name -> (N, X, Y, Z): channel axes squeezed (C = 1) or spread over columns (C > 1),
-    each named by its channel's name when `channels` has one per channel."""
+def split_channels(columns: dict, channels=None, dims: int = 3) -> dict:
+    """name -> (N, X, Y, Z) (2D: (N, H, W)): channel axes squeezed (C = 1) or spread over
+    columns (C > 1), each named by its channel's name when `channels` has one per channel."""
     out = {}
     for name, array in columns.items():
         array = np.asarray(array)
-        if array.ndim == 5 and array.shape[-1] == 1:
+        if array.ndim == dims + 2 and array.shape[-1] == 1:
             out[name] = array[..., 0]
-        elif array.ndim == 5:
+        elif array.ndim == dims + 2:
             named = channels is not None and len(channels) == array.shape[-1]
             out.update({f"{name}, {channels[c] if named else f'channel {c}'}": array[..., c]
                         for c in range(array.shape[-1])})

@@ -18,6 +18,13 @@ no store behind. STORE may be a TensorStore kvstore URL (gs://, s3://, file://):
 workers then read it from the bucket (there it is written in place and marked complete
 at the end; a failed run deletes what it wrote).
 
+Models Genesis 2D (--dims 2): a store of 2D images (N, H, W, C) of --image-shape (default
+128 128). Radiographs and other images (PNG, JPEG, TIFF, 8- or 16-bit; single-frame
+DICOM, CR/DX, rescaled, MONOCHROME1 inverted) are each windowed by their own 0.5-99.5
+percentiles and resized whole: one image per file. Volumes are sliced across
+--slice-axis (default z): crops of (H, W) one slice deep, sampled, filtered and windowed
+as cubes are (CT: the HU window). genesis_jax/data/images.py.
+
 By default the first bad input stops the run with one line naming the file and the
 problem (exit code 1). With --skip-bad, bad inputs are skipped and listed at the end.
 
@@ -28,6 +35,8 @@ Examples:
     python -m genesis_jax.prepare abdomen/*.nii.gz --out cubes.zarr --filter foreground
     python -m genesis_jax.prepare @sample --out small.zarr --filter foreground --cube-shape 32 32 16
         # @sample: the chest CT crop bundled with genesis-jax; 32x32x16 cubes for a CPU
+    python -m genesis_jax.prepare --dims 2 /data/ChestXray14/images --out xrays.zarr   # radiographs, 128x128
+    python -m genesis_jax.prepare --dims 2 /data/LUNA16 --out slices.zarr --slice-axis z --image-shape 128 128
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import argparse
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -46,6 +56,7 @@ from genesis_jax.data.store import CubeStoreWriter
 from genesis_jax.errors import UserError
 from genesis_jax.data.cases import Case, find_cases, is_manifest, parse_channel_names, parse_modalities, read_case, \
     read_manifest, unit_channels, unknown_modalities
+from genesis_jax.data.images import SLICE_AXES, find_2d_inputs, read_image, resize, slices_last, xray_unit
 from genesis_jax.data.volumes import VolumeError, find_inputs, resample
 
 
@@ -63,9 +74,16 @@ def parse_args(argv):
                         help="lung (default, the official chest-CT filter): keep crops that are mostly lung, which "
                         "rejects every crop of a scan without lungs; foreground: keep crops that are not mostly air "
                         "(abdomen, head, any body part); none: keep every crop")
-    parser.add_argument("--cube-shape", type=int, nargs=3, default=(64, 64, 32), metavar=("X", "Y", "Z"),
+    parser.add_argument("--cube-shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
                         help="cube size in voxels, each a multiple of 8 (default 64 64 32, the paper's; "
                         "32 32 16 for CPU-sized runs, with --config.data.cube_shape='(32, 32, 16)' in train)")
+    parser.add_argument("--dims", type=int, choices=(2, 3), default=3,
+                        help="3: cubes (default); 2: 2D images, Models Genesis 2D (radiographs, volume slices)")
+    parser.add_argument("--image-shape", type=int, nargs=2, metavar=("H", "W"),
+                        help="--dims 2: image size in pixels, each a multiple of 8 (default 128 128; 32 for "
+                        "model.arch=resnet18_unet)")
+    parser.add_argument("--slice-axis", choices=SLICE_AXES, default="z",
+                        help="--dims 2: the volume axis slices are cut across (default z: axial slices of a CT)")
     parser.add_argument("--modality", default="ct", help="ct (HU window) or mr (0.5-99.5 percentiles), for every "
                         "channel, or one per channel in channel order: --modality ct,mr (PET/CT: mr windows PET by "
                         "its percentiles)")
@@ -79,7 +97,11 @@ def parse_args(argv):
     parser.add_argument("--border", type=int, nargs=3, metavar=("X", "Y", "Z"),
                         help="corner margins in voxels (default: min(100/100/30, slack // 4) per axis)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable or unusable inputs and list them")
-    args = parser.parse_args(argv)
+    return check_args(parser, parser.parse_args(argv))
+
+
+def check_args(parser, args):
+    """args, each value checked (parser.error names the flag and exits 2)."""
     wrong = unknown_modalities(args.modality)
     if wrong:
         parser.error(f"argument --modality: invalid choice: {wrong[0]!r} (choose from ct, mr; or one per channel in "
@@ -96,28 +118,51 @@ def parse_args(argv):
         parser.error(f"--border {' '.join(map(str, args.border))}: margins must be >= 0")
     if args.seed < 0:
         parser.error(f"--seed {args.seed}: must be >= 0")
-    if any(d < 8 or d % 8 for d in args.cube_shape):
-        parser.error(f"--cube-shape {' '.join(map(str, args.cube_shape))}: each size must be a multiple of 8")
+    if args.dims == 2 and args.cube_shape is not None:
+        parser.error("--cube-shape sizes 3D cubes; with --dims 2 pass --image-shape H W")
+    if args.dims == 3 and args.image_shape is not None:
+        parser.error("--image-shape sizes 2D images: pass --dims 2 (or --cube-shape X Y Z for cubes)")
+    args.shape = tuple(args.image_shape or (128, 128)) if args.dims == 2 else tuple(args.cube_shape or (64, 64, 32))
+    flag = "--cube-shape" if args.dims == 3 else "--image-shape"
+    if any(d < 8 or d % 8 for d in args.shape):
+        parser.error(f"{flag} {' '.join(map(str, args.shape))}: each size must be a multiple of 8")
     return args
 
 
 def prepare_case(case: Case, index, args, cfg, modalities):
     """(cubes (n, X, Y, Z, C), source record) for one case (one volume, or one per channel);
-    VolumeError for a bad one."""
+    with --dims 2, (images (n, H, W, C), record) of its slices. VolumeError for a bad one."""
     volumes = read_case(case)
     if args.spacing:
         volumes = [resample(v, args.spacing * 3 if len(args.spacing) == 1 else args.spacing) for v in volumes]
     unit, windows = unit_channels(volumes, modalities, args.window)
+    shape = list(unit.shape[:3])
+    if args.dims == 2:  # (H, W, 1) crops of the volume, its slice axis third
+        unit = slices_last(unit, args.slice_axis)
     try:
         cubes, tries = sample_cubes(unit, cfg, np.random.default_rng([args.seed, index]))
     except ValueError as e:
         raise VolumeError(case.name, str(e)) from None
-    record = {"path": str(case.paths[0]) if len(case.paths) == 1 else case.name, "shape": list(unit.shape[:3]),
+    record = {"path": str(case.paths[0]) if len(case.paths) == 1 else case.name, "shape": shape,
               "spacing": list(volumes[0].spacing), "window": windows[0] if len(windows) == 1 else windows,
               "border": list(borders_for(unit.shape[:3], cfg)), "cubes": int(len(cubes)), "tries": int(tries)}
     if len(case.paths) > 1:
         record["channels"] = {c: str(p) for c, p in zip(case.channels, case.paths)}
+    if args.dims == 2:
+        record["slice_axis"] = args.slice_axis
+        cubes = cubes[:, :, :, 0]
     return cubes, record
+
+
+def prepare_image(path: Path, args):
+    """(image (1, H, W, 1), source record) of one radiograph or other 2D image: its own
+    0.5-99.5 percentile window, resized whole to --image-shape. VolumeError for a bad one."""
+    array = read_image(path)
+    unit, window = xray_unit(array)
+    image = resize(unit, args.shape)
+    record = {"path": str(path), "shape": list(array.shape), "window": list(window), "window_rule": "percentiles 0.5-99.5",
+              "cubes": 1, "tries": 1}
+    return image[None, :, :, None], record
 
 
 # Spacings further apart than this (largest / smallest, on any axis) mix voxel sizes in one store.
@@ -128,7 +173,7 @@ def spacing_warning(sources: list[dict]) -> str | None:
     """A warning when the volumes' voxel spacings differ by more than 10% on some axis
     (prepare was not asked to resample: a cube then covers more tissue in one scan than
     in another)."""
-    spacings = np.array([s["spacing"] for s in sources], float)
+    spacings = np.array([s["spacing"] for s in sources if "spacing" in s], float)  # 2D images have none
     if len(spacings) < 2:
         return None
     low, high = spacings.min(axis=0), spacings.max(axis=0)
@@ -142,9 +187,10 @@ def spacing_warning(sources: list[dict]) -> str | None:
 
 
 def collect_cases(args, skipped: list) -> tuple[tuple[str, ...], dict]:
-    """(channel names, {case name: Case}, ordered and duplicate-free) of the INPUTs: plain
-    volumes are one channel, "image"; manifests and --channels folders name theirs, and
-    every INPUT must name the same. Bad inputs stop the run (UserError) or, with
+    """(channel names, {case name: Case, or the Path of a 2D image}, ordered and
+    duplicate-free) of the INPUTs: plain volumes are one channel, "image"; manifests and
+    --channels folders name theirs, and every INPUT must name the same; with --dims 2,
+    2D images are one channel, "image". Bad inputs stop the run (UserError) or, with
     --skip-bad, go to `skipped`."""
     named = parse_channel_names(args.channels, "--channels") if args.channels else None
     cases, channels = {}, None
@@ -157,6 +203,10 @@ def collect_cases(args, skipped: list) -> tuple[tuple[str, ...], dict]:
                 found_channels, found = read_manifest(argument, with_label="optional")  # labels: not a channel
             elif named:
                 found_channels, found = named, find_cases(argument, named)
+            elif args.dims == 2:
+                images, volumes = find_2d_inputs([argument])
+                found_channels, found = ("image",), [Case.single(p) for p in volumes]
+                cases.update((str(p), p) for p in images)
             else:
                 found_channels, found = ("image",), [Case.single(p) for p in find_inputs([argument])]
         except VolumeError as e:
@@ -184,12 +234,13 @@ def run(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    cfg = SamplerConfig(crop=tuple(args.cube_shape), filter=args.filter, cubes_per_volume=args.cubes_per_volume,
+    crop = args.shape if args.dims == 3 else (*args.shape, 1)
+    cfg = SamplerConfig(crop=crop, filter=args.filter, cubes_per_volume=args.cubes_per_volume,
                         tries_per_cube=args.tries_per_cube, border=tuple(args.border) if args.border else "auto",
                         filter_channel=filter_channel)
     start = time.perf_counter()
     try:
-        writer = CubeStoreWriter(args.out, cfg.crop, channels)
+        writer = CubeStoreWriter(args.out, args.shape, channels)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -205,10 +256,14 @@ def run(argv=None) -> int:
 def write_store(writer, inputs, args, cfg, skipped, start, modalities) -> int:
     sources, empty = [], []
     with writer:
-        for index, case in enumerate(tqdm(inputs, desc="volumes", unit="vol", disable=None)):
-            path = case.name
+        for index, case in enumerate(tqdm(inputs, desc="inputs" if args.dims == 2 else "volumes", unit="input",
+                                          disable=None)):
+            path = getattr(case, "name", case)
             try:
-                cubes, record = prepare_case(case, index, args, cfg, modalities)
+                if isinstance(case, Path):
+                    cubes, record = prepare_image(case, args)
+                else:
+                    cubes, record = prepare_case(case, index, args, cfg, modalities)
             except VolumeError as e:
                 if not args.skip_bad:
                     print(f"error: {e}", file=sys.stderr)
@@ -230,13 +285,14 @@ def write_store(writer, inputs, args, cfg, skipped, start, modalities) -> int:
             "package": "genesis-jax", "version": genesis_jax.__version__, "seed": args.seed,
             "filter": args.filter, "modality": args.modality, "modalities": list(modalities),
             "filter_channel": writer.channels[cfg.filter_channel], "spacing": args.spacing,
-            "cube_shape": list(cfg.crop), "cubes_per_volume": args.cubes_per_volume,
+            "cube_shape": list(args.shape), "cubes_per_volume": args.cubes_per_volume,
             "tries_per_cube": args.tries_per_cube, "sources": sources,
             "skipped": skipped,
         })
     elapsed = time.perf_counter() - start
-    print(f"{len(sources)} volume(s) read, {len(skipped)} skipped, {writer.count} cubes written to {args.out} "
-          f"in {elapsed:.1f} s ({writer.count / elapsed:.1f} cubes/s)")
+    what = "cubes" if args.dims == 3 else "images"
+    print(f"{len(sources)} {'volume' if args.dims == 3 else 'input'}(s) read, {len(skipped)} skipped, {writer.count} "
+          f"{what} written to {args.out} in {elapsed:.1f} s ({writer.count / elapsed:.1f} {what}/s)")
     for line in empty:
         print(f"  no cubes: {line}")
     if not args.spacing and (warning := spacing_warning(sources)):

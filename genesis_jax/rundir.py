@@ -4,7 +4,8 @@
     RUN/run_info.json             versions, devices, mesh, seed, task, data and its sha256
     RUN/checkpoints/<step>/       Orbax checkpoints (checkpoint.Checkpointer), best one marked
     RUN/tensorboard/, RUN/images/ logs and validation pictures (metrics.MetricWriter)
-    RUN/genesis_unet3d_best.pt    the best U-Net as a PyTorch state_dict (export_pytorch)
+    RUN/genesis_unet3d_best.pt    the best U-Net as a PyTorch state_dict (export_pytorch); a 2D
+                                  model's is genesis_unet2d_best.pt or genesis_resnet18_unet_best.pt
 
 Used by the loop (trainer.py: create, resume, record, export), by fine-tuning (a run
 directory or a .pt as the init source: load_source, new_model), predict and restore.
@@ -175,8 +176,17 @@ def load_source(init):
             model = load_pytorch_checkpoint(path)
         except ValueError as e:
             raise UserError(str(e)) from None
-        return model, f"{path} (PyTorch UNet3D, width {model.width})", None
+        return model, f"{path} (PyTorch {type(model).__name__}, width {model.width})", None
     raise UserError(f"init {init}: neither a genesis-jax run directory nor a .pt/.pth file")
+
+
+def pytorch_export_name(model) -> str:
+    """genesis_unet3d_best.pt, or for the 2D models genesis_unet2d_best.pt and
+    genesis_resnet18_unet_best.pt."""
+    from genesis_jax.models.resnet_unet import ResNet18UNet
+    if isinstance(model, ResNet18UNet):
+        return "genesis_resnet18_unet_best.pt"
+    return PYTORCH_EXPORT if getattr(model, "dims", 3) == 3 else "genesis_unet2d_best.pt"
 
 
 def export_best(workdir, checkpointer: Checkpointer, graphdef, state) -> str | None:
@@ -192,6 +202,7 @@ def export_best(workdir, checkpointer: Checkpointer, graphdef, state) -> str | N
     best = checkpointer.best_step()
     if best is not None:
         state = checkpointer.restore(best, abstract_like(state))
-    path = Path(workdir) / PYTORCH_EXPORT
-    save_pytorch_checkpoint(model_from_state(graphdef, state), path)
+    model = model_from_state(graphdef, state)
+    path = Path(workdir) / pytorch_export_name(model)
+    save_pytorch_checkpoint(model, path)
     return str(path)

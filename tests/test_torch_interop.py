@@ -114,7 +114,7 @@ def test_other_bad_files_are_refused_clearly(tmp_path):
     with pytest.raises(ValueError, match="junk.pt: not a readable PyTorch checkpoint"):
         load_pytorch_checkpoint(tmp_path / "junk.pt")
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a Genesis UNet3D checkpoint"):
+    with pytest.raises(ValueError, match="not a Genesis UNet3D/UNet2D or smp Unet"):
         load_pytorch_checkpoint(tmp_path / "other.pt")
     torch.save(TorchUNet3D(n_class=3, width=WIDTH).state_dict(), tmp_path / "three.pt")
     with pytest.raises(ValueError, match="n_class=3, asked for n_class=1"):

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent
-NAMES = ("demo", "genesis_chest_ct", "multi_device", "segmentation", "classification")
+NAMES = ("demo", "genesis_chest_ct", "multi_device", "segmentation", "classification", "genesis_2d")
 
 
 def config_path(name_or_path: str) -> str:
@@ -23,7 +23,7 @@ def summary(name: str) -> str:
 
 
 # Which functions of configs/base.py build each task's config, in order (later ones win).
-BUILDERS = {"pretrain": ("common_config", "base_config"),
+BUILDERS = {"pretrain": ("common_config", "base_config", "genesis_2d_base"),
             "segmentation": ("common_config", "finetune_base", "segmentation_base"),
             "classification": ("common_config", "finetune_base", "classification_base")}
 

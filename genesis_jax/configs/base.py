@@ -26,6 +26,7 @@ def common_config() -> ml_collections.ConfigDict:
     c.allow_data_change = False      # resume even though the data's sha256 differs from the run's start
 
     c.model = ml_collections.ConfigDict(dict(
+        arch="unet",                 # unet (the official U-Net; 2D data: its 2D counterpart) | resnet18_unet (2D only: smp.Unet("resnet18")'s layout)
         width=32,                    # channels of the first stage (32: the official 19.07M-parameter U-Net); fine-tuning must use its init's width
         bn_mode="batch",             # batch (official: batch statistics also in eval) | running
         dtype="float32",             # compute dtype, float32 | bfloat16 (parameters stay float32)
@@ -73,6 +74,19 @@ def base_config() -> ml_collections.ConfigDict:
         filter="lung",               # sample/volumes: lung (chest CT) | foreground (any body part) | none
         modality="ct",               # ct: the HU window [-1000, 1000] -> [0, 1]; mr: 0.5-99.5 percentiles
     ))
+    return c
+
+
+def genesis_2d_base() -> ml_collections.ConfigDict:
+    """Models Genesis 2D pre-training: the paper's recipe on 2D images (N, H, W, C), every
+    deformation from the same code with its per-side rules (deform.dims=2) and the shuffle's
+    block count scaled to the image (shuffle.blocks_for_shape)."""
+    from genesis_jax.deform.shuffle import blocks_for_shape
+    c = base_config()
+    c.data.cube_shape = (128, 128)
+    c.data.slice_axis = "z"          # sample/volumes: the axis 2D slices are cut across (x | y | z)
+    c.deform.dims = 2
+    c.deform.local_blocks = blocks_for_shape(c.data.cube_shape)
     return c
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from genesis_jax.data.sampler import SamplerConfig, accept_corners, check_volume_fits, cut, draw_corners, filter_table
-from genesis_jax.data.store import open_store, store_channels
+from genesis_jax.data.store import open_store, store_channels, store_sample_shape
 from genesis_jax.errors import UserError
 
 
@@ -45,7 +45,7 @@ class StoreBatches:
             raise UserError(f"{path}: no cubes to serve (the store or the selected subset is empty)")
         self.seed = seed
         self.channels = store_channels(self.array, self.attributes)
-        self.cube_shape = tuple(int(d) for d in self.array.shape[1:4])
+        self.cube_shape = store_sample_shape(self.array, self.attributes)
 
     def __len__(self) -> int:
         return self.size
@@ -55,10 +55,11 @@ class StoreBatches:
         return self.read(self.indices[start:stop])
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        """(n, X, Y, Z, C) float32; a store from before channels gets its channel axis here."""
+        """(n, X, Y, Z, C) or (n, H, W, C) float32; a store from before channels gets its
+        channel axis here."""
         unique, inverse = np.unique(indices, return_inverse=True)
         cubes = self.array[unique].read().result()[inverse]
-        return cubes if cubes.ndim == 5 else cubes[..., None]
+        return cubes if cubes.ndim == len(self.cube_shape) + 2 else cubes[..., None]
 
     def batch(self, step: int, global_batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
         """(global_batch / process_count, X, Y, Z, C) float32: this process's part of step's batch."""
@@ -98,6 +99,17 @@ class VolumeBatches:
     def batch(self, step: int, global_batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
         mine = range(global_batch)[process_slice(global_batch, process_index, process_count)]
         return np.stack([self.cube(step, i) for i in mine]).astype(np.float32)
+
+
+class SliceBatches:
+    """2D images from a VolumeBatches cutting (H, W, 1) crops: batches (n, H, W, C)."""
+
+    def __init__(self, cubes: VolumeBatches):
+        self.cubes = cubes
+        self.cube_shape = cubes.cube_shape[:2]
+
+    def batch(self, step: int, global_batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+        return self.cubes.batch(step, global_batch, process_index, process_count)[:, :, :, 0]
 
 
 class InMemoryCubes:

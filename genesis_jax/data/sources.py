@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from genesis_jax.data.batches import InMemoryCubes, StoreBatches, VolumeBatches
+from genesis_jax.data.batches import InMemoryCubes, SliceBatches, StoreBatches, VolumeBatches
+from genesis_jax.data.images import slices_last
 from genesis_jax.data.sampler import SamplerConfig
-from genesis_jax.data.store import open_store, store_digest
+from genesis_jax.data.store import open_store, store_digest, store_sample_shape
 from genesis_jax.data.volumes import find_inputs, read_volume, split_paths, to_unit_range
 from genesis_jax.errors import UserError
 
@@ -57,22 +58,33 @@ def load_run_data(data, seed: int) -> RunData:
     else:
         raise UserError(f"data.source must be 'sample', 'store' or 'volumes', got {data.source!r}")
     volumes = [to_unit_range(read_volume(p).array, data.modality)[0][..., None] for p in paths]  # one channel
-    cfg = SamplerConfig(crop=cube_shape, filter=data.filter)
-    train = VolumeBatches(volumes, cfg, seed)
-    validation = VolumeBatches(volumes, cfg, seed + _VALIDATION_SEED_OFFSET).batch(0, int(data.val_cubes))
+    if len(cube_shape) == 2:  # 2D: (H, W, 1) crops across the slice axis, its third place
+        volumes = [slices_last(v, data.slice_axis) for v in volumes]
+    cfg = SamplerConfig(crop=cube_shape if len(cube_shape) == 3 else (*cube_shape, 1), filter=data.filter)
+    train = flat(VolumeBatches(volumes, cfg, seed), len(cube_shape))
+    validation = flat(VolumeBatches(volumes, cfg, seed + _VALIDATION_SEED_OFFSET), len(cube_shape)).batch(
+        0, int(data.val_cubes))
     names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+    what = "cubes" if len(cube_shape) == 3 else f"{data.slice_axis}-slices"
     return RunData(train, InMemoryCubes(validation), len(volumes) * int(data.cubes_per_volume),
                    f"{len(paths)} volume(s) sampled on the fly ({data.filter} filter, epoch = "
-                   f"{data.cubes_per_volume} cubes per volume): {names}", files_sha256(paths))
+                   f"{data.cubes_per_volume} {what} per volume): {names}", files_sha256(paths))
+
+
+def flat(batches: VolumeBatches, dims: int):
+    """The batches as they are (3D), or their (H, W, 1) crops as images (2D)."""
+    return batches if dims == 3 else SliceBatches(batches)
 
 
 def _store_data(data, seed: int, cube_shape) -> RunData:
     if not data.store:
         raise UserError("data.source is 'store' but data.store is empty: pass --config.data.store=PATH")
-    array, _ = open_store(data.store)
+    array, attributes = open_store(data.store)
     n = int(array.shape[0])
-    if tuple(array.shape[1:4]) != cube_shape:
-        raise UserError(f"{data.store}: cubes are {tuple(array.shape[1:4])}, the config wants {cube_shape}")
+    stored = store_sample_shape(array, attributes)
+    if stored != cube_shape:
+        what = "images" if len(stored) == 2 else "cubes"
+        raise UserError(f"{data.store}: {what} are {stored}, the config wants data.cube_shape={cube_shape}")
     n_val = max(1, int(round(n * data.val_fraction)))
     if n - n_val < 1:
         raise UserError(f"{data.store}: {n} cubes are too few to hold out {n_val} for validation")

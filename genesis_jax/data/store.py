@@ -4,7 +4,8 @@ A store is a zarr v3 array (N, X, Y, Z, C) float32 (the paper's cubes: (N, 64, 6
 1)), one chunk per cube (zstd), whose attributes record the channel names (`channels`)
 and where the cubes came from (`genesis` key: sources, spacing, window, filter, seed,
 package version). Stores written before channels existed are (N, X, Y, Z): they open
-as one channel, "image" (store_channels, StoreBatches). Writers build it in a temporary
+as one channel, "image" (store_channels, StoreBatches). A 2D store (Models Genesis 2D)
+is (N, H, W, C) with the attribute `dims: 2` (store_dims; absent: 3). Writers build it in a temporary
 directory beside the target and rename it into place at the end, so a failed run leaves
 nothing behind.
 
@@ -138,7 +139,7 @@ class CubeStoreWriter:
     def append(self, cubes: np.ndarray) -> None:
         if len(cubes) == 0:
             return
-        if cubes.ndim == 4 and self.cube_shape[-1] == 1:  # one channel, given without its axis
+        if cubes.ndim == len(self.cube_shape) and self.cube_shape[-1] == 1:  # one channel, given without its axis
             cubes = cubes[..., None]
         if cubes.shape[1:] != self.cube_shape:
             raise UserError(f"cubes of shape {cubes.shape[1:]} do not fit a store of {self.cube_shape}")
@@ -153,7 +154,8 @@ class CubeStoreWriter:
     def commit(self, attributes: dict):
         """Record the attributes, then publish the store at its final location."""
         with self._write_errors():
-            _write_attributes(self.tmp or self.location, {**attributes, "channels": list(self.channels),
+            dims = {"dims": 2} if len(self.cube_shape) == 3 else {}  # a 3D store's attributes as before 2D
+            _write_attributes(self.tmp or self.location, {**attributes, "channels": list(self.channels), **dims,
                                                           "cubes": self.count,
                                                           "cubes_sha256": self.content.hexdigest()})
             if self.tmp is not None:
@@ -221,9 +223,19 @@ def store_channels(array, attributes: dict) -> list[str]:
 
 
 def _channel_names(shape, attributes: dict) -> list[str]:
-    if len(shape) != 5:  # a store from before channels (or a damaged one, refused when opened)
+    if len(shape) != store_dims(attributes) + 2:  # a store from before channels (or a damaged one, refused when opened)
         return ["image"]
     return list(attributes.get("channels") or [f"channel{c}" for c in range(int(shape[-1]))])
+
+
+def store_dims(attributes: dict) -> int:
+    """3 for cube stores (N, X, Y, Z, C), 2 for image stores (N, H, W, C)."""
+    return int(attributes.get("dims", 3))
+
+
+def store_sample_shape(array, attributes: dict) -> tuple[int, ...]:
+    """A stored sample's spatial shape: (X, Y, Z) or (H, W)."""
+    return tuple(int(d) for d in array.shape[1:1 + store_dims(attributes)])
 
 
 def read_store_channels(path) -> list[str]:

@@ -46,8 +46,11 @@ def resolve_conv_mode(mode: str, platform: str | None = None) -> str:
 
 
 def formulation(mode: str, x_shape, out_ch: int) -> str:
-    """The formulation used for one convolution: native or stacked2d."""
+    """The formulation used for one convolution: native or stacked2d (3D only: a 2D
+    image's convolution is native whatever the mode)."""
     mode = resolve_conv_mode(mode)
+    if len(x_shape) == 4:
+        return "native"
     if mode != "auto":
         return mode
     _, dx, dy, dz, in_ch = x_shape
@@ -55,7 +58,10 @@ def formulation(mode: str, x_shape, out_ch: int) -> str:
 
 
 def conv3x3x3(x: jax.Array, kernel: jax.Array, mode: str = "auto") -> jax.Array:
-    """'SAME' 3x3x3 convolution of x (N, X, Y, Z, C) with kernel (3, 3, 3, C, O), no bias."""
+    """'SAME' 3x3x3 convolution of x (N, X, Y, Z, C) with kernel (3, 3, 3, C, O), no bias;
+    or 3x3 of an image batch x (N, H, W, C) with kernel (3, 3, C, O)."""
+    if x.ndim == 4:
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1),) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if formulation(mode, x.shape, kernel.shape[-1]) == "native":
         return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), ((1, 1),) * 3,
                                             dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
@@ -69,11 +75,12 @@ def conv3x3x3(x: jax.Array, kernel: jax.Array, mode: str = "auto") -> jax.Array:
 
 
 class Conv3(nnx.Module):
-    """nnx.Conv(in, out, (3, 3, 3), padding 1, bias) with a per-backend formulation."""
+    """nnx.Conv(in, out, (3, 3, 3), padding 1, bias) with a per-backend formulation;
+    dims=2: (3, 3), the 2D U-Net's."""
 
-    def __init__(self, in_ch: int, out_ch: int, dtype, rngs: nnx.Rngs, mode: str = "auto"):
+    def __init__(self, in_ch: int, out_ch: int, dtype, rngs: nnx.Rngs, mode: str = "auto", dims: int = 3):
         resolve_conv_mode(mode)
-        self.kernel = nnx.Param(lecun_normal(rngs.params(), (3, 3, 3, in_ch, out_ch), jnp.float32))
+        self.kernel = nnx.Param(lecun_normal(rngs.params(), (3,) * dims + (in_ch, out_ch), jnp.float32))
         rngs.params()  # nnx.Conv draws a key for its (zero) bias: keep the key sequence, so every weight is as before
         self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32))
         self.dtype, self.mode = dtype, mode

@@ -5,6 +5,9 @@ Python's `random`, a Python loop over the 10,000 local-shuffle blocks with a Num
 shuffle of each block, and the Bezier map applied with np.interp over 100,000 curve
 samples. It is the baseline of benchmarks/deform_throughput.py and a second, independent
 implementation the statistical tests compare against.
+
+Every rule of the spec is written per side, so the same code corrupts 3D cubes (X, Y, Z)
+and 2D images (H, W), Models Genesis 2D (DeformConfig.dims): loops over the array's axes.
 """
 
 from __future__ import annotations
@@ -27,14 +30,15 @@ class ReferencePipeline:
         self.np_random = np.random.RandomState(seed)
         self.flip_rate, self.local_rate, self.nonlinear_rate = flip_rate, local_rate, nonlinear_rate
         self.paint_rate, self.inpaint_rate, self.local_blocks = paint_rate, inpaint_rate, local_blocks
-        # "original": the choices are axes of a (1, X, Y, Z) array, so 0 is a no-op.
-        self.flip_choices = (None, 0, 1) if flip_axes == "original" else (0, 1, 2)
+        self.flip_axes = flip_axes
 
     def flip(self, x, y):
+        # "original": the choices are axes 0, 1, 2 of a (1, *spatial) array, so 0 is a no-op.
+        choices = (None, 0, 1) if self.flip_axes == "original" else tuple(range(x.ndim))
         for _ in range(3):
             if self.random.random() >= self.flip_rate:
                 break
-            axis = self.flip_choices[self.random.randint(0, 2)]
+            axis = choices[self.random.randint(0, len(choices) - 1)]
             if axis is not None:
                 x, y = np.flip(x, axis), np.flip(y, axis)
         return x, y
@@ -42,17 +46,13 @@ class ReferencePipeline:
     def local_pixel_shuffle(self, x):
         original = x.copy()
         out = x.copy()
-        dim_x, dim_y, dim_z = x.shape
         for _ in range(self.local_blocks):
-            sx = self.random.randint(1, max(dim_x // 10, 1))
-            sy = self.random.randint(1, max(dim_y // 10, 1))
-            sz = self.random.randint(1, max(dim_z // 10, 1))
-            cx = self.random.randint(0, dim_x - sx)
-            cy = self.random.randint(0, dim_y - sy)
-            cz = self.random.randint(0, dim_z - sz)
-            window = original[cx:cx + sx, cy:cy + sy, cz:cz + sz].flatten()
+            sizes = [self.random.randint(1, max(d // 10, 1)) for d in x.shape]
+            corners = [self.random.randint(0, d - s) for d, s in zip(x.shape, sizes)]
+            box = tuple(slice(c, c + s) for c, s in zip(corners, sizes))
+            window = original[box].flatten()
             self.np_random.shuffle(window)
-            out[cx:cx + sx, cy:cy + sy, cz:cz + sz] = window.reshape(sx, sy, sz)
+            out[box] = window.reshape(sizes)
         return out
 
     def bezier_map(self):
@@ -74,17 +74,12 @@ class ReferencePipeline:
 
     def inpaint(self, x):
         x = x.copy()
-        dim_x, dim_y, dim_z = x.shape
         for _ in range(5):
             if self.random.random() >= 0.95:
                 break
-            sx = self.random.randint(dim_x // 6, dim_x // 3)
-            sy = self.random.randint(dim_y // 6, dim_y // 3)
-            sz = self.random.randint(dim_z // 6, dim_z // 3)
-            cx = self.random.randint(3, dim_x - sx - 3)
-            cy = self.random.randint(3, dim_y - sy - 3)
-            cz = self.random.randint(3, dim_z - sz - 3)
-            x[cx:cx + sx, cy:cy + sy, cz:cz + sz] = self.np_random.random_sample((sx, sy, sz))
+            sizes = [self.random.randint(d // 6, d // 3) for d in x.shape]
+            corners = [self.random.randint(3, d - s - 3) for d, s in zip(x.shape, sizes)]
+            x[tuple(slice(c, c + s) for c, s in zip(corners, sizes))] = self.np_random.random_sample(sizes)
         return x
 
     def _outpaint_window(self, dims):
@@ -104,7 +99,7 @@ class ReferencePipeline:
         return out
 
     def pair(self, cube):
-        """(corrupted, target) for one cube, in the spec's order."""
+        """(corrupted, target) for one cube (X, Y, Z) or image (H, W), in the spec's order."""
         x, y = self.flip(cube, cube)
         if self.random.random() < self.local_rate:
             x = self.local_pixel_shuffle(x)

@@ -34,9 +34,11 @@ from genesis_jax.data.cases import unknown_modalities
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
 from genesis_jax.models.conv import CONV_MODES, resolve_conv_mode
+from genesis_jax.models.resnet_unet import SMP_WIDTH, ResNet18UNet
 from genesis_jax.transfer import PARTS, check_init_channels
 
 MODEL_DTYPES = ("float32", "bfloat16")
+ARCHS = ("unet", "resnet18_unet")
 
 
 def model_dtype(name: str):
@@ -45,12 +47,29 @@ def model_dtype(name: str):
     return jnp.dtype(name)
 
 
-def check_model(model_cfg) -> None:
+def check_model(model_cfg, dims: int = 3, export_pytorch: bool = False) -> None:
+    """The model fields, for data of `dims` spatial axes (a run that exports to PyTorch:
+    a layout PyTorch has)."""
     model_dtype(model_cfg.dtype)
     if model_cfg.width < 1:
         raise UserError(f"model.width must be >= 1, got {model_cfg.width}")
     if model_cfg.in_channels < 1:
         raise UserError(f"model.in_channels must be >= 1, got {model_cfg.in_channels}")
+    arch = model_cfg.get("arch", "unet")
+    if arch not in ARCHS:
+        raise UserError(f"model.arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if arch == "resnet18_unet" and dims != 2:
+        raise UserError("model.arch=resnet18_unet is a 2D model: its data is 2D images (data.cube_shape or "
+                        "data.patch_shape of two sizes, e.g. --config=genesis_2d)")
+    if arch == "resnet18_unet" and export_pytorch and model_cfg.width != SMP_WIDTH:
+        raise UserError(f"model.width={model_cfg.width}: resnet18_unet exports to PyTorch (smp's layout) only at "
+                        f"width {SMP_WIDTH}: pass --config.model.width={SMP_WIDTH} or --config.export_pytorch=False")
+
+
+def min_side(model_cfg) -> int:
+    """What every spatial size must be a multiple of: the U-Net pools three times, the
+    ResNet-18 encoder halves the image five times."""
+    return 32 if model_cfg.get("arch", "unet") == "resnet18_unet" else 8
 
 
 def check_modality(data_cfg, per_channel: bool = True) -> None:
@@ -69,12 +88,14 @@ def check_paths_exist(field: str, paths) -> None:
             raise UserError(f"{field}: {path}: no such file or directory")
 
 
-def check_multiple_of_8(field: str, shape) -> None:
-    """UserError naming the field unless the shape is three positive multiples of 8 (the U-Net pools three times)."""
-    if len(shape) != 3:
-        raise UserError(f"{field} {tuple(shape)}: need three sizes (X, Y, Z)")
-    if any(d % 8 or d < 8 for d in shape):
-        raise UserError(f"{field} {tuple(shape)}: every dim must be a multiple of 8")
+def check_multiple_of_8(field: str, shape, dims=(3,), multiple: int = 8) -> None:
+    """UserError naming the field unless the shape is `dims` positive multiples of 8 (the
+    U-Net pools three times; `multiple`=32 for the ResNet-18 encoder)."""
+    if len(shape) not in dims:
+        wanted = " or ".join({3: "three sizes (X, Y, Z)", 2: "two sizes (H, W)"}[d] for d in dims)
+        raise UserError(f"{field} {tuple(shape)}: need {wanted}")
+    if any(d % multiple or d < multiple for d in shape):
+        raise UserError(f"{field} {tuple(shape)}: every dim must be a multiple of {multiple}")
 
 
 def follow_channels(model_cfg, channels, source: str) -> None:
@@ -87,25 +108,36 @@ def follow_channels(model_cfg, channels, source: str) -> None:
     model_cfg.in_channels = count
 
 
-def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None) -> UNet3D:
-    """The configured U-Net; platform: resolve conv="auto" for that platform (an
-    ahead-of-time compile for another one), not for this machine."""
+def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None, dims: int = 3):
+    """The configured U-Net for data of `dims` spatial axes (UNet3D, its 2D counterpart,
+    or ResNet18UNet); platform: resolve conv="auto" for that platform (an ahead-of-time
+    compile for another one), not for this machine."""
     if model_cfg.bn_mode not in ("batch", "running"):
         raise UserError(f"model.bn_mode must be 'batch' or 'running', got {model_cfg.bn_mode!r}")
     if model_cfg.width < 1:
         raise UserError(f"model.width must be >= 1, got {model_cfg.width}")
     if model_cfg.conv not in CONV_MODES:
         raise UserError(f"model.conv must be one of {', '.join(CONV_MODES)}, got {model_cfg.conv!r}")
+    check_model(model_cfg, dims)
+    if model_cfg.get("arch", "unet") == "resnet18_unet":
+        return ResNet18UNet(n_class=n_class, width=model_cfg.width, bn_mode=model_cfg.bn_mode,
+                            dtype=model_dtype(model_cfg.dtype), rngs=rngs, in_channels=model_cfg.in_channels)
     conv = resolve_conv_mode(model_cfg.conv, platform) if platform else model_cfg.conv
     return UNet3D(n_class=n_class, width=model_cfg.width, bn_mode=model_cfg.bn_mode,
-                  dtype=model_dtype(model_cfg.dtype), rngs=rngs, conv=conv, in_channels=model_cfg.in_channels)
+                  dtype=model_dtype(model_cfg.dtype), rngs=rngs, conv=conv, in_channels=model_cfg.in_channels,
+                  dims=dims)
+
+
+# Model fields at these values are left out of a run's identity: runs from before the
+# field existed (one channel, the U-Net) still resume.
+_IDENTITY_DEFAULTS = {"in_channels": 1, "arch": "unet"}
 
 
 def model_identity(model_cfg) -> dict:
     """The model fields a checkpoint must match; conv is left out (its formulations have
-    the same weights and sums), and in_channels at 1 (runs from before it, one channel,
-    still resume)."""
-    return {k: v for k, v in model_cfg.items() if k != "conv" and not (k == "in_channels" and v == 1)}
+    the same weights and sums), and in_channels and arch at their defaults."""
+    return {k: v for k, v in model_cfg.items()
+            if k != "conv" and not (k in _IDENTITY_DEFAULTS and v == _IDENTITY_DEFAULTS[k])}
 
 
 class FineTuneTask:

@@ -15,7 +15,7 @@ from genesis_jax.deform.config import HOW_COMPUTED, resolve_lookups
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
 from genesis_jax.tasks.base import build_unet, check_model, check_modality, check_multiple_of_8, \
-    check_paths_exist, follow_channels, model_identity
+    check_paths_exist, follow_channels, min_side, model_identity
 from genesis_jax.transfer import check_init_channels
 
 
@@ -25,9 +25,10 @@ def restoration_mse(restored, target):
 
 
 def restoration_loss(model: UNet3D, corrupted, target):
-    """(MSE between the sigmoid output and the target, restored cubes); cubes (N, X, Y, Z, C),
-    the model's C outputs restoring its C inputs, or (N, X, Y, Z) for one channel."""
-    if corrupted.ndim == 4:
+    """(MSE between the sigmoid output and the target, restored cubes); cubes (N, X, Y, Z, C)
+    (2D models: images (N, H, W, C)), the model's C outputs restoring its C inputs, or
+    without the channel axis for one channel."""
+    if corrupted.ndim == model.dims + 1:
         restored = model(corrupted[..., None])[..., 0]
     else:
         restored = model(corrupted)
@@ -55,9 +56,14 @@ class PretrainTask:
             self.deform = dataclasses.replace(self.deform, batch_mode="map" if self.platform == "cpu" else "vmap")
         if self.platform:  # a dry run compiles for its target, not for this host
             self.deform = dataclasses.replace(self.deform, lookups=resolve_lookups(self.deform.lookups, self.platform))
-        check_model(self.cfg.model)
+        shape = self.cfg.data.cube_shape
+        check_model(self.cfg.model, len(shape), self.cfg.export_pytorch)
         check_init_channels(self.cfg.init_channels)
-        check_multiple_of_8("data.cube_shape", self.cfg.data.cube_shape)
+        check_multiple_of_8("data.cube_shape", shape, dims=(2, 3), multiple=min_side(self.cfg.model))
+        if self.deform.dims != len(shape):
+            raise UserError(f"deform.dims={self.deform.dims}, but data.cube_shape {tuple(shape)} has {len(shape)} "
+                            f"sizes: 2D pre-training runs --config=genesis_2d (deform.dims=2, the shuffle's "
+                            f"blocks scaled to the image)")
         check_modality(self.cfg.data, per_channel=False)
         if self.cfg.data.val_cubes < 1:
             raise UserError(f"data.val_cubes must be >= 1, got {self.cfg.data.val_cubes}")
@@ -85,14 +91,16 @@ class PretrainTask:
         # map and vmap: same arrays; table and compute lookups: the same deformation (the
         # shuffle bit for bit, the Bezier map to the table's interpolation error).
         deform = {k: v for k, v in self.cfg.deform.items() if k not in HOW_COMPUTED}
-        if deform.get("channels") == "shared":
-            del deform["channels"]  # the default: runs from before the field still resume
+        for field, default in (("channels", "shared"), ("dims", 3)):
+            if deform.get(field) == default:
+                del deform[field]  # the default: runs from before the field still resume
         data = {k: v for k, v in self.cfg.data.items()}
         return {"model": model_identity(self.cfg.model), "deform": deform, "data": data}
 
     def build_model(self, rngs) -> UNet3D:
         """The U-Net restoring its in_channels inputs: as many outputs."""
-        return build_unet(self.cfg.model, rngs, n_class=self.cfg.model.in_channels, platform=self.platform)
+        return build_unet(self.cfg.model, rngs, n_class=self.cfg.model.in_channels, platform=self.platform,
+                          dims=len(self.cfg.data.cube_shape))
 
     def init_source(self) -> str | None:
         """Random weights (scratch), or a run directory or .pt to continue from."""
@@ -127,4 +135,4 @@ class PretrainTask:
         rows = describe_draws(key, len(inputs), self.deform) if key is not None else None
         return labelled_grid({"corrupted (input)": inputs, "restored (output)": outputs,
                               "original (target)": targets}, title=title, row_labels=rows,
-                             channels=self.channels)
+                             channels=self.channels, dims=self.deform.dims)
