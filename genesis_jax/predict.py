@@ -21,6 +21,10 @@ last of them, and class k is written as the one raw value that is in group k and
 later group (BraTS: 2, 1, 4), or as k where there is none or several. With --labels it also
 prints Dice and IoU per class as one JSON line. Any volume size works (padded, then
 cropped back). Bad input: one line, exit status 1, nothing written.
+
+A 2D run (--config=segmentation_2d) predicts a volume slice by slice across its slice
+axis into the same 3D label map, and a 2D image (PNG, TIFF) into a PNG label map of the
+image's size (--out ending .png; --labels a mask image).
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ def parse_args(argv):
     parser.add_argument("--workdir", required=True, help="a fine-tuning run directory (its best checkpoint)")
     parser.add_argument("--input", required=True, help="the volume to segment (NIfTI); several channels: their "
                         "files comma-separated in the run's channel order, or a one-row CSV naming them")
-    parser.add_argument("--out", required=True, type=Path, help="where to write the label map (.nii.gz)")
+    parser.add_argument("--out", required=True, type=Path, help="where to write the label map (.nii.gz; a 2D "
+                        "image's: .png)")
     parser.add_argument("--labels", help="ground-truth label volume on the input's grid: print Dice per class")
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
     parser.add_argument("--blend", choices=("gaussian", "mean"), default="gaussian")
@@ -59,6 +64,29 @@ def load_model(workdir):
     model, meta = load_checkpoint(cfg, workdir, best=True, task=task)
     model.eval()
     return model, task, meta.get("step")
+
+
+def read_picture_grid(path):
+    """(None, the 2D image as a volume one slice deep (H, W, 1)) for a picture input."""
+    from genesis_jax.data.images import read_volume_or_image
+    return None, read_volume_or_image(path)
+
+
+def check_picture(task, input_path, out: Path) -> None:
+    """UserError unless a 2D image goes to a 2D run and its map to a .png."""
+    from genesis_jax.errors import UserError
+    if task.dims != 2:
+        raise UserError(f"{input_path}: a 2D image; this run is 3D (data.patch_shape {tuple(task.cfg.data.patch_shape)})"
+                        f": predict it with a 2D run (--config=segmentation_2d)")
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: a 2D image's label map is written as PNG (--out ending .png)")
+
+
+def write_picture(out: Path, labels: np.ndarray) -> None:
+    """The label map (H, W) as an 8- or 16-bit PNG."""
+    from PIL import Image
+    dtype = np.uint8 if labels.max() < 256 else np.uint16
+    Image.fromarray(labels.astype(dtype)).save(out)
 
 
 def require_nifti(path) -> None:
@@ -132,6 +160,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from genesis_jax import sharding
     from genesis_jax.data.cases import parse_modalities, read_case, unit_channels
+    from genesis_jax.data.images import is_picture
     from genesis_jax.data.labelled import label_value_list, map_labels
     from genesis_jax.errors import UserError
     from genesis_jax.scores import dice_of_masks, iou_of_masks
@@ -142,12 +171,13 @@ def main(argv=None) -> int:
         model, task, step = load_model(args.workdir)
         channels = run_channels(args.workdir, model)
         case, label_path = input_case(args.input, channels)
-        require_nifti(case.paths[0])
+        picture = is_picture(case.paths[0])
+        check_picture(task, case.paths[0], args.out) if picture else require_nifti(case.paths[0])
         volumes = read_case(case)  # the first channel read once: its header below is nibabel's lazy load
-        image = nib.load(str(case.paths[0]))
+        image = None if picture else nib.load(str(case.paths[0]))
         truth = None
         if args.labels or label_path:
-            _, truth_volume = read_nifti_grid(args.labels or label_path)
+            _, truth_volume = (read_picture_grid if picture else read_nifti_grid)(args.labels or label_path)
             if truth_volume.array.shape != volumes[0].array.shape:
                 raise UserError(f"{args.labels or label_path}: shape {truth_volume.array.shape}, the input's is "
                                 f"{volumes[0].array.shape}")
@@ -163,9 +193,13 @@ def main(argv=None) -> int:
     classes = task.class_map(masks)
     values = written_values(task.groups)
     dtype = np.uint8 if values.max() < 256 and (values == values.round()).all() and values.min() >= 0 else np.float32
-    out = values[to_input_grid(classes, image)].astype(dtype)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(out, image.affine), str(args.out))
+    if image is None:  # a 2D image: its (H, W) map
+        out = values[classes[:, :, 0]]
+        write_picture(args.out, out)
+    else:
+        out = values[to_input_grid(classes, image)].astype(dtype)
+        nib.save(nib.Nifti1Image(out, image.affine), str(args.out))
     print(f"{args.out}: {out.shape}, classes {task.cfg.data.label_values} written as {values[1:].tolist()} from "
           f"{args.workdir} (step {step}); voxels per class {[int(m) for m in masks.sum(axis=(0, 1, 2))]}")
     if truth is not None:

@@ -104,8 +104,8 @@ def check_args(parser, args):
     """args, each value checked (parser.error names the flag and exits 2)."""
     wrong = unknown_modalities(args.modality)
     if wrong:
-        parser.error(f"argument --modality: invalid choice: {wrong[0]!r} (choose from ct, mr; or one per channel in "
-                     f"channel order: ct,mr)")
+        parser.error(f"argument --modality: invalid choice: {wrong[0]!r} (choose from ct, mr, xray; or one per "
+                     f"channel in channel order: ct,mr)")
     if args.spacing is not None and len(args.spacing) not in (1, 3):
         parser.error("--spacing takes one value or three (X Y Z)")
     if args.cubes_per_volume < 1 or args.tries_per_cube < 1:

@@ -72,6 +72,17 @@ def write_run_files(workdir, cfg, info: dict) -> None:
     (Path(workdir) / INFO_FILE).write_text(json.dumps(info, indent=2))
 
 
+def run_defaults(task: str, recorded: dict):
+    """The defaults a recorded config is read over: its task's, or the task's 2D config
+    (Models Genesis 2D) when its data shape has two sizes."""
+    from genesis_jax.configs import base
+    data = recorded.get("data", {})
+    shape = data.get("cube_shape", data.get("patch_shape", ()))
+    two_d = {"pretrain": base.genesis_2d_base, "segmentation": base.segmentation_2d_base,
+             "classification": base.classification_2d_base}
+    return two_d[task]() if len(shape) == 2 and task in two_d else TASKS[task].default_config()
+
+
 def read_run_config(workdir):
     """The config a run directory was trained with (its config.json over its task's
     defaults, so tuples stay tuples); UserError if the directory holds no run."""
@@ -85,7 +96,7 @@ def read_run_config(workdir):
     task = recorded.get("task", "pretrain")
     if task not in TASKS:
         raise UserError(f"{path}: unknown task {task!r}")
-    cfg = TASKS[task].default_config()
+    cfg = run_defaults(task, recorded)
 
     def overlay(target, values, prefix):
         for key, value in values.items():

@@ -79,7 +79,7 @@ def test_csv_rows_become_cubes_with_their_label_in_channel_1(labelled):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("path,label\na,1\n", "the header must name the columns image,x,y,z,label or cube,label"),
+    ("path,label\na,1\n", "the header must name the columns image,x,y,z,label, cube,label or image,label"),
     ("image,x,y,z,label\n", "no examples"),
     ("image,x,y,z,label\nct.nii.gz,1,2,3,2\n", "line 2: label 2 is not a class 0 .. 1"),
     ("image,x,y,z,label\nct.nii.gz,1,a,3,0\n", "line 2: y must be an integer, got 'a'"),
@@ -234,7 +234,8 @@ def test_cli_fine_tunes_a_classifier_and_reports_auc(labelled, pretrained, tmp_p
     assert cfg.task == "classification" and cfg.optimizer.pretrained_lr_multiplier == 0.1
     bad = run_cli([f"--workdir={tmp_path / 'bad'}", f"--config.data.train_csv={labelled / 'train.csv'}"])
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith(
-        "data.val_csv is empty: pass --config.data.val_csv=PATH.csv (rows image,x,y,z,label or cube,label)")
+        "data.val_csv is empty: pass --config.data.val_csv=PATH.csv (rows image,x,y,z,label or cube,label; "
+        "2D: image,label or cube,label)")
     assert not (tmp_path / "bad").exists()
 
 

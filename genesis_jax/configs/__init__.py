@@ -4,7 +4,8 @@ import re
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent
-NAMES = ("demo", "genesis_chest_ct", "multi_device", "segmentation", "classification", "genesis_2d")
+NAMES = ("demo", "genesis_chest_ct", "multi_device", "segmentation", "classification", "genesis_2d",
+         "segmentation_2d", "classification_2d")
 
 
 def config_path(name_or_path: str) -> str:
@@ -24,8 +25,8 @@ def summary(name: str) -> str:
 
 # Which functions of configs/base.py build each task's config, in order (later ones win).
 BUILDERS = {"pretrain": ("common_config", "base_config", "genesis_2d_base"),
-            "segmentation": ("common_config", "finetune_base", "segmentation_base"),
-            "classification": ("common_config", "finetune_base", "classification_base")}
+            "segmentation": ("common_config", "finetune_base", "segmentation_base", "segmentation_2d_base"),
+            "classification": ("common_config", "finetune_base", "classification_base", "classification_2d_base")}
 
 
 def field_meanings(task: str = "pretrain") -> dict:

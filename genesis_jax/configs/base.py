@@ -143,3 +143,21 @@ def classification_base() -> ml_collections.ConfigDict:
         modality="ct",               # ct: the HU window [-1000, 1000] -> [0, 1]; mr: 0.5-99.5 percentiles
     ))
     return c
+
+
+def segmentation_2d_base() -> ml_collections.ConfigDict:
+    """2D segmentation fine-tuning: 128x128 patches one slice deep across data.slice_axis
+    of the labelled volumes (or of 2D images with masks), the 2D U-Net (model.arch)."""
+    c = segmentation_base()
+    c.data.patch_shape = (128, 128)
+    c.data.slice_axis = "z"          # the volume axis 2D patches are cut across (x | y | z); 2D images: z
+    return c
+
+
+def classification_2d_base() -> ml_collections.ConfigDict:
+    """2D classification fine-tuning: the TargetNet on the 2D U-Net's encoder, whole
+    images resized to data.cube_shape (rows image,label) or 2D store images (cube,label)."""
+    c = classification_base()
+    c.data.cube_shape = (128, 128)
+    c.data.modality = "xray"
+    return c

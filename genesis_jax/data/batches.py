@@ -102,11 +102,11 @@ class VolumeBatches:
 
 
 class SliceBatches:
-    """2D images from a VolumeBatches cutting (H, W, 1) crops: batches (n, H, W, C)."""
+    """2D images from a source of (H, W, 1) crops (VolumeBatches, segmentation's
+    PatchSampler): batches (n, H, W, C)."""
 
-    def __init__(self, cubes: VolumeBatches):
+    def __init__(self, cubes):
         self.cubes = cubes
-        self.cube_shape = cubes.cube_shape[:2]
 
     def batch(self, step: int, global_batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
         return self.cubes.batch(step, global_batch, process_index, process_count)[:, :, :, 0]

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from genesis_jax.data.images import read_volume_or_image
 from genesis_jax.data.volumes import IMAGE_SUFFIXES, Volume, VolumeError, is_image_file, read_volume, \
     to_unit_range
 from genesis_jax.errors import UserError
 
 GRID_TOLERANCE_MM = 1e-3
 LABEL_COLUMN = "label"
-MODALITIES = ("ct", "mr")
+MODALITIES = ("ct", "mr", "xray")  # xray: radiographs, windowed per image by percentiles as MR is
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +148,7 @@ def read_case(case: Case) -> list[Volume]:
     for channel, path in zip(case.channels, case.paths):
         if len(case.paths) > 1 and not path.exists():
             raise VolumeError(case.name, f"channel {channel}: {path}: no such file or directory")
-    volumes = [read_volume(p) for p in case.paths]
+    volumes = [read_volume_or_image(p) for p in case.paths]  # a 2D picture: one slice deep
     for channel, volume in zip(case.channels[1:], volumes[1:]):
         check_same_grid(case.name, volumes[0], volume, channel)
     return volumes

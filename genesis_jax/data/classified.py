@@ -11,10 +11,13 @@ A CSV (header row required) lists one example per row, in either form:
                           NIfTI stored in RAS order is the file's x and y reversed
     cube,label            cube number `cube` of the cube store data.store (python -m
                           genesis_jax.prepare), read on demand
+    image,label           2D (data.cube_shape of two sizes): a whole 2D image (PNG, JPEG,
+                          TIFF, DICOM radiograph), windowed by the modality (xray: its own
+                          0.5-99.5 percentiles) and resized to data.cube_shape
 
 `label` is the class, an integer 0 .. classes - 1. Rows of a batch are served as float32
-(n, X, Y, Z, C + 1): channels 0 .. C - 1 the cube in [0, 1] (C = 1 from a volume; a
-store's channels), channel C the label (the same value in every voxel, so batches keep
+(n, X, Y, Z, C + 1) (2D: (n, H, W, C + 1)): channels 0 .. C - 1 the cube in [0, 1] (C = 1
+from a volume or an image; a store's channels), channel C the label (the same value in every voxel, so batches keep
 the one-array form the loop shards). Training batches walk
 seeded permutations of the rows (epoch after epoch), so step s's batch is the same
 whenever it is asked for.
@@ -33,6 +36,7 @@ from genesis_jax.errors import UserError
 
 VOLUME_COLUMNS = ("image", "x", "y", "z", "label")
 STORE_COLUMNS = ("cube", "label")
+IMAGE_COLUMNS = ("image", "label")
 
 
 def _int(value: str, path, line: int, column: str) -> int:
@@ -43,8 +47,9 @@ def _int(value: str, path, line: int, column: str) -> int:
 
 
 def read_label_csv(path, classes: int) -> tuple[str, list[tuple]]:
-    """('volume', [(image path, (x, y, z), label), ...]) or ('store', [(cube, label), ...]);
-    UserError naming the file and line of the first problem."""
+    """('volume', [(image path, (x, y, z), label), ...]), ('store', [(cube, label), ...])
+    or ('image', [(image path, label), ...]); UserError naming the file and line of the
+    first problem."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
@@ -55,10 +60,11 @@ def read_label_csv(path, classes: int) -> tuple[str, list[tuple]]:
         raise UserError(f"{path}: no such label CSV") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: not a readable CSV ({e})") from None
-    kind = "volume" if set(VOLUME_COLUMNS) <= set(header) else "store" if set(STORE_COLUMNS) <= set(header) else None
+    kinds = (("volume", VOLUME_COLUMNS), ("store", STORE_COLUMNS), ("image", IMAGE_COLUMNS))
+    kind = next((name for name, columns in kinds if set(columns) <= set(header)), None)
     if kind is None:
-        raise UserError(f"{path}: the header must name the columns {','.join(VOLUME_COLUMNS)} or "
-                        f"{','.join(STORE_COLUMNS)}, got {','.join(header) or 'nothing'}")
+        raise UserError(f"{path}: the header must name the columns {','.join(VOLUME_COLUMNS)}, "
+                        f"{','.join(STORE_COLUMNS)} or {','.join(IMAGE_COLUMNS)}, got {','.join(header) or 'nothing'}")
     if not rows:
         raise UserError(f"{path}: no examples (only a header)")
     examples = []
@@ -69,8 +75,11 @@ def read_label_csv(path, classes: int) -> tuple[str, list[tuple]]:
                             f"(data.classes is {classes})")
         if kind == "store":
             examples.append((_int(row["cube"], path, line, "cube"), label))
+            continue
+        image = Path(row["image"]) if Path(row["image"]).is_absolute() else path.parent / row["image"]
+        if kind == "image":
+            examples.append((str(image), label))
         else:
-            image = Path(row["image"]) if Path(row["image"]).is_absolute() else path.parent / row["image"]
             centre = tuple(_int(row[c], path, line, c) for c in ("x", "y", "z"))
             examples.append((str(image), centre, label))
     return kind, examples
@@ -97,6 +106,9 @@ class LabelledCubes:
         if kind == "store":
             self._read = self._store_reader(csv_path, store, [e[0] for e in examples])
             self.sources = [store]
+        elif kind == "image" or len(self.cube_shape) == 2:
+            self._read = self._image_reader(csv_path, kind, examples, modality)
+            self.sources = sorted({e[0] for e in examples})
         else:
             self._read = self._volume_reader(examples, modality)
             self.sources = sorted({e[0] for e in examples})
@@ -126,14 +138,27 @@ class LabelledCubes:
                              for i in indices])[..., None]
         return read
 
+    def _image_reader(self, csv_path, kind, examples, modality):
+        """Whole 2D images, windowed and resized to cube_shape once."""
+        from genesis_jax.data.images import read_image, resize
+        if kind != "image" or len(self.cube_shape) != 2:
+            raise UserError(f"{csv_path}: rows {','.join(IMAGE_COLUMNS)} are 2D images and data.cube_shape "
+                            f"{self.cube_shape} must then be two sizes (H, W), --config=classification_2d; "
+                            f"volumes take rows {','.join(VOLUME_COLUMNS)}")
+        images = {path: resize(to_unit_range(read_image(path), modality)[0], self.cube_shape)
+                  for path in {e[0] for e in examples}}
+        return lambda indices: np.stack([images[examples[i][0]] for i in indices])[..., None]
+
     def __len__(self) -> int:
         return len(self.labels)
 
     def _rows(self, indices) -> np.ndarray:
-        """(n, X, Y, Z, C + 1): the cube's C channels, then its label in every voxel."""
+        """(n, X, Y, Z, C + 1) or (n, H, W, C + 1): the cube's C channels, then its label in
+        every voxel."""
         indices = np.asarray(indices)
         cubes = self._read(indices)
-        labels = np.broadcast_to(self.labels[indices].reshape(-1, 1, 1, 1, 1), (*cubes.shape[:4], 1))
+        labels = np.broadcast_to(self.labels[indices].reshape((-1,) + (1,) * (cubes.ndim - 1)),
+                                 (*cubes.shape[:-1], 1))
         return np.concatenate([cubes, labels.astype(np.float32)], axis=-1)
 
     def rows(self, start: int, stop: int) -> np.ndarray:

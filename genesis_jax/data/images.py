@@ -18,10 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from genesis_jax.data.volumes import DICOM_SUFFIXES, VolumeError, _read_itk_file, _sitk, find_inputs, \
-    is_dicom_file, is_image_file, percentile_window
-
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+from genesis_jax.data.volumes import DICOM_SUFFIXES, PICTURE_SUFFIXES, Volume, VolumeError, _read_itk_file, _sitk, \
+    checked_volume, find_inputs, is_dicom_file, is_image_file, percentile_window, read_volume
 # DICOM Modality (0008,0060) of projection radiographs: each file is one 2D image. Other
 # DICOM files in a folder (CT, MR, PT slices) are a series: a volume, sliced.
 RADIOGRAPH_MODALITIES = ("CR", "DX", "RG", "MG", "PX", "IO", "XA", "RF", "DR")
@@ -31,6 +29,14 @@ XRAY_PERCENTILES = (0.5, 99.5)
 
 def is_picture(path) -> bool:
     return Path(path).name.lower().endswith(PICTURE_SUFFIXES)
+
+
+def read_volume_or_image(path) -> Volume:
+    """read_volume, or for a 2D picture (PNG, JPEG, TIFF) a volume one slice deep, (H, W, 1)
+    at 1 mm: how segmentation reads images with their masks, and predict a 2D image."""
+    if Path(path).is_file() and is_picture(path):
+        return checked_volume(read_image(path)[..., None], (1.0, 1.0, 1.0), path)
+    return read_volume(path)
 
 
 def dicom_modality(path) -> str:
@@ -146,15 +152,20 @@ def anterior_posterior_axis(affine: np.ndarray) -> int:
     return int(np.argmax(np.abs(np.asarray(affine)[1, :3])))
 
 
+def projection(volume, values: np.ndarray) -> np.ndarray:
+    """values (on the volume's grid) summed along its anterior-posterior axis, as a
+    radiograph is oriented: rows superior (head) first, columns the remaining axis in
+    order. float32 (rows, columns)."""
+    ap = anterior_posterior_axis(volume.affine) if volume.affine is not None else 1
+    summed = np.asarray(values, np.float32).sum(axis=ap) * float(volume.spacing[ap])
+    return np.ascontiguousarray(summed.T[::-1]).astype(np.float32)
+
+
 def radiograph_of(volume) -> np.ndarray:
     """A digitally reconstructed radiograph (DRR) of a CT Volume: the linear attenuation,
-    proportional to HU + 1000 (water 1, air 0), summed along the anterior-posterior axis,
-    as an X-ray projects it: float32 (rows, columns) with bone and soft tissue bright and
-    the lungs dark, as on a PA chest film. Rows and columns are the remaining array axes
-    in order, flipped so that the head is up when the volume's last remaining axis runs
-    from the feet (LPS z, superior, increasing). A stand-in for X-rays in tests and the demo."""
-    ap = anterior_posterior_axis(volume.affine) if volume.affine is not None else 1
+    proportional to HU + 1000 (water 1, air 0), integrated along the anterior-posterior
+    axis as an X-ray projects it (cm of water): bone and soft tissue bright, the lungs
+    dark, as on a PA chest film (projection's orientation). A stand-in for X-rays in
+    tests and the demo."""
     attenuation = np.clip(np.asarray(volume.array, np.float32) + 1000.0, 0.0, None) / 1000.0
-    projection = attenuation.sum(axis=ap) * float(volume.spacing[ap]) / 10.0  # cm of water
-    # columns: the left-right axis; rows: superior (head) first, as a chest film is hung
-    return np.ascontiguousarray(projection.T[::-1]).astype(np.float32)
+    return projection(volume, attenuation) / 10.0

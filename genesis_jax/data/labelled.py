@@ -25,7 +25,8 @@ import numpy as np
 
 from genesis_jax.data.batches import process_slice
 from genesis_jax.data.cases import Case, check_same_grid, read_case, unit_channels
-from genesis_jax.data.volumes import VolumeError, read_volume
+from genesis_jax.data.images import read_volume_or_image
+from genesis_jax.data.volumes import VolumeError
 from genesis_jax.sliding import patch_pads
 
 
@@ -78,7 +79,7 @@ def read_labelled(case: Case, label_values, modalities) -> tuple[np.ndarray, np.
     """(image (X, Y, Z, C) in [0, 1] float32, value index map int8) of one labelled case:
     its label volume must lie on its first channel's grid."""
     volumes = read_case(case)
-    labels = read_volume(case.label)
+    labels = read_volume_or_image(case.label)
     if labels.array.shape != volumes[0].array.shape or not np.allclose(volumes[0].spacing, labels.spacing,
                                                                        rtol=1e-4):
         raise VolumeError(case.label, f"grid {labels.array.shape} at {labels.spacing} mm does not match the image "

@@ -25,6 +25,7 @@ from genesis_jax.errors import UserError
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd", ".nhdr")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")  # 2D images (data/images.py)
 
 
 class VolumeError(UserError):
@@ -298,7 +299,8 @@ def _itk_affine(image) -> np.ndarray:
 def read_volume(path) -> Volume:
     """Read one volume (file or DICOM series directory) as float32 (X, Y, Z) + spacing.
 
-    Raises VolumeError for anything that is not a finite 3D volume.
+    Raises VolumeError for anything that is not a finite 3D volume (2D pictures:
+    data/images.py read_volume_or_image).
     """
     sitk = _sitk()
     path = Path(path)
@@ -312,6 +314,11 @@ def read_volume(path) -> Volume:
     image = sitk.DICOMOrient(image, "LPS")
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
     return _checked(np.ascontiguousarray(array), tuple(float(s) for s in image.GetSpacing()), path, _itk_affine(image))
+
+
+def checked_volume(array: np.ndarray, spacing, path, affine=None) -> Volume:
+    """A Volume of the array, VolumeError for NaN/Inf voxels or an invalid spacing."""
+    return _checked(array, spacing, path, affine)
 
 
 def _checked(array: np.ndarray, spacing, path, affine=None) -> Volume:
@@ -346,8 +353,9 @@ def hu_window(array: np.ndarray, low: float = -1000.0, high: float = 1000.0) -> 
 
 
 def to_unit_range(array: np.ndarray, modality: str = "ct", window=(-1000.0, 1000.0)) -> tuple[np.ndarray, tuple]:
-    """([0, 1] array, window used): CT through the HU window, MR through its percentiles."""
-    if modality == "mr":
+    """([0, 1] array, window used): CT through the HU window, MR and X-ray (uncalibrated)
+    through their own 0.5-99.5 percentiles."""
+    if modality in ("mr", "xray"):
         return percentile_window(array)
     low, high = window
     return hu_window(array, low, high), (float(low), float(high))

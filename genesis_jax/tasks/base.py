@@ -78,7 +78,8 @@ def check_modality(data_cfg, per_channel: bool = True) -> None:
         raise UserError(f"data.modality {data_cfg.modality!r}: one value here (the volumes are read as one channel; "
                         f"a store of several channels was normalised by prepare --modality)")
     if unknown_modalities(data_cfg.modality):
-        raise UserError(f"data.modality must be 'ct' or 'mr' (or one per channel: 'ct,mr'), got {data_cfg.modality!r}")
+        raise UserError(f"data.modality must be 'ct', 'mr' or 'xray' (or one per channel: 'ct,mr'), got "
+                        f"{data_cfg.modality!r}")
 
 
 def check_paths_exist(field: str, paths) -> None:

@@ -28,12 +28,16 @@ class ClassificationTask(FineTuneTask):
         return 1 if self.cfg.data.classes == 2 else int(self.cfg.data.classes)
 
     def check_config(self) -> None:
-        check_model(self.cfg.model)
+        shape = self.cfg.data.cube_shape
+        check_model(self.cfg.model, len(shape))
+        if self.cfg.model.get("arch", "unet") != "unet":
+            raise UserError(f"model.arch={self.cfg.model.arch}: classification's head (the official TargetNet) "
+                            f"sits on the Genesis U-Net's encoder, model.arch=unet")
         check_modality(self.cfg.data, per_channel=False)
         self.check_init()
         if self.cfg.data.classes < 2:
             raise UserError(f"data.classes must be >= 2, got {self.cfg.data.classes}")
-        check_multiple_of_8("data.cube_shape", self.cfg.data.cube_shape)
+        check_multiple_of_8("data.cube_shape", shape, dims=(2, 3))
         if self.cfg.export_pytorch:
             raise UserError("export_pytorch writes a U-Net; a classification run has none (set it False)")
 
@@ -41,7 +45,7 @@ class ClassificationTask(FineTuneTask):
         for name in ("train_csv", "val_csv"):
             if require_data and not self.cfg.data[name]:
                 raise UserError(f"data.{name} is empty: pass --config.data.{name}=PATH.csv "
-                                f"(rows image,x,y,z,label or cube,label)")
+                                f"(rows image,x,y,z,label or cube,label; 2D: image,label or cube,label)")
             if require_data:
                 check_paths_exist(f"data.{name}", [self.cfg.data[name]])
 
@@ -50,7 +54,7 @@ class ClassificationTask(FineTuneTask):
 
     def build_model(self, rngs):
         from genesis_jax.models import GenesisClassifier
-        unet = build_unet(self.cfg.model, rngs, platform=self.platform)
+        unet = build_unet(self.cfg.model, rngs, platform=self.platform, dims=len(self.cfg.data.cube_shape))
         return GenesisClassifier(unet, n_class=self.n_outputs, rngs=rngs)
 
     def load_data(self):
@@ -73,7 +77,8 @@ class ClassificationTask(FineTuneTask):
 
     def prepare(self, key, batch, mesh, first_index=0):
         del key, mesh, first_index  # no augmentation: the cube is the example
-        return batch[..., :-1], jnp.round(batch[:, 0, 0, 0, -1]).astype(jnp.int32)
+        first_voxel = (slice(None),) + (0,) * (batch.ndim - 2) + (-1,)  # the label, in every voxel of the last channel
+        return batch[..., :-1], jnp.round(batch[first_voxel]).astype(jnp.int32)
 
     def loss(self, model, cubes, labels):
         import optax
@@ -111,4 +116,5 @@ class ClassificationTask(FineTuneTask):
             rows = [f"label {int(t)}, p(1) {1 / (1 + np.exp(-z[0])):.2f}" for t, z in zip(labels, logits)]
         else:
             rows = [f"label {int(t)}, predicted {int(np.argmax(z))}" for t, z in zip(labels, logits)]
-        return labelled_grid({"cube": cubes}, title=title, row_labels=rows, channels=self.channels)
+        return labelled_grid({"cube": cubes}, title=title, row_labels=rows, channels=self.channels,
+                             dims=len(self.cfg.data.cube_shape))

@@ -12,7 +12,7 @@ from genesis_jax.data.volumes import split_paths
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
 from genesis_jax.tasks.base import FineTuneTask, build_unet, check_model, check_modality, check_multiple_of_8, \
-    check_paths_exist, follow_channels, model_identity
+    check_paths_exist, follow_channels, min_side, model_identity
 
 
 def parse_label_values(text) -> list[tuple[float, ...]]:
@@ -43,7 +43,13 @@ class SegmentationTask(FineTuneTask):
     index (data/labelled.py); validation is a frozen set of patches drawn once from the
     validation volumes, scored by the loss and a hard Dice per class (outputs > 0.5).
     Images: comma-separated volumes with their label volumes, or a CSV manifest (one
-    column per channel and a `label` column; data/cases.py)."""
+    column per channel and a `label` column; data/cases.py).
+
+    2D (data.patch_shape of two sizes, --config=segmentation_2d): the same patches one
+    slice deep across data.slice_axis, (H, W, 1), served as images (H, W, C + 1) to a 2D
+    model; volumes are predicted slice by slice (the sliding window of (H, W, 1)) into a
+    label map on their own grid. 2D images with masks (PNG, TIFF, DICOM) are volumes one
+    slice deep."""
 
     name, picture_name = "segmentation", "segmentation"
     default_config = staticmethod(segmentation_base)
@@ -60,15 +66,30 @@ class SegmentationTask(FineTuneTask):
     def n_classes(self) -> int:
         return len(self.groups)
 
+    @property
+    def dims(self) -> int:
+        return len(self.cfg.data.patch_shape)
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        """The patch as the 3D samplers cut it: patch_shape, or (H, W, 1) in 2D."""
+        shape = tuple(int(d) for d in self.cfg.data.patch_shape)
+        return shape if self.dims == 3 else (*shape, 1)
+
+    def oriented(self, array):
+        """An (X, Y, Z, ...) array with the 2D slice axis third (3D: as it is)."""
+        from genesis_jax.data.images import slices_last
+        return array if self.dims == 3 else slices_last(array, self.cfg.data.slice_axis)
+
     def check_config(self) -> None:
         from genesis_jax.losses import SEGMENTATION_LOSSES
-        check_model(self.cfg.model)
+        check_model(self.cfg.model, self.dims, self.cfg.export_pytorch)
         check_modality(self.cfg.data)
         self.check_init()
         if self.cfg.loss not in SEGMENTATION_LOSSES:
             raise UserError(f"loss must be one of {', '.join(SEGMENTATION_LOSSES)}, got {self.cfg.loss!r}")
         parse_label_values(self.cfg.data.label_values)
-        check_multiple_of_8("data.patch_shape", self.cfg.data.patch_shape)
+        check_multiple_of_8("data.patch_shape", self.cfg.data.patch_shape, dims=(2, 3), multiple=min_side(self.cfg.model))
         if not 0.0 <= self.cfg.data.foreground_ratio <= 1.0:
             raise UserError(f"data.foreground_ratio must be in [0, 1], got {self.cfg.data.foreground_ratio}")
 
@@ -121,7 +142,7 @@ class SegmentationTask(FineTuneTask):
                 "init": self.cfg.init}
 
     def build_model(self, rngs) -> UNet3D:
-        return build_unet(self.cfg.model, rngs, n_class=self.n_classes, platform=self.platform)
+        return build_unet(self.cfg.model, rngs, n_class=self.n_classes, platform=self.platform, dims=self.dims)
 
     def load_data(self):
         from genesis_jax.data.batches import InMemoryCubes
@@ -131,11 +152,12 @@ class SegmentationTask(FineTuneTask):
         channels, train_cases = self.cases("train")
         cases = {"train": train_cases, "val": self.cases("val")[1] if data.val_images else []}
         modalities = parse_modalities(data.modality, channels)
-        pairs = {split: [read_labelled(case, values, modalities) for case in cases[split]] for split in cases}
+        pairs = {split: [tuple(self.oriented(a) for a in read_labelled(case, values, modalities))
+                         for case in cases[split]] for split in cases}
         if not pairs["val"]:
             pairs["train"], pairs["val"] = self.held_out(pairs["train"], cases["train"])
-        train = PatchSampler(pairs["train"], data.patch_shape, data.foreground_ratio, self.cfg.seed)
-        frozen = PatchSampler(pairs["val"], data.patch_shape, data.foreground_ratio, self.cfg.seed + 1)
+        train = self.flat(PatchSampler(pairs["train"], self.window, data.foreground_ratio, self.cfg.seed))
+        frozen = self.flat(PatchSampler(pairs["val"], self.window, data.foreground_ratio, self.cfg.seed + 1))
         validation = InMemoryCubes(frozen.batch(0, int(data.val_patches)))
         self.val_volumes, self.channels = pairs["val"], list(channels)
         paths = [p for split in cases.values() for case in split for p in (*case.paths, case.label)]
@@ -146,21 +168,28 @@ class SegmentationTask(FineTuneTask):
                      f"patches {tuple(data.patch_shape)} ({data.foreground_ratio:.0%} centred on foreground)")
         return RunData(train, validation, int(data.patches_per_epoch), described, files_sha256(paths), list(channels))
 
+    def flat(self, sampler):
+        """The sampler (3D), or its (H, W, 1) patches served as images (2D)."""
+        from genesis_jax.data.batches import SliceBatches
+        return sampler if self.dims == 3 else SliceBatches(sampler)
+
     def held_out(self, pairs, cases) -> tuple[list, list]:
         """(training pairs, validation pairs) when no validation volumes are given: a z slab
-        of each training volume (data/labelled.py hold_out_slab), said in one line."""
+        of each training volume (data/labelled.py hold_out_slab; 2D: slices across the
+        slice axis), said in one line."""
         import jax
 
         from genesis_jax.data.labelled import hold_out_slab
         from genesis_jax.data.volumes import VolumeError
         data = self.cfg.data
         try:
-            split = [hold_out_slab(image, classes, data.val_fraction, int(data.patch_shape[2]), case.name)
+            split = [hold_out_slab(image, classes, data.val_fraction, self.window[2], case.name)
                      for (image, classes), case in zip(pairs, cases)]
         except VolumeError as e:
             raise UserError(f"no data.val_images given, and {e}") from None
         if jax.process_index() == 0:
-            slabs = ", ".join(f"{Path(case.name).name} z {a}-{b - 1} of {image.shape[2]}"
+            axis = "z" if self.dims == 3 else data.slice_axis
+            slabs = ", ".join(f"{Path(case.name).name} {axis} {a}-{b - 1} of {image.shape[2]}"
                               for (_, _, (a, b)), case, (image, _) in zip(split, cases, pairs))
             print(f"validation: no data.val_images given: holding out {data.val_fraction:.0%} of each training "
                   f"volume's z slices, the end with more labelled voxels ({slabs}); no validation voxel is trained "
@@ -192,12 +221,22 @@ class SegmentationTask(FineTuneTask):
     def picture(self, inputs, targets, outputs, title="", key=None):
         from genesis_jax.metrics import labelled_grid
         return labelled_grid({"image": inputs, "prediction (class 1)": outputs[..., 0],
-                              "label (class 1)": targets[..., 0]}, title=title, channels=self.channels)
+                              "label (class 1)": targets[..., 0]}, title=title, channels=self.channels, dims=self.dims)
 
     def probabilities(self, model, volume, mesh, batch_size: int, overlap: float = 0.5, blend: str = "gaussian"):
         """float32 (X, Y, Z, K): each class's probability over a [0, 1] volume (X, Y, Z, C),
-        by sliding-window inference with patches of data.patch_shape split over the mesh.
-        Compiled once per task."""
+        by sliding-window inference with patches of data.patch_shape split over the mesh;
+        2D: slice by slice across data.slice_axis, on the volume's own grid. Compiled once
+        per task."""
+        import numpy as np
+        if self.dims == 3:
+            return self.oriented_probabilities(model, volume, mesh, batch_size, overlap, blend)
+        probs = self.oriented_probabilities(model, self.oriented(volume), mesh, batch_size, overlap, blend)
+        return np.moveaxis(probs, 2, "xyz".index(self.cfg.data.slice_axis))
+
+    def oriented_probabilities(self, model, volume, mesh, batch_size: int, overlap: float = 0.5,
+                               blend: str = "gaussian"):
+        """probabilities of a volume already oriented (2D: its slice axis third)."""
         import jax
         from flax import nnx
 
@@ -206,12 +245,16 @@ class SegmentationTask(FineTuneTask):
         from genesis_jax.sliding import sliding_window
         model.eval()
         graphdef, state = nnx.split(model)
+        def apply(state, x):  # 2D: windows (n, H, W, 1, C) are images (n, H, W, C)
+            model = nnx.merge(graphdef, state)
+            return model(x) if self.dims == 3 else model(x[:, :, :, 0])[:, :, :, None]
+
         if self._apply is None:
-            self._apply = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x),
+            self._apply = jax.jit(apply,
                                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                                   out_shardings=sharding.replicated(mesh))
         rows = process_slice(batch_size, jax.process_index(), jax.process_count())
-        return sliding_window(lambda b: self._apply(state, b), volume, self.cfg.data.patch_shape, overlap=overlap,
+        return sliding_window(lambda b: self._apply(state, b), volume, self.window, overlap=overlap,
                               blend=blend, batch_size=batch_size, put=lambda b: sharding.global_batch(b[rows], mesh))
 
     def class_masks(self, probs):
@@ -242,6 +285,6 @@ class SegmentationTask(FineTuneTask):
         import numpy as np
 
         from genesis_jax.scores import dice_of_masks
-        dices = [dice_of_masks(self.class_masks(self.probabilities(model, image, mesh, batch_size)),
+        dices = [dice_of_masks(self.class_masks(self.oriented_probabilities(model, image, mesh, batch_size)),
                                self.truth_masks(classes)) for image, classes in self.val_volumes]
         return {f"volume_dice_{k + 1}": float(np.mean([d[k] for d in dices])) for k in range(self.n_classes)}
