@@ -5,6 +5,10 @@
 
 --channels times cubes of C channels (X, Y, Z, C), deform.channels "shared" (default 1:
 the one-channel (X, Y, Z) cubes); cubes/s counts C-channel cubes.
+--shape H W times Models Genesis 2D: images, DeformConfig(dims=2) with the shuffle's blocks
+scaled to the image (shuffle.blocks_for_shape; the reference uses as many), images/s:
+
+    python -m benchmarks.deform_throughput --shape 128 128 --batch-sizes 6 64 256
 
 Both sides corrupt the same random 64x64x32 cubes with the default DeformConfig on
 this machine, one after the other. JAX: compiled and warmed up first, then `repeats`
@@ -19,6 +23,7 @@ deformation alone on up to 10 cubes, to show where the time goes.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import time
@@ -34,6 +39,7 @@ from genesis_jax.reference.numpy_genesis import ReferencePipeline  # noqa: E402
 
 from genesis_jax.deform import (  # noqa: E402
     DeformConfig, flip, genesis_batch, inpaint, local_pixel_shuffle, nonlinear_intensity, outpaint)
+from genesis_jax.deform.shuffle import blocks_for_shape  # noqa: E402
 
 
 def time_calls(fn, make_args, repeats: int) -> list[float]:
@@ -58,14 +64,22 @@ def bench_jax(batch: int, shape, repeats: int, cfg: DeformConfig, channels: int 
             "ms_per_cube": 1e3 * median / batch}
 
 
+def config_for(shape) -> DeformConfig:
+    """The default deformations for cubes, or for images (dims=2, blocks scaled to them)."""
+    if len(shape) == 3:
+        return DeformConfig()
+    return DeformConfig(dims=2, local_blocks=blocks_for_shape(shape))
+
+
 def bench_stages(batch: int, shape, repeats: int) -> dict:
     cubes = flat_draw(jax.random.uniform, jax.random.key(0), (batch, *shape), dtype=jnp.float32)
+    cfg = config_for(shape)
     stages = {
-        "flip": lambda k, x: flip(k, x, x)[0],
-        "local_pixel_shuffle": local_pixel_shuffle,
+        "flip": lambda k, x: flip(k, x, x, dims=cfg.dims)[0],
+        "local_pixel_shuffle": functools.partial(local_pixel_shuffle, n_blocks=cfg.local_blocks, dims=cfg.dims),
         "nonlinear_intensity": nonlinear_intensity,
-        "inpaint": inpaint,
-        "outpaint": outpaint,
+        "inpaint": functools.partial(inpaint, dims=cfg.dims),
+        "outpaint": functools.partial(outpaint, dims=cfg.dims),
     }
     out = {}
     for name, fn in stages.items():
@@ -84,7 +98,7 @@ def bench_reference(n_cubes: int, shape, repeats: int = 3) -> dict:
     cubes = np.random.default_rng(0).random((n_cubes, *shape), dtype=np.float32)
     passes = []
     for _ in range(repeats):
-        pipeline = ReferencePipeline(seed=0)
+        pipeline = ReferencePipeline(seed=0, local_blocks=config_for(shape).local_blocks)
         start = time.perf_counter()
         for cube in cubes:
             pipeline.pair(cube)
@@ -97,7 +111,7 @@ def bench_reference(n_cubes: int, shape, repeats: int = 3) -> dict:
 def bench_reference_stages(n_cubes: int, shape) -> dict:
     """ms/cube of each reference deformation applied to every cube (as bench_stages does)."""
     cubes = np.random.default_rng(0).random((n_cubes, *shape), dtype=np.float32)
-    pipeline = ReferencePipeline(seed=0)
+    pipeline = ReferencePipeline(seed=0, local_blocks=config_for(shape).local_blocks)
     stages = {
         "flip": lambda x: pipeline.flip(x, x)[0],
         "local_pixel_shuffle": pipeline.local_pixel_shuffle,
@@ -117,7 +131,7 @@ def bench_reference_stages(n_cubes: int, shape) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[6, 64, 256])
-    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
+    parser.add_argument("--shape", type=int, nargs="+", default=[64, 64, 32], help="X Y Z (cubes) or H W (2D images)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reference-cubes", type=int, default=40, help="0 skips the reference")
     parser.add_argument("--stages", action="store_true", help="also time each deformation alone")
@@ -126,11 +140,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     shape = tuple(args.shape)
+    if len(shape) not in (2, 3):
+        parser.error(f"--shape takes X Y Z or H W, got {' '.join(map(str, shape))}")
 
     device = jax.devices()[0]
     result = {
         "benchmark": "deform_throughput",
         "shape": shape,
+        "local_blocks": config_for(shape).local_blocks,
         "backend": jax.default_backend(),
         "device": getattr(device, "device_kind", str(device)),
         "jax": jax.__version__,
@@ -145,7 +162,7 @@ def main(argv=None) -> dict:
               f"{ref['cubes']} cubes)", flush=True)
     for channels in args.channels:
         for batch in args.batch_sizes:
-            run = bench_jax(batch, shape, args.repeats, DeformConfig(), channels)
+            run = bench_jax(batch, shape, args.repeats, config_for(shape), channels)
             if "reference" in result and run["channels"] == 1:
                 run["speedup_vs_reference"] = run["cubes_per_s"] / result["reference"]["cubes_per_s"]
             result["jax_runs"].append(run)

@@ -54,6 +54,13 @@ class DryRunError(UserError):
     """A dry-run request that cannot be served (unknown topology, no libtpu, ...)."""
 
 
+def model_name(cfg) -> str:
+    """UNet3D, UNet2D or ResNet18UNet: what the config builds."""
+    if cfg.model.get("arch", "unet") == "resnet18_unet":
+        return "ResNet18UNet"
+    return "UNet3D" if len(cfg.data.get("cube_shape", cfg.data.get("patch_shape", ()))) == 3 else "UNet2D"
+
+
 def target_devices(topology: str | None, num_devices: int):
     """The devices to compile for: this host's, or a TPU slice's; the first num_devices
     of them when that is set (config.num_devices)."""
@@ -154,7 +161,7 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
         "platform": platform,
         "device_kind": devices[0].device_kind, "devices": mesh.size, "global_batch": cfg.batch_size,
         "per_device_batch": per_device, "cube_shape": list(cfg.data.cube_shape), "width": cfg.model.width,
-        "channels": cfg.model.in_channels,
+        "channels": cfg.model.in_channels, "model": model_name(cfg),
         "dtype": cfg.model.dtype, "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(
             target[1].params))), "compile_s": round(seconds, 1), "per_device": report.to_dict(),
         "flops_per_sample": report.flops / per_device,
@@ -235,7 +242,8 @@ def format_report(result: dict) -> str:
     d = result["per_device"]
     rows = [
         ("target", f"{result['target']}, {result['devices']} device(s), mesh ('data': {result['devices']})"),
-        ("model", f"UNet3D width {result['width']} ({result['parameters']:,} parameters), {result['dtype']}"),
+        ("model", f"{result.get('model', 'UNet3D')} width {result['width']} ({result['parameters']:,} parameters), "
+                  f"{result['dtype']}"),
         ("batch", f"global {result['global_batch']} = {result['per_device_batch']} per device, cubes "
                   f"{tuple(result['cube_shape'])} x {result.get('channels', 1)} channel(s)"),
         ("compile time", f"{result['compile_s']:.1f} s"),

@@ -63,3 +63,17 @@ def test_problems_names_what_is_missing_or_malformed(quick):
     no_versions = copy.deepcopy(result)
     no_versions["environment"]["versions"] = {}
     assert "environment lacks versions" in problems(no_versions)
+
+
+def test_the_2d_benchmarks_run_and_compare_like_with_like(tmp_path):
+    """Models Genesis 2D's benchmarks at toy sizes: images/s against the 2D NumPy reference
+    (the same block count), and each 2D model's step beside its PyTorch counterpart."""
+    from benchmarks import deform_throughput, train_step_2d
+    from genesis_jax.deform.shuffle import blocks_for_shape
+    deform = deform_throughput.main(["--shape", "32", "32", "--batch-sizes", "2", "--repeats", "1",
+                                     "--reference-cubes", "1", "--json", str(tmp_path / "d.json")])
+    assert deform["local_blocks"] == blocks_for_shape((32, 32)) and deform["jax_runs"][0]["speedup_vs_reference"] > 0
+    step = train_step_2d.main(["--batch", "2", "--shape", "32", "32", "--width", "4", "--steps", "1", "--warmup", "0"])
+    frameworks = [(row["arch"], row["framework"].split()[0]) for row in step["rows"]]
+    assert frameworks == [("unet", "JAX"), ("unet", "PyTorch"), ("resnet18_unet", "JAX"), ("resnet18_unet", "PyTorch")]
+    assert all(row["jax_over_torch"] > 0 for row in step["rows"] if "jax_over_torch" in row)

@@ -177,3 +177,22 @@ def test_eval_step_splits_the_batch(model_state, mode):
 def test_a_batch_that_does_not_split_is_refused():
     with pytest.raises(ValueError, match="12 cubes does not split over 8 devices"):
         sharded_genesis_batch(jax.random.key(0), jnp.zeros((12, *CUBE)), DeformConfig(), mesh_of(8))
+
+
+def test_the_2d_pretrain_step_splits_the_batch_over_8_devices():
+    """Models Genesis 2D runs the same step: a UNet2D on 16x16 images, the deformations with
+    dims=2; per-device FLOPs 1/8 and no gather of the images."""
+    from genesis_jax.models import UNet2D
+    graphdef, state = init_train_state(UNet2D(width=4, rngs=nnx.Rngs(0)), TX)
+    task = PretrainTask(base_config())
+    task.deform = DeformConfig(dims=2, batch_mode="vmap", local_blocks=10)
+    images = (BATCH, 16, 16)
+    reports = []
+    for n in (1, 8):
+        mesh = mesh_of(n)
+        step = make_train_step(graphdef, TX, task, jax.random.key(0), mesh)
+        spec = jax.ShapeDtypeStruct(images, jnp.float32, sharding=sharding.batch_sharded(mesh))
+        reports.append(program.analyse(step.lower(state_on(mesh, state), spec, 0).compile()))
+    assert_split(*reports)
+    assert reports[1].largest("all-gather", "all-to-all", "ragged-all-to-all") < BATCH // 8 * 16 * 16 * 4, \
+        reports[1].collective_summary()

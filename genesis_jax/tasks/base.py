@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from genesis_jax.data.cases import unknown_modalities
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
+from genesis_jax.models.unet import UNet2D
 from genesis_jax.models.conv import CONV_MODES, resolve_conv_mode
 from genesis_jax.models.resnet_unet import SMP_WIDTH, ResNet18UNet
 from genesis_jax.transfer import PARTS, check_init_channels
@@ -124,9 +125,9 @@ def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None, d
         return ResNet18UNet(n_class=n_class, width=model_cfg.width, bn_mode=model_cfg.bn_mode,
                             dtype=model_dtype(model_cfg.dtype), rngs=rngs, in_channels=model_cfg.in_channels)
     conv = resolve_conv_mode(model_cfg.conv, platform) if platform else model_cfg.conv
-    return UNet3D(n_class=n_class, width=model_cfg.width, bn_mode=model_cfg.bn_mode,
-                  dtype=model_dtype(model_cfg.dtype), rngs=rngs, conv=conv, in_channels=model_cfg.in_channels,
-                  dims=dims)
+    unet = UNet3D if dims == 3 else UNet2D
+    return unet(n_class=n_class, width=model_cfg.width, bn_mode=model_cfg.bn_mode,
+                dtype=model_dtype(model_cfg.dtype), rngs=rngs, conv=conv, in_channels=model_cfg.in_channels)
 
 
 # Model fields at these values are left out of a run's identity: runs from before the
