@@ -61,6 +61,10 @@ def load_model(init: str):
         raise UserError(f"{init}: restore scores one-channel models on one volume (this one takes "
                         f"{model.in_channels} channels); a multi-channel run shows its restorations in the pictures "
                         f"of its run directory (images/) and its validation loss")
+    if getattr(model, "dims", 3) != 3:
+        raise UserError(f"{init}: a 2D model ({type(model).__name__}); restore scores 3D models on cubes of a "
+                        f"volume. A Models Genesis 2D run shows its restorations in the pictures of its run "
+                        f"directory (images/) and its validation loss")
     model.eval()
     if cfg is None:  # an official .pt: the paper's cubes, CT window and deformations
         return model, (64, 64, 32), "ct", described, None

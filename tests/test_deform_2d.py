@@ -51,14 +51,16 @@ def test_flips_of_images_pick_the_two_axes(flip_axes, identity):
 
 
 def loop_shuffle_2d(image, corner, size, block_key):
-    """The spec in 2D: rectangles in order, read from the unshuffled image, permuted, written."""
+    """The spec in 2D: rectangles in order, read from the unshuffled image, permuted, written.
+    (Each block's permutation of its slots is evaluated up front, all blocks in one call.)"""
     out = image.copy()
-    for (cx, cy), (sx, sy), key in zip(corner, size, block_key):
-        n = sx * sy
-        target = np.asarray(block_permutation(jnp.uint32(key), jnp.arange(n), jnp.int32(n)))
+    n_max = int(np.prod(size, axis=1).max())
+    perms = np.asarray(jax.jit(jax.vmap(lambda k, n: block_permutation(k, jnp.arange(n_max), n)))(
+        jnp.asarray(block_key), jnp.asarray(np.prod(size, axis=1), jnp.int32)))
+    for (cx, cy), (sx, sy), perm in zip(corner, size, perms):
         box = (slice(cx, cx + sx), slice(cy, cy + sy))
         window = image[box].flatten(order="F")  # slot = lx + sx * ly
-        out[box] = window[target].reshape((sx, sy), order="F")
+        out[box] = window[perm[:sx * sy]].reshape((sx, sy), order="F")
     return out
 
 

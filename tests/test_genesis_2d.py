@@ -96,3 +96,13 @@ def test_radiographs_finetune_and_predict_as_images(radiographs, tmp_path, capsy
                   "--config.data.cube_shape=(32, 32)",
                   f"--config.data.train_csv={radiographs / 'all.csv'}", f"--config.data.val_csv={radiographs / 'all.csv'}")
     assert "done: step 2" in out and "accuracy" in out
+
+
+def test_restore_says_it_scores_3d_models(tmp_path, capsys):
+    """restore measures 3D models on cubes: a 2D checkpoint is refused in one line."""
+    torch = pytest.importorskip("torch")
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from genesis_jax.restore import main as restore
+    torch.save(smp.Unet("resnet18", encoder_weights=None, in_channels=1, classes=1).state_dict(), tmp_path / "r.pt")
+    assert restore([f"--init={tmp_path / 'r.pt'}", f"--out={tmp_path / 'out'}"]) == 1
+    assert "a 2D model (ResNet18UNet); restore scores 3D models" in capsys.readouterr().err
