@@ -154,40 +154,41 @@ def main(argv=None) -> dict:
         "host": {"machine": platform.machine(), "python": platform.python_version()},
         "jax_runs": [],
     }
-    print(f"genesis_batch on {result['backend']} ({result['device']}), cubes {shape}, jax {jax.__version__}", flush=True)
+    unit = "cubes" if len(shape) == 3 else "images"
+    print(f"genesis_batch on {result['backend']} ({result['device']}), {unit} {shape}, jax {jax.__version__}", flush=True)
     if args.reference_cubes:
         result["reference"] = bench_reference(args.reference_cubes, shape)
         ref = result["reference"]
-        print(f"reference NumPy loop: {ref['cubes_per_s']:.1f} cubes/s ({ref['ms_per_cube']:.1f} ms/cube, "
-              f"{ref['cubes']} cubes)", flush=True)
+        print(f"reference NumPy loop: {ref['cubes_per_s']:.1f} {unit}/s ({ref['ms_per_cube']:.1f} ms each, "
+              f"{ref['cubes']} {unit})", flush=True)
     for channels in args.channels:
         for batch in args.batch_sizes:
             run = bench_jax(batch, shape, args.repeats, config_for(shape), channels)
             if "reference" in result and run["channels"] == 1:
                 run["speedup_vs_reference"] = run["cubes_per_s"] / result["reference"]["cubes_per_s"]
             result["jax_runs"].append(run)
-            print(f"  batch {batch}, {run['channels']} channel(s): {run['cubes_per_s']:.1f} cubes/s "
-                  f"({run['ms_per_cube']:.2f} ms/cube)", flush=True)
+            print(f"  batch {batch}, {run['channels']} channel(s): {run['cubes_per_s']:.1f} {unit}/s "
+                  f"({run['ms_per_cube']:.2f} ms each)", flush=True)
     if args.stages:
         result["stage_ms_per_cube"] = bench_stages(max(args.batch_sizes), shape, args.repeats)
         if args.reference_cubes:
             result["reference_stage_ms_per_cube"] = bench_reference_stages(min(args.reference_cubes, 10), shape)
 
     print()
-    print("| implementation | batch | channels | cubes/s | ms/cube | vs reference |")
+    print(f"| implementation | batch | channels | {unit}/s | ms each | vs reference |")
     print("|---|---:|---:|---:|---:|---:|")
     if "reference" in result:
         ref = result["reference"]
-        print(f"| NumPy reference (per cube) | 1 | 1 | {ref['cubes_per_s']:.1f} | {ref['ms_per_cube']:.2f} | 1.0x |")
+        print(f"| NumPy reference (one at a time) | 1 | 1 | {ref['cubes_per_s']:.1f} | {ref['ms_per_cube']:.2f} | 1.0x |")
     for run in result["jax_runs"]:
         speedup = f"{run['speedup_vs_reference']:.1f}x" if "speedup_vs_reference" in run else "-"
         print(f"| genesis_batch ({result['backend']}) | {run['batch']} | {run['channels']} | {run['cubes_per_s']:.1f} | "
               f"{run['ms_per_cube']:.3f} | {speedup} |")
     if "stage_ms_per_cube" in result:
-        print("\nper stage, applied to every cube (ms/cube): " +
+        print(f"\nper stage, applied to every one of the {unit} (ms each): " +
               ", ".join(f"{k} {v:.3f}" for k, v in result["stage_ms_per_cube"].items()))
     if "reference_stage_ms_per_cube" in result:
-        print("NumPy reference, each on every cube (ms/cube): " +
+        print("NumPy reference, each on every one (ms each): " +
               ", ".join(f"{k} {v:.3f}" for k, v in result["reference_stage_ms_per_cube"].items()))
     write_json(args.json, result)
     return result
