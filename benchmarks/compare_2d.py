@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from benchmarks.common import run_cli
-from benchmarks.transfer import DATA, SPLITS, split_volumes, summarize, test_dice
+from benchmarks.transfer import DATA, SPLITS, experiment_arguments, prepared_splits, report, seeded_runs, summarize
 
 WIDTH, IMAGE, BATCH = 8, "(64, 64)", 32
 BLOCKS = 625  # genesis_jax.deform.shuffle.blocks_for_shape((64, 64))
@@ -72,26 +71,13 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/compare_2d"))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps per run")
-    parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--transfer-json", type=Path, help="the 3D transfer experiment's --json output, for the 3D rows")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--markdown", type=Path)
+    experiment_arguments(parser)
     args = parser.parse_args(argv)
-    for name in ("chest_ct.nii.gz", "chest_ct_cropped.nii.gz", "chest_ct_cropped_aorta.nii.gz"):
-        if not (DATA / name).is_file():
-            sys.exit(f"error: {DATA / name} not found: the experiment needs the project's shared data")
-    args.out.mkdir(parents=True, exist_ok=True)
-    paths = split_volumes(args.out)
+    args.paths = prepared_splits(args.out)
     pretrained, pretrain_seconds = pretrain_2d(args.out, args.pretrain_steps)
-    rows = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for init in ("scratch", str(pretrained)):
-            workdir, seconds = finetune_2d(args.out, paths, init, seed, args.steps)
-            rows.append({"model": "2D", "init": "scratch" if init == "scratch" else "genesis", "seed": seed,
-                         "seconds": seconds, "test_dice": test_dice(workdir, paths), "workdir": str(workdir)})
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    rows = seeded_runs(args, pretrained, lambda init, seed: finetune_2d(args.out, args.paths, init, seed, args.steps),
+                       model="2D")
     summary = {"2D": summarize(rows)}
     if args.transfer_json:
         three_d = [{**r, "model": "3D"} for r in json.loads(args.transfer_json.read_text())["runs"]]
@@ -99,12 +85,7 @@ def main(argv=None) -> dict:
     result = {"splits_z": SPLITS, "width": WIDTH, "image": IMAGE, "batch": BATCH, "finetune_steps": args.steps,
               "pretrain_steps": args.pretrain_steps, "pretrain_seconds": pretrain_seconds, "runs": rows,
               "summary": summary}
-    print(markdown(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        args.markdown.write_text(markdown(result))
-    return result
+    return report(result, markdown(result), args)
 
 
 if __name__ == "__main__":

@@ -42,30 +42,37 @@ def peak_tflops(device) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), None)
 
 
-def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, conv="auto", channels=1) -> dict:
-    """channels: the U-Net restores cubes of that many channels (in and out)."""
-    model = UNet3D(n_class=channels, width=width, dtype=dtype, rngs=nnx.Rngs(0), fast_upconv=fast_upconv, conv=conv,
-                   in_channels=channels)
+def time_restoration_step(model, inputs, steps: int, warmup: int):
+    """({compile_s, median_step_s, samples_per_s, flops_per_sample}, compiled step) of the
+    restoration step (MSE of the sigmoid output against the input, SGD momentum, state
+    donated) of `model` on `inputs`; FLOPs from the jaxpr's convolutions and matmuls."""
     tx = recipe_sgd()
     graphdef, state = init_train_state(model, tx)
     step = make_model_step(graphdef, tx, restoration_loss)
-    cubes = flat_draw(jax.random.uniform, jax.random.key(0), (batch, *shape, channels), dtype=jnp.float32)
     start = time.perf_counter()
-    traced = step.trace(state, cubes, cubes)
+    traced = step.trace(state, inputs, inputs)
     compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
     def run(i):
-        holder["state"], loss = compiled(holder["state"], cubes, cubes)
+        holder["state"], loss = compiled(holder["state"], inputs, inputs)
         return loss
 
     median = statistics.median(timed(run, steps, warmup))
-    flops = program.model_flops(traced.jaxpr) / batch
+    batch = inputs.shape[0]
+    return {"compile_s": compile_s, "median_step_s": median, "samples_per_s": batch / median,
+            "flops_per_sample": program.model_flops(traced.jaxpr) / batch}, compiled
+
+
+def bench_jax_step(batch, width, shape, dtype, steps, warmup, fast_upconv=True, conv="auto", channels=1) -> dict:
+    """channels: the U-Net restores cubes of that many channels (in and out)."""
+    model = UNet3D(n_class=channels, width=width, dtype=dtype, rngs=nnx.Rngs(0), fast_upconv=fast_upconv, conv=conv,
+                   in_channels=channels)
+    cubes = flat_draw(jax.random.uniform, jax.random.key(0), (batch, *shape, channels), dtype=jnp.float32)
+    timing, compiled = time_restoration_step(model, cubes, steps, warmup)
     return {"batch": batch, "width": width, "channels": channels, "dtype": jnp.dtype(dtype).name,
-            "fast_upconv": fast_upconv,
-            "compile_s": compile_s, "median_step_s": median, "samples_per_s": batch / median,
-            "flops_per_sample": flops, "flops_source": "jaxpr convolutions and matmuls",
+            "fast_upconv": fast_upconv, **timing, "flops_source": "jaxpr convolutions and matmuls",
             "peak_bytes": program.analyse(compiled).peak_bytes}
 
 
@@ -105,13 +112,7 @@ def bench_torch_step(batch, width, shape, dtype, steps, warmup) -> dict:
             torch.cuda.synchronize()
         return loss
 
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        run()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+    median = statistics.median(timed(lambda i: run(), steps, warmup))  # the torch step is synchronous on CPU
     return {"batch": batch, "width": width, "device": device, "torch": torch.__version__,
             "autocast_bf16": use_bf16, "median_step_s": median, "samples_per_s": batch / median}
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -26,12 +25,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from benchmarks.common import timed, write_json
-from genesis_jax import program
+from benchmarks.train_step import time_restoration_step
 from genesis_jax.models import ResNet18UNet, UNet2D
 from genesis_jax.models.init import flat_draw
-from genesis_jax.optim import recipe_sgd
-from genesis_jax.step import init_train_state, make_model_step
-from genesis_jax.tasks import restoration_loss
 
 ARCHS = {"unet": (UNet2D, 32, "batch"), "resnet18_unet": (ResNet18UNet, 64, "running")}
 
@@ -41,24 +37,9 @@ def bench_jax(arch: str, batch: int, shape, steps: int, warmup: int, width: int 
     kind, default_width, bn_mode = ARCHS[arch]
     width = width if arch == "unet" and width else default_width
     model = kind(width=width, bn_mode=bn_mode, rngs=nnx.Rngs(0))
-    tx = recipe_sgd()
-    graphdef, state = init_train_state(model, tx)
-    step = make_model_step(graphdef, tx, restoration_loss)
     images = flat_draw(jax.random.uniform, jax.random.key(0), (batch, *shape, 1), dtype=jnp.float32)
-    start = time.perf_counter()
-    traced = step.trace(state, images, images)
-    compiled = traced.lower().compile()
-    compile_s = time.perf_counter() - start
-    holder = {"state": state}
-
-    def run(i):
-        holder["state"], loss = compiled(holder["state"], images, images)
-        return loss
-
-    median = statistics.median(timed(run, steps, warmup))
-    return {"arch": arch, "framework": "JAX", "batch": batch, "width": width,
-            "compile_s": compile_s, "median_step_s": median, "samples_per_s": batch / median,
-            "flops_per_sample": program.model_flops(traced.jaxpr) / batch}
+    timing, _ = time_restoration_step(model, images, steps, warmup)
+    return {"arch": arch, "framework": "JAX", "batch": batch, "width": width, **timing}
 
 
 def torch_model(arch: str, width: int | None = None):
@@ -83,13 +64,7 @@ def bench_torch(arch: str, batch: int, shape, steps: int, warmup: int, width: in
         loss.backward()
         opt.step()
 
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        run()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+    median = statistics.median(timed(lambda i: run(), steps, warmup))  # the torch step is synchronous on CPU
     return {"arch": arch, "framework": f"PyTorch {torch.__version__}", "batch": batch, "median_step_s": median,
             "samples_per_s": batch / median}
 

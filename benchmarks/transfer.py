@@ -102,6 +102,47 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def experiment_arguments(parser) -> None:
+    """The options every experiment on the aorta split takes."""
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps per run")
+    parser.add_argument("--pretrain-steps", type=int, default=1000)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+
+
+def prepared_splits(out: Path) -> dict:
+    """The split volumes under out (written once); exit with one line without the shared data."""
+    for name in ("chest_ct.nii.gz", "chest_ct_cropped.nii.gz", "chest_ct_cropped_aorta.nii.gz"):
+        if not (DATA / name).is_file():
+            sys.exit(f"error: {DATA / name} not found: the experiment needs the project's shared data")
+    out.mkdir(parents=True, exist_ok=True)
+    return split_volumes(out)
+
+
+def seeded_runs(args, pretrained, finetune_run, **fields) -> list[dict]:
+    """From scratch and from `pretrained` at each seed: finetune_run(init, seed) -> (run
+    directory, seconds), then the test Dice; one row each (with `fields`), printed as it ends."""
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for init in ("scratch", str(pretrained)):
+            workdir, seconds = finetune_run(init, seed)
+            rows.append({**fields, "init": "scratch" if init == "scratch" else "genesis", "seed": seed,
+                         "seconds": seconds, "test_dice": test_dice(workdir, args.paths), "workdir": str(workdir)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def report(result: dict, table: str, args) -> dict:
+    """Print the table; write the JSON and the table where asked."""
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    if args.markdown:
+        args.markdown.write_text(table)
+    return result
+
+
 def markdown(result: dict) -> str:
     lines = ["| init | seed | test Dice (aorta) | fine-tune wall time |", "|---|---:|---:|---:|"]
     lines += [f"| {r['init']} | {r['seed']} | {r['test_dice']:.4f} | {r['seconds'] / 60:.1f} min |"
@@ -115,41 +156,22 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/transfer"))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps per run")
-    parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--pretrained", type=Path, help="an existing pre-training run (width 8) to fine-tune from "
                         "instead of running the pre-training stage")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--markdown", type=Path)
+    experiment_arguments(parser)
     args = parser.parse_args(argv)
-    for name in ("chest_ct.nii.gz", "chest_ct_cropped.nii.gz", "chest_ct_cropped_aorta.nii.gz"):
-        if not (DATA / name).is_file():
-            sys.exit(f"error: {DATA / name} not found: the experiment needs the project's shared data")
-    args.out.mkdir(parents=True, exist_ok=True)
-    paths = split_volumes(args.out)
+    args.paths = prepared_splits(args.out)
     if args.pretrained:
         pretrained, pretrain_seconds = args.pretrained, None
     else:
         pretrained, pretrain_seconds = pretrain(args.out, args.pretrain_steps)
-    rows = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for init in ("scratch", str(pretrained)):
-            workdir, seconds = finetune(args.out, paths, init, seed, args.steps)
-            rows.append({"init": "scratch" if init == "scratch" else "genesis", "seed": seed, "seconds": seconds,
-                         "test_dice": test_dice(workdir, paths), "workdir": str(workdir)})
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    rows = seeded_runs(args, pretrained, lambda init, seed: finetune(args.out, args.paths, init, seed, args.steps))
     import jax
     result = {"splits_z": SPLITS, "width": WIDTH, "cube": CUBE, "finetune_steps": args.steps,
               "pretrain_steps": args.pretrain_steps, "pretrained": str(pretrained),
               "pretrain_seconds": pretrain_seconds,
               "runs": rows, "summary": summarize(rows), "jax": jax.__version__, "device": str(jax.devices()[0])}
-    print(markdown(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        args.markdown.write_text(markdown(result))
-    return result
+    return report(result, markdown(result), args)
 
 
 if __name__ == "__main__":
