@@ -56,8 +56,9 @@ from genesis_jax.data.store import CubeStoreWriter
 from genesis_jax.errors import UserError
 from genesis_jax.data.cases import Case, find_cases, is_manifest, parse_channel_names, parse_modalities, read_case, \
     read_manifest, unit_channels, unknown_modalities
-from genesis_jax.data.images import SLICE_AXES, find_2d_inputs, read_image, resize, slices_last, xray_unit
-from genesis_jax.data.volumes import VolumeError, find_inputs, resample
+from genesis_jax.data.batches import sampler_crop
+from genesis_jax.data.images import SLICE_AXES, find_2d_inputs, read_image, resize, slices_last
+from genesis_jax.data.volumes import VolumeError, find_inputs, resample, to_unit_range
 
 
 def parse_args(argv):
@@ -158,7 +159,7 @@ def prepare_image(path: Path, args):
     """(image (1, H, W, 1), source record) of one radiograph or other 2D image: its own
     0.5-99.5 percentile window, resized whole to --image-shape. VolumeError for a bad one."""
     array = read_image(path)
-    unit, window = xray_unit(array)
+    unit, window = to_unit_range(array, "xray")
     image = resize(unit, args.shape)
     record = {"path": str(path), "shape": list(array.shape), "window": list(window), "window_rule": "percentiles 0.5-99.5",
               "cubes": 1, "tries": 1}
@@ -234,8 +235,7 @@ def run(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    crop = args.shape if args.dims == 3 else (*args.shape, 1)
-    cfg = SamplerConfig(crop=crop, filter=args.filter, cubes_per_volume=args.cubes_per_volume,
+    cfg = SamplerConfig(crop=sampler_crop(args.shape), filter=args.filter, cubes_per_volume=args.cubes_per_volume,
                         tries_per_cube=args.tries_per_cube, border=tuple(args.border) if args.border else "auto",
                         filter_channel=filter_channel)
     start = time.perf_counter()

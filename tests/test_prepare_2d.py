@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from genesis_jax.data.cases import unit_channels
-from genesis_jax.data.images import radiograph_of, read_image, slices_last, xray_unit
+from genesis_jax.data.images import radiograph_of, read_image, slices_last
 from genesis_jax.data.sampler import SamplerConfig, sample_cubes
 from genesis_jax.data.store import open_store, read_store_channels, store_dims
-from genesis_jax.data.volumes import read_volume
+from genesis_jax.data.volumes import read_volume, to_unit_range
 from genesis_jax.prepare import run
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -88,7 +88,7 @@ def test_radiographs_to_a_2d_store(tmp_path, capsys):
     assert (images.min(axis=(1, 2, 3)) < 0.01).all() and (images.max(axis=(1, 2, 3)) > 0.99).all()
     sources = {Path(s["path"]).name: s for s in attributes["sources"]}
     assert sources["drr.png"]["window_rule"] == "percentiles 0.5-99.5"
-    expected = xray_unit(wide.astype(np.float32))[0]
+    expected = to_unit_range(wide.astype(np.float32), "xray")[0]
     assert sources["drr.png"]["shape"] == list(expected.shape)
 
 

@@ -101,6 +101,18 @@ class VolumeBatches:
         return np.stack([self.cube(step, i) for i in mine]).astype(np.float32)
 
 
+def sampler_crop(shape) -> tuple[int, ...]:
+    """The crop the 3D samplers cut for samples of `shape`: the cube itself, or a 2D
+    image's (H, W, 1), one slice deep."""
+    shape = tuple(int(d) for d in shape)
+    return shape if len(shape) == 3 else (*shape, 1)
+
+
+def flat(source, dims: int):
+    """A source of crops as it is (3D), or its (H, W, 1) crops served as images (2D)."""
+    return source if dims == 3 else SliceBatches(source)
+
+
 class SliceBatches:
     """2D images from a source of (H, W, 1) crops (VolumeBatches, segmentation's
     PatchSampler): batches (n, H, W, C)."""

@@ -4,7 +4,7 @@ Images: PNG, JPEG, TIFF (8- or 16-bit grayscale; colour is converted to luminanc
 single-frame DICOM radiographs (CR, DX: the rescale slope and intercept applied, and
 MONOCHROME1, where bright means low values, inverted so that bone is bright as in
 MONOCHROME2). An image array is (H, W) = (rows, columns). Radiographs have no calibrated
-units, so each is windowed by its own 0.5-99.5 percentiles (xray_unit), then resized
+units, so each is windowed by its own 0.5-99.5 percentiles (modality xray), then resized
 whole to the requested shape (a chest X-ray's anatomy is the whole image).
 
 Volume slices: the volume's slice axis is moved last and crops of (H, W, 1) are sampled
@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from genesis_jax.data.volumes import DICOM_SUFFIXES, PICTURE_SUFFIXES, Volume, VolumeError, _read_itk_file, _sitk, \
-    checked_volume, find_inputs, is_dicom_file, is_image_file, percentile_window, read_volume
+    checked_volume, find_inputs, is_dicom_file, is_image_file, read_volume
 # DICOM Modality (0008,0060) of projection radiographs: each file is one 2D image. Other
 # DICOM files in a folder (CT, MR, PT slices) are a series: a volume, sliced.
 RADIOGRAPH_MODALITIES = ("CR", "DX", "RG", "MG", "PX", "IO", "XA", "RF", "DR")
 SLICE_AXES = ("x", "y", "z")
-XRAY_PERCENTILES = (0.5, 99.5)
 
 
 def is_picture(path) -> bool:
@@ -106,8 +105,7 @@ def _read_dicom_image(path: Path) -> np.ndarray:
     image = _read_itk_file(path)  # SimpleITK applies RescaleSlope and RescaleIntercept
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(path, "a colour DICOM image; radiographs are grayscale")
-    import SimpleITK as sitk
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array = _sitk().GetArrayFromImage(image).astype(np.float32)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
@@ -124,11 +122,6 @@ def _finite(path, array: np.ndarray) -> np.ndarray:
     if not np.isfinite(array).all():
         raise VolumeError(path, "the image holds NaN or infinite values")
     return array
-
-
-def xray_unit(array: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """([0, 1] image, window): the image's own 0.5-99.5 percentiles map to 0 and 1."""
-    return percentile_window(array, *XRAY_PERCENTILES)
 
 
 def resize(array: np.ndarray, shape) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genesis_jax.data.batches import InMemoryCubes, SliceBatches, StoreBatches, VolumeBatches
+from genesis_jax.data.batches import InMemoryCubes, StoreBatches, VolumeBatches, flat, sampler_crop
 from genesis_jax.data.images import slices_last
 from genesis_jax.data.sampler import SamplerConfig
 from genesis_jax.data.store import open_store, store_digest, store_sample_shape
@@ -60,7 +60,7 @@ def load_run_data(data, seed: int) -> RunData:
     volumes = [to_unit_range(read_volume(p).array, data.modality)[0][..., None] for p in paths]  # one channel
     if len(cube_shape) == 2:  # 2D: (H, W, 1) crops across the slice axis, its third place
         volumes = [slices_last(v, data.slice_axis) for v in volumes]
-    cfg = SamplerConfig(crop=cube_shape if len(cube_shape) == 3 else (*cube_shape, 1), filter=data.filter)
+    cfg = SamplerConfig(crop=sampler_crop(cube_shape), filter=data.filter)
     train = flat(VolumeBatches(volumes, cfg, seed), len(cube_shape))
     validation = flat(VolumeBatches(volumes, cfg, seed + _VALIDATION_SEED_OFFSET), len(cube_shape)).batch(
         0, int(data.val_cubes))
@@ -69,11 +69,6 @@ def load_run_data(data, seed: int) -> RunData:
     return RunData(train, InMemoryCubes(validation), len(volumes) * int(data.cubes_per_volume),
                    f"{len(paths)} volume(s) sampled on the fly ({data.filter} filter, epoch = "
                    f"{data.cubes_per_volume} {what} per volume): {names}", files_sha256(paths))
-
-
-def flat(batches: VolumeBatches, dims: int):
-    """The batches as they are (3D), or their (H, W, 1) crops as images (2D)."""
-    return batches if dims == 3 else SliceBatches(batches)
 
 
 def _store_data(data, seed: int, cube_shape) -> RunData:

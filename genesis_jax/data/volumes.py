@@ -306,22 +306,18 @@ def read_volume(path) -> Volume:
     path = Path(path)
     if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
         array, spacing, affine = _read_nifti(path)
-        return _checked(array, spacing, path, affine)
+        return checked_volume(array, spacing, path, affine)
     image = _read_dicom_series(path) if path.is_dir() else _read_itk_file(path)
     _check_size(path, image.GetSize())
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(path, f"{image.GetNumberOfComponentsPerPixel()} components per voxel; need a scalar volume")
     image = sitk.DICOMOrient(image, "LPS")
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
-    return _checked(np.ascontiguousarray(array), tuple(float(s) for s in image.GetSpacing()), path, _itk_affine(image))
+    return checked_volume(np.ascontiguousarray(array), tuple(float(s) for s in image.GetSpacing()), path, _itk_affine(image))
 
 
 def checked_volume(array: np.ndarray, spacing, path, affine=None) -> Volume:
     """A Volume of the array, VolumeError for NaN/Inf voxels or an invalid spacing."""
-    return _checked(array, spacing, path, affine)
-
-
-def _checked(array: np.ndarray, spacing, path, affine=None) -> Volume:
     if not np.isfinite(array).all():
         raise VolumeError(path, f"{int((~np.isfinite(array)).sum())} NaN/Inf voxels")
     if not all(np.isfinite(s) and s > 0 for s in spacing):

@@ -115,7 +115,7 @@ def load_pytorch_checkpoint(path, bn_mode: str | None = None, n_class: int | Non
         if key not in state_dict:
             continue
         array = state_dict[key].detach().cpu().float().numpy()
-        axes = _axes(p, array.ndim, to_jax=True)
+        axes = _axes(p, len(var.shape), to_jax=True)  # the model's kernel rank: a tensor of another is mis-shaped
         array = array.transpose(axes) if axes and array.ndim == len(var.shape) else array
         if array.shape != var.shape:
             to_torch = _axes(p, len(var.shape), to_jax=False) or range(len(var.shape))

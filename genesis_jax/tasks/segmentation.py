@@ -73,8 +73,8 @@ class SegmentationTask(FineTuneTask):
     @property
     def window(self) -> tuple[int, ...]:
         """The patch as the 3D samplers cut it: patch_shape, or (H, W, 1) in 2D."""
-        shape = tuple(int(d) for d in self.cfg.data.patch_shape)
-        return shape if self.dims == 3 else (*shape, 1)
+        from genesis_jax.data.batches import sampler_crop
+        return sampler_crop(self.cfg.data.patch_shape)
 
     def oriented(self, array):
         """An (X, Y, Z, ...) array with the 2D slice axis third (3D: as it is)."""
@@ -145,7 +145,7 @@ class SegmentationTask(FineTuneTask):
         return build_unet(self.cfg.model, rngs, n_class=self.n_classes, platform=self.platform, dims=self.dims)
 
     def load_data(self):
-        from genesis_jax.data.batches import InMemoryCubes
+        from genesis_jax.data.batches import InMemoryCubes, flat
         from genesis_jax.data.labelled import PatchSampler, label_value_list, read_labelled
         from genesis_jax.data.sources import RunData, files_sha256
         data, values = self.cfg.data, label_value_list(self.groups)
@@ -156,8 +156,8 @@ class SegmentationTask(FineTuneTask):
                          for case in cases[split]] for split in cases}
         if not pairs["val"]:
             pairs["train"], pairs["val"] = self.held_out(pairs["train"], cases["train"])
-        train = self.flat(PatchSampler(pairs["train"], self.window, data.foreground_ratio, self.cfg.seed))
-        frozen = self.flat(PatchSampler(pairs["val"], self.window, data.foreground_ratio, self.cfg.seed + 1))
+        train = flat(PatchSampler(pairs["train"], self.window, data.foreground_ratio, self.cfg.seed), self.dims)
+        frozen = flat(PatchSampler(pairs["val"], self.window, data.foreground_ratio, self.cfg.seed + 1), self.dims)
         validation = InMemoryCubes(frozen.batch(0, int(data.val_patches)))
         self.val_volumes, self.channels = pairs["val"], list(channels)
         paths = [p for split in cases.values() for case in split for p in (*case.paths, case.label)]
@@ -167,11 +167,6 @@ class SegmentationTask(FineTuneTask):
                      f"values {data.label_values}{' (overlapping groups)' if overlapping(self.groups) else ''}, "
                      f"patches {tuple(data.patch_shape)} ({data.foreground_ratio:.0%} centred on foreground)")
         return RunData(train, validation, int(data.patches_per_epoch), described, files_sha256(paths), list(channels))
-
-    def flat(self, sampler):
-        """The sampler (3D), or its (H, W, 1) patches served as images (2D)."""
-        from genesis_jax.data.batches import SliceBatches
-        return sampler if self.dims == 3 else SliceBatches(sampler)
 
     def held_out(self, pairs, cases) -> tuple[list, list]:
         """(training pairs, validation pairs) when no validation volumes are given: a z slab
