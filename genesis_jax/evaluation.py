@@ -32,7 +32,7 @@ class FrozenValidation:
     def __init__(self, cubes, batch_size: int, mesh, images: int):
         """cubes: len() and rows(start, stop) -> np.ndarray (data/batches.py)."""
         self.cubes, self.mesh = cubes, mesh
-        self.batches = validation_batches(len(cubes), batch_size, mesh.size)
+        self.batches = validation_batches(len(cubes), batch_size, sharding.data_size(mesh))
         self.size = self.batches[-1][1]
         self.images = min(images, self.batches[0][1])
         self._first_rows = jax.jit(lambda tree: jax.tree.map(lambda a: a[: self.images], tree),

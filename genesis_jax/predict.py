@@ -49,18 +49,23 @@ def parse_args(argv):
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
     parser.add_argument("--blend", choices=("gaussian", "mean"), default="gaussian")
     parser.add_argument("--batch", type=int, default=0, help="windows per device call (default: the run's batch)")
+    parser.add_argument("--mesh-space", type=int, default=1, help="devices sharing each window, its X axis split "
+                        "over them (windows bigger than one device; default 1: windows split over the devices)")
     return parser.parse_args(argv)
 
 
-def load_model(workdir):
-    """(model in eval mode, SegmentationTask, step of the checkpoint)."""
+def load_model(workdir, space: int = 1):
+    """(model in eval mode, SegmentationTask, step of the checkpoint); space: devices
+    sharing each window (checked against the run's patch before the checkpoint is read)."""
     from genesis_jax.errors import UserError
     from genesis_jax.tasks import SegmentationTask
     from genesis_jax.rundir import load_checkpoint, read_run_config
     cfg = read_run_config(workdir)
     if cfg.task != "segmentation":
         raise UserError(f"{workdir}: a {cfg.task} run; predict needs a segmentation fine-tuning run")
+    cfg.mesh.space = space
     task = SegmentationTask(cfg)
+    task.check_space(space, "--mesh-space ")
     model, meta = load_checkpoint(cfg, workdir, best=True, task=task)
     model.eval()
     return model, task, meta.get("step")
@@ -168,7 +173,7 @@ def main(argv=None) -> int:
     try:
         if not 0.0 <= args.overlap < 1.0:
             raise UserError(f"--overlap must be in [0, 1), got {args.overlap}")
-        model, task, step = load_model(args.workdir)
+        model, task, step = load_model(args.workdir, args.mesh_space)
         channels = run_channels(args.workdir, model)
         case, label_path = input_case(args.input, channels)
         picture = is_picture(case.paths[0])
@@ -182,10 +187,10 @@ def main(argv=None) -> int:
                 raise UserError(f"{args.labels or label_path}: shape {truth_volume.array.shape}, the input's is "
                                 f"{volumes[0].array.shape}")
             truth = task.truth_masks(map_labels(truth_volume.array, label_value_list(task.groups)))
-        mesh = sharding.make_mesh()
-        batch = args.batch or task.cfg.batch_size
+        mesh = sharding.make_mesh(space=args.mesh_space)
+        batch, ways = args.batch or task.cfg.batch_size, sharding.data_size(mesh)
         unit = unit_channels(volumes, parse_modalities(task.cfg.data.modality, channels))[0]
-        masks = task.class_masks(task.probabilities(model, unit, mesh, max(mesh.size, batch - batch % mesh.size),
+        masks = task.class_masks(task.probabilities(model, unit, mesh, max(ways, batch - batch % ways),
                                                     args.overlap, args.blend))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

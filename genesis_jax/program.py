@@ -135,6 +135,62 @@ def analyse(compiled) -> ProgramReport:
     )
 
 
+def halo_bytes(closed_jaxpr, data: int = 1) -> float:
+    """Halo bytes one device receives per step when the activations' X axis (axis 1 of
+    every (N, X, Y, Z, C) array) is split over devices: for each convolution of the traced
+    program (forward, and both gradients where traced with them: the input gradient's
+    padding reaches into the output gradient's neighbours, the kernel gradient's into the
+    input's) its padding along X, lo + hi planes of its input, which XLA's partitioner
+    fetches from the neighbouring slabs (one collective-permute per side). The program is
+    traced with global shapes; the batch is split `data` ways. A 1x1x1 convolution has
+    no padding and no halo; neither have the pooling and the transposed convolution,
+    which stay inside each slab."""
+    import math
+    total = 0.0
+
+    def walk(jaxpr):
+        nonlocal total
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                lhs = eqn.invars[0].aval
+                x_axis = eqn.params["dimension_numbers"].lhs_spec[2]  # the first spatial axis
+                planes = sum(eqn.params["padding"][0])
+                total += planes * math.prod(lhs.shape) / lhs.shape[x_axis] * lhs.dtype.itemsize / data
+            for sub in _sub_jaxprs(eqn.params):
+                walk(sub)
+
+    walk(getattr(closed_jaxpr, "jaxpr", closed_jaxpr))
+    return total
+
+
+def spatial_split_problems(split: "ProgramReport", unsplit_flops: float, space: int, halo: float,
+                           smallest_activation: float, reduce_limit: float) -> list[str]:
+    """What shows that a step whose activations are split `space` ways along X is not
+    (empty: it is). Per-device FLOPs must be at most 1.15 x 1/space of the unsplit
+    step's; the collective-permutes must move the predicted halo (halo_bytes) within a
+    factor 1.5 either way; no all-gather or all-to-all may be as large as the smallest
+    activation's per-device share (which a gathered activation would be); and the
+    all-reduces (gradients, BatchNorm statistics, the loss's sums) must stay under
+    reduce_limit bytes."""
+    problems = []
+    if split.flops > 1.15 * unsplit_flops / space:
+        problems.append(f"per-device FLOPs {split.flops / 1e9:.3f} G > 1.15 x 1/{space} of the unsplit step's "
+                        f"{unsplit_flops / 1e9:.3f} G ({split.flops * space / unsplit_flops:.2f} x its share)")
+    permuted = sum(c.bytes for c in split.collectives if c.kind == "collective-permute")
+    if not halo / 1.5 <= permuted <= 1.5 * halo:
+        problems.append(f"collective-permutes move {format_bytes(permuted)}, the predicted halo is "
+                        f"{format_bytes(halo)} (allowed: within 1.5x)")
+    gathered = split.largest("all-gather", "all-to-all")
+    if gathered >= smallest_activation:
+        problems.append(f"an all-gather or all-to-all of {format_bytes(gathered)} (the smallest activation's "
+                        f"per-device share is {format_bytes(smallest_activation)}): an activation was gathered")
+    reduced = sum(c.bytes for c in split.collectives if c.kind in ("all-reduce", "reduce-scatter"))
+    if reduced > reduce_limit:
+        problems.append(f"all-reduces of {format_bytes(reduced)} > {format_bytes(reduce_limit)} (gradients, "
+                        f"BatchNorm statistics and the loss's sums)")
+    return problems
+
+
 def tree_bytes(tree) -> int:
     """Bytes of every array leaf (arrays or ShapeDtypeStructs) of a pytree."""
     import jax

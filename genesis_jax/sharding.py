@@ -1,9 +1,17 @@
-"""The device mesh and the shardings of the data-parallel step.
+"""The device mesh and the shardings of the train, eval and predict steps.
 
-One mesh axis, 'data': parameters, BatchNorm statistics and optimizer state are
-replicated; batches are split along their first axis. Axis type Auto (jax >= 0.10 makes
-Explicit the default of jax.make_mesh) so that the step's collectives, BatchNorm's
-global-batch means included, are inserted by the compiler.
+Axis 'data' splits batches along their first axis. Segmentation fine-tuning and
+prediction may add a second axis, 'space' (config.mesh.space = k, `predict
+--mesh-space k`): each patch's X axis is split over k devices, so one patch can be
+larger than one device's memory (spatial partitioning). XLA's partitioner then runs
+every 3x3x3 convolution on its own slab of X and exchanges one plane of halo with each
+neighbour (collective-permutes); BatchNorm's statistics and the loss's sums are reduced
+over all shards (all-reduces), so the numbers are those of the unsplit step
+(tests/test_spatial.py proves both from the compiled program).
+
+Parameters, BatchNorm statistics and optimizer state are replicated. Axis type Auto
+(jax >= 0.10 makes Explicit the default of jax.make_mesh) so that the step's
+collectives are inserted by the compiler.
 """
 
 from __future__ import annotations
@@ -15,9 +23,35 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from genesis_jax.errors import UserError
 
 
-def make_mesh(devices=None) -> Mesh:
+def make_mesh(devices=None, space: int = 1) -> Mesh:
+    """('data',) over the devices, or ('data', 'space') with `space` devices per patch;
+    a space group's devices are consecutive, so it stays within one host."""
     devices = list(devices) if devices is not None else jax.devices()
-    return Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
+    if space == 1:
+        return Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
+    check_space(space, len(devices))
+    grid = np.array(devices).reshape(len(devices) // space, space)
+    for row in grid:
+        hosts = {getattr(d, "process_index", 0) for d in row}
+        if len(hosts) > 1:
+            raise UserError(f"mesh.space={space}: a patch's {space} devices would span processes {sorted(hosts)}; "
+                            f"keep mesh.space within one host's devices ({jax.local_device_count()} here)")
+    return Mesh(grid, ("data", "space"), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def check_space(space: int, devices: int) -> None:
+    if space < 1 or devices % space:
+        raise UserError(f"mesh.space={space} must be >= 1 and divide the device count ({devices})")
+
+
+def data_size(mesh: Mesh) -> int:
+    """How many ways the batch splits: the 'data' axis."""
+    return mesh.shape["data"]
+
+
+def space_size(mesh: Mesh) -> int:
+    """How many devices share one patch: the 'space' axis (1 without one)."""
+    return mesh.shape.get("space", 1)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -25,7 +59,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P("data"))
+    """Batches (N, X, ...): N over 'data', and X over 'space' where the mesh has it."""
+    return NamedSharding(mesh, P("data", "space") if "space" in mesh.axis_names else P("data"))
 
 
 def replicate(tree, mesh: Mesh):
@@ -33,11 +68,14 @@ def replicate(tree, mesh: Mesh):
 
 
 def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
-    """This process's rows of the global batch -> one global array split over 'data'."""
+    """This process's rows of the global batch -> one global array split over the mesh."""
     return jax.make_array_from_process_local_data(batch_sharded(mesh), local)
 
 
-def check_batch_size(global_batch_size: int, devices: int) -> None:
-    if global_batch_size % devices:
-        raise UserError(f"batch_size {global_batch_size} does not split over {devices} devices; "
-                         f"use a multiple of {devices}")
+def check_batch_size(global_batch_size: int, devices: int, space: int = 1) -> None:
+    """The batch splits over the 'data' axis: devices / space ways."""
+    ways = devices // space
+    if global_batch_size % ways:
+        across = f"{ways} data-parallel groups ({devices} devices, mesh.space={space})" if space > 1 \
+            else f"{devices} devices"
+        raise UserError(f"batch_size {global_batch_size} does not split over {across}; use a multiple of {ways}")

@@ -34,6 +34,7 @@ from genesis_jax.rundir import build_state, checkpoint_dir, export_best, has_che
     task_optimizer, write_run_files
 from genesis_jax.step import RECENT_STEPS, make_eval_step, make_train_step, model_from_state
 from genesis_jax.tasks import task_for
+from genesis_jax.tasks.base import mesh_space
 
 _VALIDATION_KEY = 2**31 - 1  # fold_in tag of the frozen validation preparation
 
@@ -59,20 +60,22 @@ def validate_config(cfg, task=None, require_data: bool = True) -> None:
         raise UserError(f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
     if cfg.early_stopping_patience <= 0:
         raise UserError(f"early_stopping_patience must be > 0, got {cfg.early_stopping_patience}")
-    if require_data:
-        check_devices(cfg)
     check_optimizer_config(cfg.optimizer, cfg.schedule)
     task = task or task_for(cfg)
     task.check_config()
+    if require_data:
+        check_devices(cfg)
     task.check_data(require_data)
 
 
 def check_devices(cfg) -> None:
-    """num_devices exists here and the batch splits over the devices the run will use."""
+    """num_devices exists here, mesh.space divides it and the batch splits over the rest."""
     if not 0 <= cfg.num_devices <= jax.device_count():
         raise UserError(f"num_devices must be in [0, {jax.device_count()}] (0: every device; this machine has "
                         f"{jax.device_count()}), got {cfg.num_devices}")
-    sharding.check_batch_size(cfg.batch_size, cfg.num_devices or jax.device_count())
+    devices = cfg.num_devices or jax.device_count()
+    sharding.check_space(mesh_space(cfg), devices)
+    sharding.check_batch_size(cfg.batch_size, devices, mesh_space(cfg))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +180,7 @@ def program_key(cfg, task, cadence: Cadence, graphdef, mesh) -> tuple:
 
 def setup_run(cfg, workdir: Path, task):
     """(Run, initial state): mesh, data, model, optimizer, steps, validation, checkpointer."""
-    mesh = sharding.make_mesh(jax.devices()[: cfg.num_devices] if cfg.num_devices else None)
+    mesh = sharding.make_mesh(jax.devices()[: cfg.num_devices] if cfg.num_devices else None, mesh_space(cfg))
     data = task.load_data()
     cadence = Cadence.from_config(cfg, data.train_cubes)
     tx = task_optimizer(cfg, task, cadence.steps_per_epoch)

@@ -24,6 +24,9 @@ def common_config() -> ml_collections.ConfigDict:
     c.export_pytorch = True          # also write the best weights as a PyTorch state_dict
     c.num_devices = 0                # 0: all devices; N: the first N (tests, debugging)
     c.allow_data_change = False      # resume even though the data's sha256 differs from the run's start
+    c.mesh = ml_collections.ConfigDict(dict(
+        space=1,                     # devices sharing one patch, its X axis split over them (segmentation: patches bigger than a device; pre-training and classification keep 1); the batch splits over the rest
+    ))
 
     c.model = ml_collections.ConfigDict(dict(
         arch="unet",                 # unet (the official U-Net; 2D data: its 2D counterpart) | resnet18_unet (2D only: smp.Unet("resnet18")'s layout)

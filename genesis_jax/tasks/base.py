@@ -110,10 +110,48 @@ def follow_channels(model_cfg, channels, source: str) -> None:
     model_cfg.in_channels = count
 
 
-def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None, dims: int = 3):
+def mesh_space(cfg) -> int:
+    """config.mesh.space: devices sharing one patch (1 in configs from before the field)."""
+    mesh = cfg.get("mesh")
+    return int(mesh.get("space", 1)) if mesh is not None else 1
+
+
+def refuse_space(cfg, task: str) -> None:
+    """UserError for mesh.space > 1 in a task whose examples fit one device."""
+    if mesh_space(cfg) != 1:
+        raise UserError(f"mesh.space={mesh_space(cfg)}: {task} keeps the data axis only (its examples fit one "
+                        f"device); spatial partitioning splits segmentation patches (finetune "
+                        f"--config=segmentation, predict --mesh-space): leave mesh.space at 1")
+
+
+def check_space_split(field: str, shape, space: int, multiple: int = 8, space_name: str = "mesh.space=") -> None:
+    """UserError naming the field unless X splits into `space` slabs that stay whole
+    through the U-Net's poolings: X / space a multiple of `multiple` (8: three poolings)."""
+    if space < 1:
+        raise UserError(f"{space_name}{space}: must be >= 1")
+    if space > 1 and shape[0] % (multiple * space):
+        raise UserError(f"{field} {tuple(shape)} with {space_name}{space}: X = {shape[0]} must be a multiple of "
+                        f"{multiple} x {space} = {multiple * space} (each device's slab, X / {space} = "
+                        f"{shape[0] / space:g}, must stay a multiple of {multiple} through the U-Net's poolings)")
+
+
+def spatial_conv(conv: str, space: int) -> str:
+    """The convolutions' formulation under a 'space' axis of `space` devices: native. The
+    stacked form folds X into the batch, which the partitioner can only do by gathering
+    every activation (tests/test_spatial.py shows it)."""
+    if space == 1:
+        return conv
+    if conv == "stacked2d":
+        raise UserError(f"model.conv=stacked2d with mesh.space={space}: the stacked form folds X into the batch, "
+                        f"which a split X cannot be (XLA would gather every activation); use auto or native")
+    return "native"
+
+
+def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None, dims: int = 3, space: int = 1):
     """The configured U-Net for data of `dims` spatial axes (UNet3D, its 2D counterpart,
     or ResNet18UNet); platform: resolve conv="auto" for that platform (an ahead-of-time
-    compile for another one), not for this machine."""
+    compile for another one), not for this machine; space > 1: native convolutions
+    (spatial_conv)."""
     if model_cfg.bn_mode not in ("batch", "running"):
         raise UserError(f"model.bn_mode must be 'batch' or 'running', got {model_cfg.bn_mode!r}")
     if model_cfg.width < 1:
@@ -125,6 +163,7 @@ def build_unet(model_cfg, rngs, n_class: int = 1, platform: str | None = None, d
         return ResNet18UNet(n_class=n_class, width=model_cfg.width, bn_mode=model_cfg.bn_mode,
                             dtype=model_dtype(model_cfg.dtype), rngs=rngs, in_channels=model_cfg.in_channels)
     conv = resolve_conv_mode(model_cfg.conv, platform) if platform else model_cfg.conv
+    conv = spatial_conv(conv, space)
     unet = UNet3D if dims == 3 else UNet2D
     return unet(n_class=n_class, width=model_cfg.width, bn_mode=model_cfg.bn_mode,
                 dtype=model_dtype(model_cfg.dtype), rngs=rngs, conv=conv, in_channels=model_cfg.in_channels)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from genesis_jax.configs.base import classification_base
 from genesis_jax.errors import UserError
 from genesis_jax.tasks.base import FineTuneTask, build_unet, check_model, check_modality, check_multiple_of_8, \
-    check_paths_exist, follow_channels, model_identity
+    check_paths_exist, follow_channels, model_identity, refuse_space
 
 
 class ClassificationTask(FineTuneTask):
@@ -29,6 +29,7 @@ class ClassificationTask(FineTuneTask):
 
     def check_config(self) -> None:
         shape = self.cfg.data.cube_shape
+        refuse_space(self.cfg, "classification")
         check_model(self.cfg.model, len(shape))
         if self.cfg.model.get("arch", "unet") != "unet":
             raise UserError(f"model.arch={self.cfg.model.arch}: classification's head (the official TargetNet) "

@@ -15,7 +15,7 @@ from genesis_jax.deform.config import HOW_COMPUTED, resolve_lookups
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
 from genesis_jax.tasks.base import build_unet, check_model, check_modality, check_multiple_of_8, \
-    check_paths_exist, follow_channels, min_side, model_identity
+    check_paths_exist, follow_channels, min_side, model_identity, refuse_space
 from genesis_jax.transfer import check_init_channels
 
 
@@ -57,6 +57,7 @@ class PretrainTask:
         if self.platform:  # a dry run compiles for its target, not for this host
             self.deform = dataclasses.replace(self.deform, lookups=resolve_lookups(self.deform.lookups, self.platform))
         shape = self.cfg.data.cube_shape
+        refuse_space(self.cfg, "pre-training")
         check_model(self.cfg.model, len(shape), self.cfg.export_pytorch)
         check_init_channels(self.cfg.init_channels)
         check_multiple_of_8("data.cube_shape", shape, dims=(2, 3), multiple=min_side(self.cfg.model))

@@ -12,7 +12,7 @@ from genesis_jax.data.volumes import split_paths
 from genesis_jax.errors import UserError
 from genesis_jax.models import UNet3D
 from genesis_jax.tasks.base import FineTuneTask, build_unet, check_model, check_modality, check_multiple_of_8, \
-    check_paths_exist, follow_channels, min_side, model_identity
+    check_paths_exist, check_space_split, follow_channels, mesh_space, min_side, model_identity, spatial_conv
 
 
 def parse_label_values(text) -> list[tuple[float, ...]]:
@@ -90,8 +90,19 @@ class SegmentationTask(FineTuneTask):
             raise UserError(f"loss must be one of {', '.join(SEGMENTATION_LOSSES)}, got {self.cfg.loss!r}")
         parse_label_values(self.cfg.data.label_values)
         check_multiple_of_8("data.patch_shape", self.cfg.data.patch_shape, dims=(2, 3), multiple=min_side(self.cfg.model))
+        self.check_space(mesh_space(self.cfg))
         if not 0.0 <= self.cfg.data.foreground_ratio <= 1.0:
             raise UserError(f"data.foreground_ratio must be in [0, 1], got {self.cfg.data.foreground_ratio}")
+
+    def check_space(self, space: int, space_name: str = "mesh.space=") -> None:
+        """UserError unless the patches split over `space` devices (3D patches whose
+        X / space stays a multiple of 8; native convolutions); space_name: how the user
+        set it (mesh.space=, or predict's --mesh-space )."""
+        if space > 1 and self.dims != 3:
+            raise UserError(f"{space_name}{space} splits 3D patches; 2D patches (data.patch_shape "
+                            f"{tuple(self.cfg.data.patch_shape)}) fit one device: leave it at 1")
+        check_space_split("data.patch_shape", self.cfg.data.patch_shape, space, space_name=space_name)
+        spatial_conv(self.cfg.model.conv, space)
 
     def check_data(self, require_data: bool = True) -> None:
         data = self.cfg.data
@@ -142,7 +153,8 @@ class SegmentationTask(FineTuneTask):
                 "init": self.cfg.init}
 
     def build_model(self, rngs) -> UNet3D:
-        return build_unet(self.cfg.model, rngs, n_class=self.n_classes, platform=self.platform, dims=self.dims)
+        return build_unet(self.cfg.model, rngs, n_class=self.n_classes, platform=self.platform, dims=self.dims,
+                          space=mesh_space(self.cfg))
 
     def load_data(self):
         from genesis_jax.data.batches import InMemoryCubes, flat
