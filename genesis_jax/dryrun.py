@@ -1,8 +1,10 @@
 """`python -m genesis_jax.train --dry_run`: size a run before booking the machines.
 
-Compiles the configured pre-training step (deformations + U-Net + SGD, exactly the
-program training runs) for the configured global batch and mesh, without data or
-training, and reports per device: memory (arguments, temporaries, outputs, from
+Compiles the configured step (pre-training: deformations + U-Net + SGD; segmentation
+fine-tuning, `python -m genesis_jax.finetune --dry_run`: the U-Net on labelled patches,
+with `--config.mesh.space=k` each patch split over k devices; exactly the program
+training runs) for the configured global batch and mesh, without data or training, and
+reports per device: memory (arguments, temporaries, outputs, from
 `memory_analysis()`), the model's FLOPs (convolutions and matmuls counted from the jaxpr,
 the same on every backend), XLA's FLOPs and bytes (`cost_analysis()`, which on GPU leaves
 out the cuDNN convolutions), the collectives of the
@@ -35,7 +37,8 @@ from genesis_jax import program, sharding
 from genesis_jax.errors import UserError
 from genesis_jax.rundir import task_optimizer
 from genesis_jax.step import init_train_state, make_train_step
-from genesis_jax.tasks import PretrainTask
+from genesis_jax.tasks import task_for
+from genesis_jax.tasks.base import mesh_space
 
 # HBM per chip (GiB) and peak dense bf16 TFLOP/s by device_kind, from the vendors' data
 # sheets: used when the device cannot report its own memory (ahead-of-time topologies).
@@ -110,10 +113,24 @@ def abstract_train_state(cfg, task, tx):
     return holder["graphdef"], state
 
 
+DRY_RUN_TASKS = ("pretrain", "segmentation")
+
+
+def example_shape(cfg) -> tuple:
+    """One batch row of the configured task: a cube (X, Y, Z, C), or a labelled patch
+    (X, Y, Z, C + 1: its label value index last)."""
+    if cfg.task == "segmentation":
+        return (*cfg.data.patch_shape, cfg.model.in_channels + 1)
+    return (*cfg.data.cube_shape, cfg.model.in_channels)
+
+
 def target_step(cfg, mesh, platform: str):
-    """(jitted pre-training step, its abstract replicated state): built once per dry run,
+    """(jitted train step, its abstract replicated state): built once per dry run,
     lowered at every batch size tried."""
-    task = PretrainTask(cfg, platform=platform)  # deformation batch mode and conv resolved for the target
+    if cfg.task not in DRY_RUN_TASKS:
+        raise DryRunError(f"--dry_run compiles the pre-training and segmentation steps; the config's task is "
+                          f"{cfg.task!r}")
+    task = task_for(cfg, platform=platform)  # deformation batch mode and conv resolved for the target
     task.check_config()
     tx = task_optimizer(cfg, task, steps_per_epoch=1)  # the optimizer a run of this config builds
     graphdef, abstract_state = abstract_train_state(cfg, task, tx)
@@ -123,16 +140,26 @@ def target_step(cfg, mesh, platform: str):
 
 
 def compile_step(cfg, mesh, target, global_batch: int):
-    """(ProgramReport, model FLOPs of the global step, compile seconds) of the target step
-    (target_step) at this global batch; the FLOPs come from the jaxpr the compile traced
-    (program.model_flops: the same on every backend)."""
+    """(ProgramReport, the traced jaxpr, compile seconds) of the target step (target_step)
+    at this global batch; the model's FLOPs and halos are counted from the jaxpr
+    (program.model_flops, program.halo_bytes: the same on every backend)."""
     step, state = target
-    cubes = jax.ShapeDtypeStruct((global_batch, *cfg.data.cube_shape, cfg.model.in_channels), jnp.float32,
+    cubes = jax.ShapeDtypeStruct((global_batch, *example_shape(cfg)), jnp.float32,
                                  sharding=sharding.batch_sharded(mesh))
     start = time.perf_counter()
     traced = step.trace(state, cubes, jax.ShapeDtypeStruct((), jnp.int32))
     compiled = traced.lower().compile()
-    return program.analyse(compiled), program.model_flops(traced.jaxpr), time.perf_counter() - start
+    return program.analyse(compiled), traced.jaxpr, time.perf_counter() - start
+
+
+def halo_report(report, jaxpr, mesh) -> dict | None:
+    """With a space axis: the halo predicted from the layer shapes against what the
+    compiled program's collective-permutes move (tests/test_spatial.py holds them equal
+    in fp32; XLA:CPU moves bf16 halos as fp32, twice the prediction)."""
+    if sharding.space_size(mesh) == 1:
+        return None
+    permuted = sum(c.bytes for c in report.collectives if c.kind == "collective-permute")
+    return {"predicted_bytes": program.halo_bytes(jaxpr, sharding.data_size(mesh)), "permuted_bytes": permuted}
 
 
 def largest_batch(per_device: int, peak: int, per_device_2: int, peak_2: int, memory: float):
@@ -147,32 +174,36 @@ def largest_batch(per_device: int, peak: int, per_device_2: int, peak_2: int, me
 def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = None, fit: bool = True,
             fit_compiles: int = 4) -> dict:
     devices = target_devices(topology, cfg.num_devices)
-    mesh = sharding.make_mesh(devices)
-    sharding.check_batch_size(cfg.batch_size, mesh.size)
+    space = mesh_space(cfg)
+    mesh = sharding.make_mesh(devices, space)
+    sharding.check_batch_size(cfg.batch_size, mesh.size, space)
     platform = devices[0].platform
     target = target_step(cfg, mesh, platform)
-    report, step_flops, seconds = compile_step(cfg, mesh, target, cfg.batch_size)
-    per_device = cfg.batch_size // mesh.size
+    report, jaxpr, seconds = compile_step(cfg, mesh, target, cfg.batch_size)
+    step_flops = program.model_flops(jaxpr)
+    per_device = cfg.batch_size // sharding.data_size(mesh)  # examples per device (a split one counts whole)
     memory, memory_source, peak_flops = device_spec(devices[0], device_memory_gb)
     model_flops = step_flops / mesh.size  # per device
     result = {
         "target": topology or (platform if devices[0].device_kind == platform
                                  else f"{platform} ({devices[0].device_kind})"),
         "platform": platform,
-        "device_kind": devices[0].device_kind, "devices": mesh.size, "global_batch": cfg.batch_size,
-        "per_device_batch": per_device, "cube_shape": list(cfg.data.cube_shape), "width": cfg.model.width,
+        "device_kind": devices[0].device_kind, "devices": mesh.size, "mesh": dict(mesh.shape), "task": cfg.task,
+        "global_batch": cfg.batch_size, "per_device_batch": per_device,
+        "cube_shape": list(example_shape(cfg)[:-1]), "width": cfg.model.width,
         "channels": cfg.model.in_channels, "model": model_name(cfg),
         "dtype": cfg.model.dtype, "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(
             target[1].params))), "compile_s": round(seconds, 1), "per_device": report.to_dict(),
-        "flops_per_sample": report.flops / per_device,
-        "model_flops_per_device": model_flops, "model_flops_per_sample": model_flops / per_device,
+        "flops_per_sample": report.flops * space / per_device,
+        "model_flops_per_device": model_flops, "model_flops_per_sample": step_flops / cfg.batch_size,
         "device_memory_bytes": memory,
         "device_memory_source": memory_source,
+        "halo": halo_report(report, jaxpr, mesh),
     }
     if peak_flops:
         result["paper"] = {"mfu": PAPER_MFU, "peak_flops": peak_flops,
                            "steps_per_s": PAPER_MFU * peak_flops / model_flops,
-                           "samples_per_s_per_device": PAPER_MFU * peak_flops / model_flops * per_device}
+                           "samples_per_s_per_device": PAPER_MFU * peak_flops / model_flops * per_device / space}
     if fit and memory:
         result["fit"] = fit_batch(cfg, mesh, target, per_device, report, memory, fit_compiles)
     return result
@@ -182,7 +213,7 @@ def fit_batch(cfg, mesh, target, per_device, report, memory, max_checks=4) -> di
     """The largest per-device batch whose compiled peak fits `memory` (see the module doc)."""
     def peak_at(batch):
         try:
-            compiled, _, _ = compile_step(cfg, mesh, target, batch * mesh.size)
+            compiled, _, _ = compile_step(cfg, mesh, target, batch * sharding.data_size(mesh))
         except Exception as e:  # the TPU compiler refuses a program larger than HBM
             if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
                 return math.inf
@@ -241,11 +272,11 @@ def search_largest_batch(peak_at, per_device: int, peak: float, memory: float, m
 def format_report(result: dict) -> str:
     d = result["per_device"]
     rows = [
-        ("target", f"{result['target']}, {result['devices']} device(s), mesh ('data': {result['devices']})"),
+        ("target", f"{result['target']}, {result['devices']} device(s), mesh "
+                   f"({', '.join(f'{k!r}: {v}' for k, v in result.get('mesh', {'data': result['devices']}).items())})"),
         ("model", f"{result.get('model', 'UNet3D')} width {result['width']} ({result['parameters']:,} parameters), "
                   f"{result['dtype']}"),
-        ("batch", f"global {result['global_batch']} = {result['per_device_batch']} per device, cubes "
-                  f"{tuple(result['cube_shape'])} x {result.get('channels', 1)} channel(s)"),
+        ("batch", batch_line(result)),
         ("compile time", f"{result['compile_s']:.1f} s"),
         ("memory: arguments", program.format_bytes(d["argument_bytes"])),
         ("memory: temporaries", program.format_bytes(d["temp_bytes"])),
@@ -264,6 +295,10 @@ def format_report(result: dict) -> str:
                                             f"(largest {program.format_bytes(c['largest'])})"))
     if not d["collectives"]:
         rows.append(("collectives", "none"))
+    if result.get("halo"):
+        rows.append(("halo exchange", f"{program.format_bytes(result['halo']['permuted_bytes'])} permuted, "
+                                      f"{program.format_bytes(result['halo']['predicted_bytes'])} predicted from "
+                                      f"the layer shapes"))
     memory = result["device_memory_bytes"]
     rows.append(("device memory", f"{program.format_bytes(memory)} ({result['device_memory_source']})" if memory
                  else result["device_memory_source"]))
@@ -271,11 +306,12 @@ def format_report(result: dict) -> str:
         fit = result["fit"]
         best = fit["largest_per_device_batch"]
         peaks = {c["per_device_batch"]: c["peak_bytes"] for c in fit["checked"]}
-        found = (f"about {fit['linear_estimate']} per device, estimated by the linear fit (not compiled there)"
+        unit = group_unit(result)
+        found = (f"about {fit['linear_estimate']} {unit}, estimated by the linear fit (not compiled there)"
                  if not fit["checked"] and fit["linear_estimate"] else
-                 "none found (even one example per device does not fit)" if not best else
-                 f"{best} per device (compiled there: peak {program.format_bytes(peaks[best])})" if best in peaks else
-                 f"{best} per device (compiled)")
+                 f"none found (even one example {unit} does not fit)" if not best else
+                 f"{best} {unit} (compiled there: peak {program.format_bytes(peaks[best])})" if best in peaks else
+                 f"{best} {unit} (compiled)")
         tried = ", ".join(f"{c['per_device_batch']}: " + (program.format_bytes(c["peak_bytes"]) if c["peak_bytes"]
                                                             else "out of memory") for c in fit["checked"])
         first = (f"first fit {program.format_bytes(fit['bytes_per_example'])} per example + "
@@ -289,6 +325,23 @@ def format_report(result: dict) -> str:
                      f"(peak {paper['peak_flops'] / 1e12:.0f} TFLOP/s bf16)"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def group_unit(result: dict) -> str:
+    """'per device', or with a space axis 'per group of k devices' (one patch's devices)."""
+    space = result.get("mesh", {}).get("space", 1)
+    return f"per group of {space} devices" if space > 1 else "per device"
+
+
+def batch_line(result: dict) -> str:
+    """global B = b per device, cubes (X, Y, Z) x C channel(s); with a space axis, each
+    patch split over its devices."""
+    space = result.get("mesh", {}).get("space", 1)
+    kind = "patches" if result.get("task") == "segmentation" else "cubes"
+    per = f"{result['per_device_batch']} {group_unit(result)}"
+    split = f", X split over {space} devices ({result['cube_shape'][0] // space} per device)" if space > 1 else ""
+    return (f"global {result['global_batch']} = {per}, {kind} {tuple(result['cube_shape'])} x "
+            f"{result.get('channels', 1)} channel(s){split}")
 
 
 def write_json(result: dict, path) -> None:

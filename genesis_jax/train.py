@@ -69,8 +69,6 @@ def help_text(program: str, doc: str, default_config: str) -> str:
     lines += ["", "flags:"]
     for name in ("workdir", "print_config", "distributed", "coordinator_address", "num_processes", "process_id",
                  "dry_run", *_DRY_RUN_FLAGS):
-        if program == "genesis_jax.finetune" and (name == "dry_run" or name in _DRY_RUN_FLAGS):
-            continue
         lines.append(f"  --{name:<22s}{flags.FLAGS[name].help}")
     lines += [f"  --config.FIELD=VALUE    override one config field, e.g. --config.batch_size=16; "
               f"every field, its default and meaning: python -m {program} --config=NAME --print_config",
@@ -208,10 +206,6 @@ def main(argv=None, default_config: str = "demo", program: str = "genesis_jax.tr
         print(f"error: bad config: {e}", file=sys.stderr)
         return 2
     if dry_run is not None:
-        if config.task != "pretrain":
-            print(f"error: --dry_run compiles the pre-training step; the config's task is {config.task!r}",
-                  file=sys.stderr)
-            return 2
         return run_dry(config, dry_run)
     try:
         summary = train(config, workdir)

@@ -153,3 +153,49 @@ def test_the_dry_run_builds_the_deformations_of_its_target_not_of_this_host():
     task = PretrainTask(cfg, platform="tpu")
     task.check_config()
     assert task.deform.lookups == "table"
+
+
+def segmentation_dry_config(space, batch, devices=0, patch=(64, 16, 16)):
+    from genesis_jax.configs.segmentation import get_config as segmentation_config
+    cfg = segmentation_config()
+    cfg.data.patch_shape, cfg.model.width, cfg.mesh.space, cfg.batch_size = patch, 4, space, batch
+    cfg.num_devices = devices
+    return cfg
+
+
+def test_the_segmentation_dry_run_splits_each_patch_over_the_space_axis():
+    """--config.mesh.space=4 on 8 devices: mesh (data 2, space 4), a patch's FLOPs a
+    quarter per device, halos as collective-permutes, the same FLOPs per sample."""
+    one = dry_run(segmentation_dry_config(1, 2, devices=1), fit=False)
+    split = dry_run(segmentation_dry_config(4, 2), fit=False)
+    assert split["mesh"] == {"data": 2, "space": 4} and split["per_device_batch"] == 1
+    assert split["per_device"]["flops"] <= 1.15 * one["per_device"]["flops"] / 2 / 4
+    assert set(split["per_device"]["collectives"]) == {"all-reduce", "collective-permute"}
+    assert split["model_flops_per_sample"] == pytest.approx(one["model_flops_per_sample"])
+    assert split["halo"]["permuted_bytes"] == pytest.approx(split["halo"]["predicted_bytes"], rel=0.5)
+    assert one["halo"] is None
+
+
+def test_finetune_dry_run_cli_reports_the_space_axis(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    out = tmp_path / "seg.json"
+    proc = subprocess.run([sys.executable, "-m", "genesis_jax.finetune", "--dry_run", "--config.mesh.space=4",
+                           "--config.batch_size=2", "--config.model.width=4", "--config.data.patch_shape=(32, 16, 16)",
+                           f"--json={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "mesh ('data': 2, 'space': 4)" in proc.stdout and "X split over 4 devices (8 per device)" in proc.stdout
+    assert json.loads(out.read_text())["mesh"] == {"data": 2, "space": 4}
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu: pip install 'genesis-jax[tpu]'")
+def test_tpu_ahead_of_time_compile_splits_a_patch():
+    """v5e: one 64x32x32 patch on 1 chip vs split over 4: per-chip FLOPs at most 1.15 x 1/4,
+    halos as collective-permutes, no all-gather."""
+    one = dry_run(segmentation_dry_config(1, 1, devices=1, patch=(64, 32, 32)), topology="v5e:2x2", fit=False)
+    four = dry_run(segmentation_dry_config(4, 1, devices=4, patch=(64, 32, 32)), topology="v5e:2x2", fit=False)
+    assert four["per_device"]["flops"] <= 1.15 * one["per_device"]["flops"] / 4
+    assert "collective-permute" in four["per_device"]["collectives"]
+    assert "all-gather" not in four["per_device"]["collectives"]
+    assert four["halo"]["permuted_bytes"] == pytest.approx(four["halo"]["predicted_bytes"], rel=0.5)

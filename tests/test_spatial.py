@@ -245,3 +245,13 @@ def test_predict_splits_each_window_and_gives_the_unsplit_answer(spatial_run, tm
     assert "data.patch_shape (32, 16, 16) with --mesh-space 8: X = 32 must be a multiple of 8 x 8 = 64" \
         in capsys.readouterr().err
     assert not (tmp_path / "bad.nii.gz").exists()
+
+
+def test_the_strong_scaling_benchmark_splits_one_patch(capsys):
+    from benchmarks import scaling
+    result = scaling.main(["--series", "space", "--space-patch", "32", "16", "16", "--space-width", "4",
+                           "--devices", "1", "4", "--steps", "1", "--warmup", "0"])
+    rows = {row["devices"]: row for row in result["space"]["rows"]}
+    assert rows[4]["per_device_gflops"] == pytest.approx(rows[1]["per_device_gflops"] / 4, rel=0.15)
+    assert "collective-permute" in rows[4]["collectives"] and not rows[1]["collectives"]
+    assert "space, 4 devices vs 1: per-device FLOPs" in capsys.readouterr().out
