@@ -20,11 +20,13 @@ Results are written after every compile; a rerun skips the entries already there
 A compile near a TPU's memory limit takes minutes (the compiler rematerialises to fit:
 128^3 on one v5e chip took 826 s on 2 cores), so `--cells PATCH:DEVICES:BATCH ...`
 compiles the cells near the limit first, and the table fills the others by one rule:
-peak memory grows with the voxels each device holds (patch^3 x batch / devices), so a
-cell with at most 90% of the voxels per device of one that fits is marked "fits
-(inferred)" (the margin covers the halo buffers a split adds), and one with no fewer
-than one that does not fit "does not fit (inferred)", each naming the compiled cell it
-rests on.
+on the same number of devices, peak memory grows with the voxels each device holds
+(patch^3 x batch / devices), so a cell with at most 90% of the voxels per device of a
+compiled one that fits is marked "fits (inferred)", and one with at least the voxels of
+one that does not fit "does not fit (inferred)", each naming the compiled cell it rests
+on. Across device counts there is no such rule: a split program keeps halo buffers and
+collectives live, and the TPU compiler rematerialises a one-chip program harder (seen:
+128^3 fits one v5e chip, 160^3 does not fit two).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -70,8 +73,9 @@ def size_one(target: str, patch: int, space: int, batch: int, width: int, dtype:
         raise
     except Exception as e:  # the TPU compiler refuses a program larger than HBM
         if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+            said = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
             return {**entry, "fits": False, "why": "out of memory (the compiler refused it)",
-                    "compile_s": round(time.perf_counter() - start, 1)}
+                    "compiler_said": said[:300], "compile_s": round(time.perf_counter() - start, 1)}
         raise
     peak = result["per_device"]["peak_bytes"] / 2**30
     return {**entry, "fits": peak <= memory_gib, "peak_gib": round(peak, 2), "compile_s": result["compile_s"],
@@ -88,7 +92,8 @@ def inferred(target: str, patch: int, devices: int, batch: int, entries: list[di
     if patch % (8 * devices):
         return f"no: X / {devices} = {patch / devices:g} is not a multiple of 8"
     mine = voxels_per_device(patch, devices, batch)
-    compiled = [e for e in entries if e["target"] == target and ("peak_gib" in e or "out of memory" in e.get("why", ""))]
+    compiled = [e for e in entries if e["target"] == target and e["devices"] == devices
+                and ("peak_gib" in e or "out of memory" in e.get("why", ""))]
     fitting = [e for e in compiled if e["fits"] and 0.9 * voxels_per_device(e["patch"], e["devices"], e["batch"]) >= mine]
     failing = [e for e in compiled if not e["fits"] and voxels_per_device(e["patch"], e["devices"], e["batch"]) <= mine]
     name = lambda e: f"{e['patch']}^3 x {e['batch']} on {e['devices']}"  # noqa: E731
@@ -102,6 +107,9 @@ def inferred(target: str, patch: int, devices: int, batch: int, entries: list[di
 def cell(entry: dict | None) -> str:
     if entry is None:
         return "not compiled"
+    needed = re.search(r"temporaries \((\S+)\) exceeds available HBM \((\S+)\)", entry.get("compiler_said", ""))
+    if needed:
+        return f"**no: needs {needed[1]} of temporaries, {needed[2]} free**"
     if "peak_gib" not in entry:
         return "no: " + entry["why"]
     return f"**{entry['peak_gib']:.1f} GiB, {'fits' if entry['fits'] else 'does not fit'}**"

@@ -1,7 +1,7 @@
 """`python -m genesis_jax.predict`: segment a whole volume with a fine-tuned model.
 
     python -m genesis_jax.predict --workdir=RUN --input=CT.nii.gz --out=PRED.nii.gz
-        [--labels=GT.nii.gz] [--overlap=0.5] [--blend=gaussian|mean] [--batch=N]
+        [--labels=GT.nii.gz] [--overlap=0.5] [--blend=gaussian|mean] [--batch=N] [--mesh-space=K]
     python -m genesis_jax.predict --workdir=RUN --input=t1.nii.gz,flair.nii.gz --out=PRED.nii.gz
     python -m genesis_jax.predict --workdir=RUN --input=case.csv --out=PRED.nii.gz
 
@@ -12,7 +12,9 @@ whose one row holds the files (columns matched by name; a `label` column is used
 
 Loads the run's best checkpoint, windows the input as in training (CT window or MR
 percentiles), runs sliding-window inference over the whole volume on the devices
-(fixed-size batches of patches split over the mesh; genesis_jax/sliding.py), and
+(fixed-size batches of patches split over the mesh; genesis_jax/sliding.py; with
+--mesh-space K each window's X axis split over K devices, for windows bigger than one
+device, docs/scaling.md), and
 writes the label map as NIfTI with the input's shape, affine and voxel order; its
 values are the run's raw label values (data.label_values), 0 elsewhere. A voxel gets
 the most probable class where that probability exceeds 0.5; with overlapping classes
