@@ -80,7 +80,8 @@ def size_one(target: str, patch: int, space: int, batch: int, width: int, dtype:
     peak = result["per_device"]["peak_bytes"] / 2**30
     return {**entry, "fits": peak <= memory_gib, "peak_gib": round(peak, 2), "compile_s": result["compile_s"],
             "device_kind": result["device_kind"], "model_flops_per_device": result["model_flops_per_device"],
-            "collectives": result["per_device"]["collectives"], "halo": result["halo"]}
+            "collectives": result["per_device"]["collectives"], "halo": result["halo"],
+            "spans_hosts": result["space_spans_hosts"]}
 
 
 def voxels_per_device(patch: int, devices: int, batch: int) -> float:

@@ -175,7 +175,7 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
             fit_compiles: int = 4) -> dict:
     devices = target_devices(topology, cfg.num_devices)
     space = mesh_space(cfg)
-    mesh = sharding.make_mesh(devices, space)
+    mesh = sharding.make_mesh(devices, space, within_hosts=False)
     sharding.check_batch_size(cfg.batch_size, mesh.size, space)
     platform = devices[0].platform
     target = target_step(cfg, mesh, platform)
@@ -199,6 +199,7 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
         "device_memory_bytes": memory,
         "device_memory_source": memory_source,
         "halo": halo_report(report, jaxpr, mesh),
+        "space_spans_hosts": sharding.spans_hosts(mesh),
     }
     if peak_flops:
         result["paper"] = {"mfu": PAPER_MFU, "peak_flops": peak_flops,
@@ -295,6 +296,9 @@ def format_report(result: dict) -> str:
                                             f"(largest {program.format_bytes(c['largest'])})"))
     if not d["collectives"]:
         rows.append(("collectives", "none"))
+    if result.get("space_spans_hosts"):
+        rows.append(("note", f"a patch's {result['mesh']['space']} devices span hosts of this target: training "
+                             f"needs them within one host (each process loads whole patches)"))
     if result.get("halo"):
         rows.append(("halo exchange", f"{program.format_bytes(result['halo']['permuted_bytes'])} permuted, "
                                       f"{program.format_bytes(result['halo']['predicted_bytes'])} predicted from "

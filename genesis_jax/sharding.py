@@ -23,20 +23,30 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from genesis_jax.errors import UserError
 
 
-def make_mesh(devices=None, space: int = 1) -> Mesh:
+def make_mesh(devices=None, space: int = 1, within_hosts: bool = True) -> Mesh:
     """('data',) over the devices, or ('data', 'space') with `space` devices per patch;
-    a space group's devices are consecutive, so it stays within one host."""
+    a space group's devices are consecutive. within_hosts: refuse a group that spans
+    processes (the loader gives each process whole patches); the dry run, which loads
+    nothing, compiles such groups and says so (spans_hosts)."""
     devices = list(devices) if devices is not None else jax.devices()
     if space == 1:
         return Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
     check_space(space, len(devices))
-    grid = np.array(devices).reshape(len(devices) // space, space)
-    for row in grid:
-        hosts = {getattr(d, "process_index", 0) for d in row}
-        if len(hosts) > 1:
-            raise UserError(f"mesh.space={space}: a patch's {space} devices would span processes {sorted(hosts)}; "
-                            f"keep mesh.space within one host's devices ({jax.local_device_count()} here)")
-    return Mesh(grid, ("data", "space"), axis_types=(AxisType.Auto, AxisType.Auto))
+    mesh = Mesh(np.array(devices).reshape(len(devices) // space, space), ("data", "space"),
+                axis_types=(AxisType.Auto, AxisType.Auto))
+    if within_hosts and spans_hosts(mesh):
+        raise UserError(f"mesh.space={space}: a patch's {space} devices would span processes; keep mesh.space "
+                        f"within one host's devices ({jax.local_device_count()} here): each process loads whole "
+                        f"patches")
+    return mesh
+
+
+def spans_hosts(mesh: Mesh) -> bool:
+    """Whether some patch's 'space' group holds devices of more than one process."""
+    if "space" not in mesh.axis_names:
+        return False
+    groups = mesh.devices.reshape(-1, mesh.shape["space"])
+    return any(len({getattr(d, "process_index", 0) for d in group}) > 1 for group in groups)
 
 
 def check_space(space: int, devices: int) -> None:

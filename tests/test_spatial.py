@@ -258,3 +258,21 @@ def test_the_strong_scaling_benchmark_splits_one_patch(capsys):
     assert rows[4]["per_device_gflops"] == pytest.approx(rows[1]["per_device_gflops"] / 4, rel=0.15)
     assert "collective-permute" in rows[4]["collectives"] and not rows[1]["collectives"]
     assert "space, 4 devices vs 1: per-device FLOPs" in capsys.readouterr().out
+
+
+class OnHost:
+    """A device seen as belonging to process `process_index` (4 devices per host)."""
+
+    def __init__(self, device, process_index):
+        self._device, self.process_index = device, process_index
+
+    def __getattr__(self, name):
+        return getattr(self._device, name)
+
+
+def test_a_patch_group_spanning_hosts_is_refused_for_training_and_noted_by_the_dry_run():
+    devices = [OnHost(d, i // 4) for i, d in enumerate(jax.devices())]
+    with pytest.raises(UserError, match="would span processes; keep mesh.space within one host"):
+        sharding.make_mesh(devices, 8)
+    assert sharding.spans_hosts(sharding.make_mesh(devices, 8, within_hosts=False))
+    assert not sharding.spans_hosts(sharding.make_mesh(devices, 4))
