@@ -155,7 +155,7 @@ def test_the_dry_run_builds_the_deformations_of_its_target_not_of_this_host():
     assert task.deform.lookups == "table"
 
 
-def segmentation_dry_config(space, batch, devices=0, patch=(64, 16, 16)):
+def segmentation_dry_config(space, batch, devices=0, patch=(32, 16, 16)):
     from genesis_jax.configs.segmentation import get_config as segmentation_config
     cfg = segmentation_config()
     cfg.data.patch_shape, cfg.model.width, cfg.mesh.space, cfg.batch_size = patch, 4, space, batch

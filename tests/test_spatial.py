@@ -25,7 +25,9 @@ from genesis_jax.optim import recipe_sgd
 from genesis_jax.step import init_train_state, make_eval_step, make_train_step, model_from_state
 from genesis_jax.tasks import SegmentationTask
 
-pytestmark = pytest.mark.optimized  # what the compiled programs do is the point
+# What a compiled program does (FLOPs, collectives) is read from programs compiled as users
+# compile them (marker `optimized`); the numbers (losses, gradients, runs) need no
+# optimisations: XLA's doubled kernel gradient shows without them too.
 
 PATCH, WIDTH, SPACE = (32, 16, 16), 4, 4
 TX = recipe_sgd()
@@ -87,6 +89,7 @@ def unsplit_flops(built):
     return program.analyse(compiled_train_step(task_with(space=1), graphdef, state, mesh, 2)[1]).flops
 
 
+@pytest.mark.optimized
 @pytest.mark.parametrize("data", [1, 2])
 def test_the_train_step_splits_x_and_exchanges_only_halos(built, unsplit_flops, data):
     task, graphdef, state = built
@@ -104,6 +107,7 @@ def test_the_train_step_splits_x_and_exchanges_only_halos(built, unsplit_flops, 
     assert split.flops == pytest.approx(unsplit_flops / SPACE, rel=0.15)
 
 
+@pytest.mark.optimized
 def test_the_checks_fail_on_a_step_that_gathers(built, unsplit_flops):
     """The stacked 2D convolution folds X into the batch: the partitioner can only gather
     every activation, and each check that sees it says so."""
@@ -117,6 +121,7 @@ def test_the_checks_fail_on_a_step_that_gathers(built, unsplit_flops):
     assert "per-device FLOPs" in said and "an activation was gathered" in said and "collective-permutes" in said
 
 
+@pytest.mark.optimized
 def test_evaluation_splits_x_too(built):
     task, graphdef, state = built
     mesh = mesh_of(2, SPACE)
@@ -145,7 +150,7 @@ def loss_grads_stats(task, graphdef, state, batch, mesh):
     return jax.tree.map(np.asarray, out)
 
 
-@pytest.mark.parametrize("data, per_row", [(1, 2), (2, 1), (2, 2)])
+@pytest.mark.parametrize("data, per_row", [(2, 1), (2, 2)])
 def test_loss_gradients_and_batchnorm_equal_the_unsplit_step(built, data, per_row):
     """Also a guard: XLA 0.10.2 doubles a convolution's kernel gradient when its input is
     split over one mesh axis and replicated over another (docs/scaling.md); the step's
