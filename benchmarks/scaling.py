@@ -54,6 +54,21 @@ class ReplicatedDeformation(PretrainTask):
 
 
 TX = recipe_sgd(learning_rate=0.01)
+TABLE_HEADER = ("| devices | global batch | per device | GFLOP/device | peak MiB/device | collectives | ms/step | samples/s |\n"
+                "|---:|---:|---:|---:|---:|---|---:|---:|")
+
+
+def compiled_and_timed(step, state, batch, args):
+    """(ProgramReport, median seconds per step) of the jitted train step on this batch,
+    the state donated from step to step."""
+    compiled = step.lower(state, batch, 0).compile()
+    holder = {"state": state}
+
+    def run(i):
+        holder["state"], metrics = compiled(holder["state"], batch, i)
+        return metrics["loss"]
+
+    return program.analyse(compiled), statistics.median(timed(run, args.steps, args.warmup))
 
 
 def measure(n_devices, global_batch, args, graphdef, host_state, replicated=False) -> dict:
@@ -64,16 +79,7 @@ def measure(n_devices, global_batch, args, graphdef, host_state, replicated=Fals
     state = sharding.replicate(jax.tree.map(jnp.asarray, host_state), mesh)
     rng = np.random.default_rng(0)
     cubes = sharding.global_batch(rng.random((global_batch, *args.shape), dtype=np.float32), mesh)
-    compiled = step.lower(state, cubes, 0).compile()
-    report = program.analyse(compiled)
-    holder = {"state": state}
-
-    def run(i):
-        holder["state"], metrics = compiled(holder["state"], cubes, i)
-        return metrics["loss"]
-
-    times = timed(run, args.steps, args.warmup)
-    median = statistics.median(times)
+    report, median = compiled_and_timed(step, state, cubes, args)
     return {"devices": n_devices, "global_batch": global_batch, "per_device_batch": global_batch // n_devices,
             "per_device_gflops": report.flops / 1e9, "peak_mib": report.peak_bytes / 2**20,
             "collectives": report.collective_summary(), "step_ms": median * 1e3,
@@ -94,15 +100,7 @@ def measure_space(space: int, args) -> dict:
     step = make_train_step(graphdef, TX, task, jax.random.key(0), mesh)
     image = np.random.default_rng(0).random((1, *args.space_patch, 1), dtype=np.float32)
     patch = sharding.global_batch(np.concatenate([image, (image > 0.7).astype(np.float32)], -1), mesh)
-    holder = {"state": sharding.replicate(state, mesh)}
-    compiled = step.lower(holder["state"], patch, 0).compile()
-    report = program.analyse(compiled)
-
-    def run(i):
-        holder["state"], metrics = compiled(holder["state"], patch, i)
-        return metrics["loss"]
-
-    median = statistics.median(timed(run, args.steps, args.warmup))
+    report, median = compiled_and_timed(step, sharding.replicate(state, mesh), patch, args)
     return {"devices": space, "global_batch": 1, "per_device_batch": f"1/{space}",
             "per_device_gflops": report.flops / 1e9, "peak_mib": report.peak_bytes / 2**20,
             "collectives": report.collective_summary(), "step_ms": median * 1e3, "samples_per_s": 1 / median}
@@ -124,8 +122,7 @@ def space_series(args) -> dict:
     """The space series: rows per device count, and n devices against 1."""
     print(f"\nspace: one patch {tuple(args.space_patch)} of a width-{args.space_width} U-Net split along X "
           f"(segmentation step)")
-    print("| devices | global batch | per device | GFLOP/device | peak MiB/device | collectives | ms/step | samples/s |")
-    print("|---:|---:|---:|---:|---:|---|---:|---:|")
+    print(TABLE_HEADER)
     rows = []
     for n in args.devices:
         if args.space_patch[0] % (8 * n):
@@ -173,8 +170,7 @@ def main(argv=None) -> dict:
     series_batches = {"weak": lambda n: args.per_device_batch * n, "strong": lambda n: args.global_batch}
     for series, batch_of in ((name, series_batches[name]) for name in args.series if name != "space"):
         print(f"\n{series} scaling ({'per-device batch ' + str(args.per_device_batch) if series == 'weak' else 'global batch ' + str(args.global_batch)})")
-        print("| devices | global batch | per device | GFLOP/device | peak MiB/device | collectives | ms/step | samples/s |")
-        print("|---:|---:|---:|---:|---:|---|---:|---:|")
+        print(TABLE_HEADER)
         for n in args.devices:
             if batch_of(n) % n:
                 continue

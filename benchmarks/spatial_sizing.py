@@ -49,6 +49,11 @@ TARGETS = {  # topology for --topology (None: this host's devices), memory per d
 }
 
 
+def unsplittable(patch: int, devices: int) -> str | None:
+    """Why a patch cannot split over `devices` (X / devices not a multiple of 8), else None."""
+    return f"X / {devices} = {patch / devices:g} is not a multiple of 8" if patch % (8 * devices) else None
+
+
 def config_for(patch: int, space: int, batch: int, width: int, dtype: str):
     from genesis_jax.configs.segmentation import get_config
     cfg = get_config()
@@ -59,20 +64,20 @@ def config_for(patch: int, space: int, batch: int, width: int, dtype: str):
 
 def size_one(target: str, patch: int, space: int, batch: int, width: int, dtype: str) -> dict:
     """One entry: peak GiB per device and whether it fits, or why not."""
-    from genesis_jax.dryrun import dry_run
+    from genesis_jax.dryrun import dry_run, out_of_memory
     from genesis_jax.errors import UserError
     topology, memory_gib = TARGETS[target]
     entry = {"target": target, "patch": patch, "devices": space, "batch": batch, "memory_gib": memory_gib}
-    if patch % (8 * space):
-        return {**entry, "fits": False, "why": f"X / {space} = {patch / space:g} is not a multiple of 8"}
+    if unsplittable(patch, space):
+        return {**entry, "fits": False, "why": unsplittable(patch, space)}
     start = time.perf_counter()
     try:
         result = dry_run(config_for(patch, space, batch, width, dtype), topology=topology,
                          device_memory_gb=memory_gib, fit=False)
     except UserError:  # a bad request is this script's bug: its message, not a table cell
         raise
-    except Exception as e:  # the TPU compiler refuses a program larger than HBM
-        if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+    except Exception as e:
+        if out_of_memory(e):
             said = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
             return {**entry, "fits": False, "why": "out of memory (the compiler refused it)",
                     "compiler_said": said[:300], "compile_s": round(time.perf_counter() - start, 1)}
@@ -90,8 +95,8 @@ def voxels_per_device(patch: int, devices: int, batch: int) -> float:
 
 def inferred(target: str, patch: int, devices: int, batch: int, entries: list[dict]) -> str:
     """A cell not compiled, from the compiled cells of the target (see the module doc)."""
-    if patch % (8 * devices):
-        return f"no: X / {devices} = {patch / devices:g} is not a multiple of 8"
+    if unsplittable(patch, devices):
+        return "no: " + unsplittable(patch, devices)
     mine = voxels_per_device(patch, devices, batch)
     compiled = [e for e in entries if e["target"] == target and e["devices"] == devices
                 and ("peak_gib" in e or "out of memory" in e.get("why", ""))]

@@ -158,7 +158,7 @@ def halo_report(report, jaxpr, mesh) -> dict | None:
     in fp32; XLA:CPU moves bf16 halos as fp32, twice the prediction)."""
     if sharding.space_size(mesh) == 1:
         return None
-    permuted = sum(c.bytes for c in report.collectives if c.kind == "collective-permute")
+    permuted = report.moved("collective-permute")
     return {"predicted_bytes": program.halo_bytes(jaxpr, sharding.data_size(mesh)), "permuted_bytes": permuted}
 
 
@@ -210,13 +210,19 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
     return result
 
 
+def out_of_memory(error: Exception) -> bool:
+    """Whether a compile failed because the program is larger than the device's memory
+    (the TPU compiler refuses it: RESOURCE_EXHAUSTED)."""
+    return "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
+
+
 def fit_batch(cfg, mesh, target, per_device, report, memory, max_checks=4) -> dict:
     """The largest per-device batch whose compiled peak fits `memory` (see the module doc)."""
     def peak_at(batch):
         try:
             compiled, _, _ = compile_step(cfg, mesh, target, batch * sharding.data_size(mesh))
-        except Exception as e:  # the TPU compiler refuses a program larger than HBM
-            if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+        except Exception as e:
+            if out_of_memory(e):
                 return math.inf
             raise
         return compiled.peak_bytes

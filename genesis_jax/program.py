@@ -100,6 +100,10 @@ class ProgramReport:
     def largest(self, *kinds: str) -> int:
         return max((c.bytes for c in self.collectives if c.kind in kinds), default=0)
 
+    def moved(self, *kinds: str) -> int:
+        """Bytes all collectives of these kinds produce on each device."""
+        return sum(c.bytes for c in self.collectives if c.kind in kinds)
+
     def to_dict(self) -> dict:
         return {"flops": self.flops, "bytes_accessed": self.bytes_accessed, "argument_bytes": self.argument_bytes,
                 "output_bytes": self.output_bytes, "alias_bytes": self.alias_bytes, "temp_bytes": self.temp_bytes,
@@ -176,7 +180,7 @@ def spatial_split_problems(split: "ProgramReport", unsplit_flops: float, space: 
     if split.flops > 1.15 * unsplit_flops / space:
         problems.append(f"per-device FLOPs {split.flops / 1e9:.3f} G > 1.15 x 1/{space} of the unsplit step's "
                         f"{unsplit_flops / 1e9:.3f} G ({split.flops * space / unsplit_flops:.2f} x its share)")
-    permuted = sum(c.bytes for c in split.collectives if c.kind == "collective-permute")
+    permuted = split.moved("collective-permute")
     if not halo / 1.5 <= permuted <= 1.5 * halo:
         problems.append(f"collective-permutes move {format_bytes(permuted)}, the predicted halo is "
                         f"{format_bytes(halo)} (allowed: within 1.5x)")
@@ -184,7 +188,7 @@ def spatial_split_problems(split: "ProgramReport", unsplit_flops: float, space: 
     if gathered >= smallest_activation:
         problems.append(f"an all-gather or all-to-all of {format_bytes(gathered)} (the smallest activation's "
                         f"per-device share is {format_bytes(smallest_activation)}): an activation was gathered")
-    reduced = sum(c.bytes for c in split.collectives if c.kind in ("all-reduce", "reduce-scatter"))
+    reduced = split.moved("all-reduce", "reduce-scatter")
     if reduced > reduce_limit:
         problems.append(f"all-reduces of {format_bytes(reduced)} > {format_bytes(reduce_limit)} (gradients, "
                         f"BatchNorm statistics and the loss's sums)")
