@@ -79,8 +79,8 @@ def test_lung_scores_equal_the_loop_for_every_corner():
     cfg = SamplerConfig(crop=(8, 8, 6), border=(0, 0, 0))
     volume = lungish_volume(7)
     corners = draw_corners(volume.shape, cfg, np.random.default_rng(0), 40)
-    from genesis_jax.data.sampler import box_sums
-    sums = box_sums(filter_table(volume, cfg), corners, cfg.crop)
+    from genesis_jax.data.sampler import crop_scores
+    sums = crop_scores(filter_table(volume, cfg), corners, cfg)
     for (x, y, z), total in zip(corners, sums):
         crop = volume[x:x + 8, y:y + 8, z:z + 9]
         assert total == loop_lung_score(crop, cfg.lung_threshold, 6)
