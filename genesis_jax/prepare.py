@@ -28,6 +28,15 @@ as cubes are (CT: the HU window). genesis_jax/data/images.py.
 By default the first bad input stops the run with one line naming the file and the
 problem (exit code 1). With --skip-bad, bad inputs are skipped and listed at the end.
 
+Archives (docs/data.md, "Archives"): --workers N reads and samples N inputs at once in
+worker processes (default: one per core, as many as memory holds at 4 GiB each); the
+store does not depend on N. A killed or failed prepare keeps the inputs it finished:
+the same command again goes on from there and ends with the store an uninterrupted
+run writes, bit for bit (other inputs or options are refused, naming the change, unless
+--restart). Several machines: --shard I/N on each (a SLURM array task, a pod host)
+writes its part of the inputs into the store's work area, then --finalize --out STORE
+checks every shard finished and commits the store in the order a single run writes.
+
 Examples:
     python -m genesis_jax.prepare /data/LUNA16 --out cubes.zarr                # chest CTs, the paper's cubes
     python -m genesis_jax.prepare brats.csv --out mr.zarr --modality mr --filter foreground --filter-channel t1
@@ -37,6 +46,8 @@ Examples:
         # @sample: the chest CT crop bundled with genesis-jax; 32x32x16 cubes for a CPU
     python -m genesis_jax.prepare --dims 2 /data/ChestXray14/images --out xrays.zarr   # radiographs, 128x128
     python -m genesis_jax.prepare --dims 2 /data/LUNA16 --out slices.zarr --slice-axis z --image-shape 128 128
+    python -m genesis_jax.prepare /data/archive --out /shared/cubes.zarr --shard 3/16   # then, once all 16 ran:
+    python -m genesis_jax.prepare --finalize --out /shared/cubes.zarr
 """
 
 from __future__ import annotations
@@ -45,26 +56,24 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
-
-import numpy as np
-from tqdm import tqdm
 
 import genesis_jax
-from genesis_jax.data.sampler import FILTERS, SamplerConfig, borders_for, sample_cubes
-from genesis_jax.data.store import CubeStoreWriter
-from genesis_jax.errors import UserError
-from genesis_jax.data.cases import Case, find_cases, is_manifest, parse_channel_names, parse_modalities, read_case, \
-    read_manifest, unit_channels, unknown_modalities
+from genesis_jax.data import archive
 from genesis_jax.data.batches import sampler_crop
-from genesis_jax.data.images import SLICE_AXES, find_2d_inputs, read_image, resize, slices_last
-from genesis_jax.data.volumes import VolumeError, find_inputs, resample, to_unit_range
+from genesis_jax.data.cases import Case, find_cases, is_manifest, parse_channel_names, parse_modalities, \
+    read_manifest, unknown_modalities
+from genesis_jax.data.images import SLICE_AXES, find_2d_inputs
+from genesis_jax.data.parts import Shard
+from genesis_jax.data.preparing import Recipe, input_name
+from genesis_jax.data.sampler import FILTERS, SamplerConfig
+from genesis_jax.data.volumes import VolumeError, find_inputs
+from genesis_jax.errors import UserError
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m genesis_jax.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="volume files or directories (@sample: the "
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="volume files or directories (@sample: the "
                         "bundled chest CT crop)")
     parser.add_argument("--out", required=True, help="the cube store to create: a directory (replaced if it exists) "
                         "or a TensorStore kvstore URL (gs://bucket/cubes.zarr, s3://..., file://...)")
@@ -98,6 +107,14 @@ def parse_args(argv):
     parser.add_argument("--border", type=int, nargs=3, metavar=("X", "Y", "Z"),
                         help="corner margins in voxels (default: min(100/100/30, slack // 4) per axis)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable or unusable inputs and list them")
+    parser.add_argument("--workers", type=int, help="inputs prepared at once, each in a worker process (default: one "
+                        "per core, as many as memory holds at 4 GiB each; 1: in this process)")
+    parser.add_argument("--shard", metavar="I/N", help="prepare inputs I, I+N, I+2N, ... into the store's work area "
+                        "(I from 0; a SLURM array task, a pod host); then --finalize commits the store")
+    parser.add_argument("--finalize", action="store_true", help="commit a store whose N shards have all finished "
+                        "(takes only --out and --workers)")
+    parser.add_argument("--restart", action="store_true", help="discard an unfinished prepare of this store (this "
+                        "shard's) and start over")
     return check_args(parser, parser.parse_args(argv))
 
 
@@ -119,6 +136,16 @@ def check_args(parser, args):
         parser.error(f"--border {' '.join(map(str, args.border))}: margins must be >= 0")
     if args.seed < 0:
         parser.error(f"--seed {args.seed}: must be >= 0")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers {args.workers}: must be >= 1")
+    try:
+        args.shard = Shard.parse(args.shard) if args.shard else None
+    except ValueError:
+        parser.error(f"--shard {args.shard}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
+    if args.finalize and (args.inputs or args.shard):
+        parser.error("--finalize takes no INPUT and no --shard: the shards recorded their inputs")
+    if not args.finalize and not args.inputs:
+        parser.error("the following arguments are required: INPUT")
     if args.dims == 2 and args.cube_shape is not None:
         parser.error("--cube-shape sizes 3D cubes; with --dims 2 pass --image-shape H W")
     if args.dims == 3 and args.image_shape is not None:
@@ -128,63 +155,6 @@ def check_args(parser, args):
     if any(d < 8 or d % 8 for d in args.shape):
         parser.error(f"{flag} {' '.join(map(str, args.shape))}: each size must be a multiple of 8")
     return args
-
-
-def prepare_case(case: Case, index, args, cfg, modalities):
-    """(cubes (n, X, Y, Z, C), source record) for one case (one volume, or one per channel);
-    with --dims 2, (images (n, H, W, C), record) of its slices. VolumeError for a bad one."""
-    volumes = read_case(case)
-    if args.spacing:
-        volumes = [resample(v, args.spacing * 3 if len(args.spacing) == 1 else args.spacing) for v in volumes]
-    unit, windows = unit_channels(volumes, modalities, args.window)
-    shape = list(unit.shape[:3])
-    if args.dims == 2:  # (H, W, 1) crops of the volume, its slice axis third
-        unit = slices_last(unit, args.slice_axis)
-    try:
-        cubes, tries = sample_cubes(unit, cfg, np.random.default_rng([args.seed, index]))
-    except ValueError as e:
-        raise VolumeError(case.name, str(e)) from None
-    record = {"path": str(case.paths[0]) if len(case.paths) == 1 else case.name, "shape": shape,
-              "spacing": list(volumes[0].spacing), "window": windows[0] if len(windows) == 1 else windows,
-              "border": list(borders_for(unit.shape[:3], cfg)), "cubes": int(len(cubes)), "tries": int(tries)}
-    if len(case.paths) > 1:
-        record["channels"] = {c: str(p) for c, p in zip(case.channels, case.paths)}
-    if args.dims == 2:
-        record["slice_axis"] = args.slice_axis
-        cubes = cubes[:, :, :, 0]
-    return cubes, record
-
-
-def prepare_image(path: Path, args):
-    """(image (1, H, W, 1), source record) of one radiograph or other 2D image: its own
-    0.5-99.5 percentile window, resized whole to --image-shape. VolumeError for a bad one."""
-    array = read_image(path)
-    unit, window = to_unit_range(array, "xray")
-    image = resize(unit, args.shape)
-    record = {"path": str(path), "shape": list(array.shape), "window": list(window), "window_rule": "percentiles 0.5-99.5",
-              "cubes": 1, "tries": 1}
-    return image[None, :, :, None], record
-
-
-# Spacings further apart than this (largest / smallest, on any axis) mix voxel sizes in one store.
-SPACING_SPREAD = 1.10
-
-
-def spacing_warning(sources: list[dict]) -> str | None:
-    """A warning when the volumes' voxel spacings differ by more than 10% on some axis
-    (prepare was not asked to resample: a cube then covers more tissue in one scan than
-    in another)."""
-    spacings = np.array([s["spacing"] for s in sources if "spacing" in s], float)  # 2D images have none
-    if len(spacings) < 2:
-        return None
-    low, high = spacings.min(axis=0), spacings.max(axis=0)
-    spread = high > SPACING_SPREAD * low
-    if not spread.any():
-        return None
-    axes = ", ".join(f"{axis} {lo:g}-{hi:g} mm" for axis, lo, hi, wide in zip("XYZ", low, high, spread) if wide)
-    return (f"warning: the volumes' voxel spacings differ by more than 10% ({axes}; each source's spacing is in the "
-            f"store): their cubes cover different physical sizes. Pass --spacing MM (e.g. --spacing {high.min():g}) "
-            f"to resample them to one spacing; the Models Genesis paper did not resample")
 
 
 def collect_cases(args, skipped: list) -> tuple[tuple[str, ...], dict]:
@@ -223,85 +193,45 @@ def collect_cases(args, skipped: list) -> tuple[tuple[str, ...], dict]:
     return channels or named or ("image",), cases
 
 
+def recipe_of(args, modalities, filter_channel: int) -> Recipe:
+    cfg = SamplerConfig(crop=sampler_crop(args.shape), filter=args.filter, cubes_per_volume=args.cubes_per_volume,
+                        tries_per_cube=args.tries_per_cube, border=tuple(args.border) if args.border else "auto",
+                        filter_channel=filter_channel)
+    spacing = None if not args.spacing else tuple(args.spacing * 3 if len(args.spacing) == 1 else args.spacing)
+    return Recipe(args.dims, args.shape, cfg, tuple(modalities), args.seed, tuple(args.window), spacing,
+                  args.slice_axis)
+
+
+def plan_of(args, recipe: Recipe, channels, names: list[str], skipped: list[str]) -> dict:
+    """What a prepare's cubes depend on (data/parts.py compares it on resume): the inputs,
+    the options the store records (attributes), and those only its sources show (options)."""
+    attributes = {"seed": args.seed, "filter": args.filter, "modality": args.modality,
+                  "modalities": list(recipe.modalities), "filter_channel": channels[recipe.sampler.filter_channel],
+                  "spacing": args.spacing, "cube_shape": list(args.shape), "cubes_per_volume": args.cubes_per_volume,
+                  "tries_per_cube": args.tries_per_cube}
+    options = {"window": list(args.window), "border": args.border, "dims": args.dims,
+               "slice_axis": args.slice_axis if args.dims == 2 else None}
+    return {"version": genesis_jax.__version__, "inputs": names, "skipped": skipped, "channels": list(channels),
+            "attributes": attributes, "options": options}
+
+
 def run(argv=None) -> int:
     args = parse_args(argv)
-    skipped = []
     try:
+        if args.finalize:
+            return archive.finalize(args)
+        skipped = []
         channels, cases = collect_cases(args, skipped)
         modalities = parse_modalities(args.modality, channels)
         if args.filter_channel and args.filter_channel not in channels:
             raise UserError(f"--filter-channel {args.filter_channel}: not a channel ({', '.join(channels)})")
-        filter_channel = channels.index(args.filter_channel) if args.filter_channel else 0
+        recipe = recipe_of(args, modalities, channels.index(args.filter_channel) if args.filter_channel else 0)
+        items = list(cases.values())
+        plan = plan_of(args, recipe, channels, [input_name(i) for i in items], skipped)
+        return archive.prepare(args, recipe, plan, items)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    cfg = SamplerConfig(crop=sampler_crop(args.shape), filter=args.filter, cubes_per_volume=args.cubes_per_volume,
-                        tries_per_cube=args.tries_per_cube, border=tuple(args.border) if args.border else "auto",
-                        filter_channel=filter_channel)
-    start = time.perf_counter()
-    try:
-        writer = CubeStoreWriter(args.out, args.shape, channels)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for line in writer.leftovers:
-        print(line, file=sys.stderr)
-    try:
-        return write_store(writer, list(cases.values()), args, cfg, skipped, start, modalities)
-    except UserError as e:  # the store could not be written (a full or read-only disk)
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-def write_store(writer, inputs, args, cfg, skipped, start, modalities) -> int:
-    sources, empty = [], []
-    with writer:
-        for index, case in enumerate(tqdm(inputs, desc="inputs" if args.dims == 2 else "volumes", unit="input",
-                                          disable=None)):
-            path = getattr(case, "name", case)
-            try:
-                if isinstance(case, Path):
-                    cubes, record = prepare_image(case, args)
-                else:
-                    cubes, record = prepare_case(case, index, args, cfg, modalities)
-            except VolumeError as e:
-                if not args.skip_bad:
-                    print(f"error: {e}", file=sys.stderr)
-                    return 1
-                skipped.append(str(e))
-                continue
-            writer.append(cubes)
-            sources.append(record)
-            if record["cubes"] == 0:
-                empty.append(f"{path}: the {args.filter} filter rejected all {record['tries']} crops"
-                             + (" (it keeps chest-CT crops that are mostly lung; for other scans use --filter "
-                                "foreground)" if args.filter == "lung" else ""))
-        if writer.count == 0:
-            print(f"error: no cubes from {len(inputs)} input(s); nothing written to {args.out}", file=sys.stderr)
-            for line in skipped + empty:
-                print(f"  {line}", file=sys.stderr)
-            return 1
-        writer.commit({
-            "package": "genesis-jax", "version": genesis_jax.__version__, "seed": args.seed,
-            "filter": args.filter, "modality": args.modality, "modalities": list(modalities),
-            "filter_channel": writer.channels[cfg.filter_channel], "spacing": args.spacing,
-            "cube_shape": list(args.shape), "cubes_per_volume": args.cubes_per_volume,
-            "tries_per_cube": args.tries_per_cube, "sources": sources,
-            "skipped": skipped,
-        })
-    elapsed = time.perf_counter() - start
-    what = "cubes" if args.dims == 3 else "images"
-    print(f"{len(sources)} {'volume' if args.dims == 3 else 'input'}(s) read, {len(skipped)} skipped, {writer.count} "
-          f"{what} written to {args.out} in {elapsed:.1f} s ({writer.count / elapsed:.1f} {what}/s)")
-    for line in empty:
-        print(f"  no cubes: {line}")
-    if not args.spacing and (warning := spacing_warning(sources)):
-        print(warning, file=sys.stderr)
-    if skipped:
-        print("skipped:")
-        for line in skipped:
-            print(f"  {line}")
-    return 0
 
 
 def main():

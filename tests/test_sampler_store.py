@@ -309,7 +309,8 @@ def test_a_cube_shape_not_made_of_multiples_of_8_is_refused(tmp_path, capsys, sh
 
 def test_volumes_of_different_spacings_are_named_unless_resampled(tmp_path, capsys):
     import nibabel as nib
-    from genesis_jax.prepare import run, spacing_warning
+    from genesis_jax.data.preparing import spacing_warning
+    from genesis_jax.prepare import run
     volume = np.asarray(nib.load(str(sample_path())).dataobj, np.float32)
     for name, spacing in (("fine", 0.96), ("coarse", 2.0)):
         nib.save(nib.Nifti1Image(volume, np.diag([spacing, spacing, 2.5, 1.0])), str(tmp_path / f"{name}.nii.gz"))

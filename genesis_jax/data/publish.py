@@ -26,17 +26,17 @@ _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>writing|previous)-(?P<host>[A
                        r"[a-z0-9_]+\.tmp$")
 
 
-def _host() -> str:
+def host_name() -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
 
 
 def temporary_beside(location: Path, kind: str) -> Path:
     """A new temporary directory beside `location`, named by kind, host and process."""
-    return Path(tempfile.mkdtemp(prefix=f".{location.name}.{kind}-{_host()}-{os.getpid()}-", suffix=".tmp",
+    return Path(tempfile.mkdtemp(prefix=f".{location.name}.{kind}-{host_name()}-{os.getpid()}-", suffix=".tmp",
                                  dir=location.parent))
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -44,6 +44,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, Linux), None where unknown: with
+    the pid, it tells a live owner from a new process that reuses a dead one's pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def clean_leftovers(location: Path) -> list[str]:
@@ -60,7 +70,7 @@ def clean_leftovers(location: Path) -> list[str]:
         if match is None or match["name"] != location.name:
             continue
         pid = int(match["pid"])
-        if match["host"] != _host() or _alive(pid):
+        if match["host"] != host_name() or process_alive(pid):
             lines.append(f"note: {path} belongs to a cube store writer that may still be running (process {pid} "
                          f"on {match['host']}); left alone (remove it if no prepare is running there)")
         elif match["kind"] == "previous" and not location.exists():

@@ -48,14 +48,33 @@ def store_location(store) -> Path | str:
     return Path(text)
 
 
+def work_location(location):
+    """Where the store at `location` is prepared (data/parts.py): a directory beside a
+    local store (`.NAME.preparing`, renamed into place at the end), a key prefix inside
+    a URL's (`prepare/`, deleted at the end)."""
+    if isinstance(location, Path):
+        return location.parent / f".{location.name}.preparing"
+    return f"{location}prepare/"
+
+
+def _being_prepared(path) -> UserError | None:
+    """The refusal of a store whose prepare has not finished, if one is under way."""
+    work = work_location(store_location(path))
+    if not open_kvstore(work).list().result():
+        return None
+    return UserError(f"{path}: an incomplete cube store: its prepare has not finished (interrupted, or shards not "
+                     f"yet finalized; its work is in {work}). Run the same prepare command again to finish it, "
+                     f"or, after prepare --shard I/N on every shard, prepare --finalize --out {path}")
+
+
 def _kvstore(location) -> dict | str:
     return location if isinstance(location, str) else {"driver": "file", "path": str(location)}
 
 
-def _read_metadata(location) -> dict | None:
+def read_metadata(location) -> dict | None:
     """zarr.json of the store at `location` (a path or a URL), or None when there is none."""
     try:
-        result = _open_kvstore(location).read("zarr.json").result()
+        result = open_kvstore(location).read("zarr.json").result()
     except ValueError as e:  # an unknown URL scheme or an unreachable bucket
         raise UserError(f"{location}: cannot open this store location ({str(e).splitlines()[0]})") from None
     if result.state != "value":
@@ -67,25 +86,69 @@ def _read_metadata(location) -> dict | None:
                         f"prepare it again") from None
 
 
-def _write_attributes(location, attributes: dict) -> None:
+def write_attributes(location, attributes: dict) -> None:
     """Set the `genesis` attributes in the zarr.json of the store at `location`."""
-    kvstore = _open_kvstore(location)
+    kvstore = open_kvstore(location)
     meta = json.loads(kvstore.read("zarr.json").result().value)
     meta.setdefault("attributes", {})[ATTRIBUTES_KEY] = attributes
     kvstore.write("zarr.json", json.dumps(meta, indent=2).encode()).result()
 
 
-def _open_kvstore(location) -> ts.KvStore:
+def open_kvstore(location) -> ts.KvStore:
     """The store's directory as a key-value store (keys: zarr.json, c/...)."""
     if isinstance(location, Path):  # a file kvstore path is a key prefix: the directory needs its '/'
         return ts.KvStore.open({"driver": "file", "path": f"{location}/"}, context=_CONTEXT).result()
     return ts.KvStore.open(location, context=_CONTEXT).result()
 
 
+
+def child_location(location, name: str):
+    """A location inside `location`: a sub-directory of a path, a key prefix of a URL."""
+    return location / name if isinstance(location, Path) else f"{location}{name}/"
+
+
+def reset_array(location) -> None:
+    """Remove an array's metadata and chunks at `location` (zarr.json, c/...), nothing
+    else: a store being prepared keeps its journal beside them (data/parts.py)."""
+    kvstore = open_kvstore(location)
+    kvstore.write("zarr.json", None).result()
+    kvstore.delete_range(ts.KvStore.KeyRange("c/", "c0")).result()
+
+
+def create_cube_array(location, cube_shape, attributes: dict) -> ts.TensorStore:
+    """A new, empty cube array (0, *cube_shape) at `location`, replacing the array there."""
+    reset_array(location)
+    return ts.open(_spec(location, cube_shape, attributes, create=True), context=_CONTEXT).result()
+
+
+def open_cube_array(location) -> ts.TensorStore:
+    return ts.open(_spec(location, None), context=_CONTEXT).result()
+
+
+def write_cubes(array: ts.TensorStore, start: int, cubes: np.ndarray) -> ts.TensorStore:
+    """The array grown (or cut) to start + len(cubes) cubes, these written at [start, ...)."""
+    stop = start + len(cubes)
+    array = array.resize(exclusive_max=[stop, *array.shape[1:]]).result()
+    if len(cubes):
+        array[start:stop].write(cubes).result()
+    return array
+
+
+def store_attributes(attributes: dict, channels, cube_shape, count: int, cubes_sha256: str) -> dict:
+    """A committed store's `genesis` attributes: the writer's, then channels, dims (2D
+    stores only: a 3D store's attributes as before 2D), count and contents."""
+    dims = {"dims": 2} if len(cube_shape) == 3 else {}
+    return {**attributes, "channels": list(channels), **dims, "cubes": count, "cubes_sha256": cubes_sha256}
+
+
+def metadata_digest(meta: dict) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
 def _spec(location, cube_shape, attributes=None, create=False) -> dict:
     spec = {"driver": "zarr3", "kvstore": _kvstore(location)}
     if create:
-        spec.update(create=True, delete_existing=True, metadata={
+        spec.update(create=True, metadata={
             "shape": [0, *cube_shape],
             "data_type": "float32",
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, *cube_shape]}},
@@ -127,7 +190,7 @@ class CubeStoreWriter:
         else:
             self.tmp, target, attributes = None, self.location, {"complete": False}
         try:
-            self.array = ts.open(_spec(target, self.cube_shape, attributes, create=True), context=_CONTEXT).result()
+            self.array = create_cube_array(target, self.cube_shape, attributes)
         except ValueError as e:  # an unknown URL scheme, a bucket that does not exist or refuses us
             if self.tmp is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
@@ -143,21 +206,17 @@ class CubeStoreWriter:
             cubes = cubes[..., None]
         if cubes.shape[1:] != self.cube_shape:
             raise UserError(f"cubes of shape {cubes.shape[1:]} do not fit a store of {self.cube_shape}")
-        new_count = self.count + len(cubes)
         cubes = np.ascontiguousarray(cubes, np.float32)
         with self._write_errors():
-            self.array = self.array.resize(exclusive_max=[new_count, *self.cube_shape], expand_only=True).result()
-            self.array[self.count:new_count].write(cubes).result()
+            self.array = write_cubes(self.array, self.count, cubes)
         self.content.update(cubes.tobytes())
-        self.count = new_count
+        self.count += len(cubes)
 
     def commit(self, attributes: dict):
         """Record the attributes, then publish the store at its final location."""
         with self._write_errors():
-            dims = {"dims": 2} if len(self.cube_shape) == 3 else {}  # a 3D store's attributes as before 2D
-            _write_attributes(self.tmp or self.location, {**attributes, "channels": list(self.channels), **dims,
-                                                          "cubes": self.count,
-                                                          "cubes_sha256": self.content.hexdigest()})
+            write_attributes(self.tmp or self.location, store_attributes(
+                attributes, self.channels, self.cube_shape, self.count, self.content.hexdigest()))
             if self.tmp is not None:
                 publish(self.tmp, self.location)
         self.committed = True
@@ -177,7 +236,7 @@ class CubeStoreWriter:
         if self.tmp is not None:
             remove_tree(self.tmp)
         else:
-            _open_kvstore(self.location).delete_range(ts.KvStore.KeyRange()).result()
+            open_kvstore(self.location).delete_range(ts.KvStore.KeyRange()).result()
 
     def __enter__(self):
         return self
@@ -189,6 +248,9 @@ class CubeStoreWriter:
 
 
 def _not_a_store(path, field: str = "") -> UserError:
+    unfinished = _being_prepared(path)
+    if unfinished is not None:
+        return UserError(f"{field + ': ' if field else ''}{unfinished}")
     return UserError(f"{field + ': ' if field else ''}{path}: not a cube store (no zarr.json); create one with "
                      f"python -m genesis_jax.prepare")
 
@@ -203,13 +265,13 @@ def check_local_store(path, field: str) -> None:
 def open_store(path):
     """(TensorStore, attributes) of a cube store; UserError with the location if it is not one."""
     location = store_location(path)
-    meta = _read_metadata(location)
+    meta = read_metadata(location)
     if meta is None:
         raise _not_a_store(path)
     attributes = meta.get("attributes", {}).get(ATTRIBUTES_KEY, {})
     if attributes.get("complete") is False:
-        raise UserError(f"{path}: an incomplete cube store (the prepare run writing it did not finish); "
-                         f"run prepare again")
+        raise _being_prepared(path) or UserError(f"{path}: an incomplete cube store (the prepare run writing it "
+                                                 f"did not finish); run prepare again")
     try:
         return ts.open(_spec(location, None), context=_CONTEXT).result(), attributes
     except ValueError as e:  # TensorStore: metadata it cannot use, a chunk layout it does not know
@@ -240,7 +302,7 @@ def store_sample_shape(array, attributes: dict) -> tuple[int, ...]:
 
 def read_store_channels(path) -> list[str]:
     """The channel names of the store at path, from its metadata alone (no cube is read)."""
-    meta = _read_metadata(store_location(path))
+    meta = read_metadata(store_location(path))
     if meta is None:
         raise _not_a_store(path)
     return _channel_names(meta.get("shape", []), meta.get("attributes", {}).get(ATTRIBUTES_KEY, {}))
@@ -250,7 +312,7 @@ def store_digest(path) -> str:
     """sha256 of the store's zarr.json: shape, codecs and the attributes, which name its
     sources and hold the sha256 of its cubes (written by CubeStoreWriter.commit), so a
     store re-prepared with other contents or another size has another digest."""
-    meta = _read_metadata(store_location(path))
+    meta = read_metadata(store_location(path))
     if meta is None:
         raise UserError(f"{path}: not a cube store (no zarr.json)")
-    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+    return metadata_digest(meta)

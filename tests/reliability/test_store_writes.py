@@ -1,13 +1,15 @@
 """prepare under SIGKILL and on a disk that refuses writes.
 
 A store at the output path is either the previous one, intact, or the new one, complete;
-never a half-written or half-deleted one. Leftover temporary directories of a killed
-prepare are removed (or, for the one case that holds the only copy of the previous
-store, named) by the next prepare of the same path. A disk that refuses a write gives
-one line naming the store and the system's reason, exit 1, nothing left behind.
+never a half-written or half-deleted one. A killed prepare, run again with the same
+command, goes on from the inputs it finished and ends with the store an uninterrupted
+run writes, file for file (issue 25); nothing of it is left beside the store after. A
+disk that refuses a write gives one line naming the store and the system's reason,
+exit 1, nothing left behind.
 """
 
 import hashlib
+import os
 import random
 import re
 import signal
@@ -19,20 +21,39 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genesis_jax.data import open_store
+from genesis_jax.data import open_store, sample_path
 from genesis_jax.data.store import store_digest
 from genesis_jax.errors import UserError
 
-# A prepare that runs about 2 s on this machine (3000 small cubes of the bundled sample).
-LONG = ["@sample", "--filter", "none", "--cube-shape", "16", "16", "16", "--cubes-per-volume", "3000",
-        "--tries-per-cube", "1"]
+# 6 inputs (the bundled sample under 6 names: each its own draws), 4800 small cubes, 2 workers:
+# about 4.5 s on this machine: 2 s to start the workers, then an input every 0.4 s.
+CUBES = ["--filter", "none", "--cube-shape", "16", "16", "16", "--cubes-per-volume", "800", "--tries-per-cube", "1",
+         "--workers", "2"]
 SHORT = ["@sample", "--filter", "none", "--cube-shape", "16", "16", "16", "--cubes-per-volume", "20", "--seed", "7"]
 FSIZE = Path(__file__).with_name("with_file_size_limit.py")
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """(a long prepare's arguments, the files of the store it writes uninterrupted)."""
+    folder = tmp_path_factory.mktemp("archive")
+    for i in range(6):
+        (folder / f"volume{i}.nii.gz").symlink_to(sample_path())
+    args = [str(folder), *CUBES]
+    reference = folder.parent / f"{folder.name}-reference.zarr"
+    assert prepare(args, reference).returncode == 0
+    return args, files(reference)
 
 
 def prepare(args, out: Path, *, prefix=(), **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *prefix, "-m", "genesis_jax.prepare", *args, "--out", str(out)],
                           capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def files(store: Path) -> dict:
+    """Every file of a store by its path inside it: its sha256."""
+    return {str(f.relative_to(store)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(store.rglob("*")) if f.is_file()}
 
 
 def contents(store: Path) -> str:
@@ -54,42 +75,58 @@ def previous(tmp_path):
 
 def kill_after(args, out: Path, seconds: float) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "genesis_jax.prepare", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     time.sleep(seconds)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # prepare and its workers, as a node failure or the OOM killer's group kill
     proc.wait(60)
 
 
-def check_after_a_kill(out: Path, previous_digest: str, previous_contents: str) -> str:
-    """The store at `out` is the previous one or a complete new one; the next prepare cleans up."""
-    found = leftovers(out)
+def check_after_a_kill(out: Path, previous_digest: str, previous_contents: str, archive) -> str:
+    """The store at `out` is the previous one or the complete new one; the same command
+    again ends with the uninterrupted run's store, file for file, and nothing beside it."""
+    args, reference = archive
     if store_digest(out) == previous_digest:
         assert contents(out) == previous_contents
         state = "previous"
     else:
         array, attributes = open_store(out)  # complete: opens, with every cube and its record
-        assert array.shape[0] == attributes["cubes"] == 3000
+        assert array.shape[0] == attributes["cubes"] == 4800
         state = "new"
-    again = prepare(SHORT, out)
+    again = prepare(args, out)
     assert again.returncode == 0, again.stderr
-    for path in found:
-        assert f"warning: removed {path}, left by a prepare that was killed" in again.stderr, again.stderr
+    assert files(out) == reference
     assert leftovers(out) == []
-    return state
+    resumed = re.search(r"resuming: (\d+) of 6", again.stderr)
+    return state + (f", the rerun resumed after {resumed[1]} of 6 inputs" if resumed else "")
 
 
-def test_a_kill_at_a_random_moment_leaves_the_previous_store_or_the_new_one(previous):
+def test_a_kill_at_a_random_moment_then_the_same_command_ends_with_the_uninterrupted_store(previous, archive):
     out, digest, data = previous
-    kill_after(LONG, out, random.Random(0).uniform(1.0, 2.0))  # in the middle of the writes, here
-    check_after_a_kill(out, digest, data)
+    kill_after(archive[0], out, random.Random(0).uniform(2.0, 3.5))  # in the middle of the inputs, here
+    check_after_a_kill(out, digest, data, archive)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trial", range(10))
-def test_kills_at_seeded_moments_of_prepare(previous, trial):
+def test_kills_at_seeded_moments_of_prepare(previous, archive, trial):
     out, digest, data = previous
-    kill_after(LONG, out, random.Random(trial).uniform(0.2, 3.5))
-    print(f"trial {trial}: {check_after_a_kill(out, digest, data)}")
+    kill_after(archive[0], out, random.Random(trial).uniform(0.5, 5.0))
+    print(f"trial {trial}: {check_after_a_kill(out, digest, data, archive)}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(4))
+def test_kills_of_a_shard_and_of_finalize_then_the_same_commands(tmp_path, archive, trial):
+    args, reference = archive
+    out, moment = tmp_path / "cubes.zarr", random.Random(100 + trial)
+    kill_after([*args, "--shard", "1/2"], out, moment.uniform(0.2, 2.5))
+    for shard in ("0/2", "1/2"):
+        assert prepare([*args, "--shard", shard], out).returncode == 0
+    kill_after(["--finalize"], out, moment.uniform(0.2, 1.5))
+    again = prepare(["--finalize"], out)
+    finished = again.returncode == 0
+    assert finished or "no shards to finalize" in again.stderr, again.stderr  # the kill came after the end
+    assert files(out) == reference and leftovers(out) == []
 
 
 # A prepare killed (SIGKILL, by itself) at one exact point of publishing its store.
@@ -119,33 +156,35 @@ sys.exit(run(args))
 
 
 @pytest.mark.parametrize("point,state", [("before the exchange", "previous"), ("after the exchange", "new")])
-def test_a_kill_while_publishing_leaves_one_complete_store(previous, tmp_path, point, state):
+def test_a_kill_while_publishing_leaves_one_complete_store(previous, archive, point, state):
     out, digest, data = previous
-    killed = subprocess.run([sys.executable, "-c", KILL_AT, point, *LONG, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, point, *archive[0], "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert leftovers(out), "the kill left no temporary directory: the test did not reach its point"
-    assert check_after_a_kill(out, digest, data) == state
+    assert check_after_a_kill(out, digest, data, archive).startswith(state)
 
 
-def test_a_kill_between_the_fallback_renames_keeps_the_previous_store_and_says_where(previous):
+def test_a_kill_between_the_fallback_renames_keeps_the_previous_store_and_says_where(previous, archive):
     out, digest, data = previous
-    killed = subprocess.run([sys.executable, "-c", KILL_AT, "between the two renames", *LONG, "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, "between the two renames", *archive[0], "--out",
+                             str(out)], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not out.exists()
     [aside] = [p for p in leftovers(out) if ".previous-" in p.name]
     assert store_digest(aside / "store") == digest and contents(aside / "store") == data
-    again = prepare(SHORT, out)
+    again = prepare(archive[0], out)
     assert again.returncode == 0, again.stderr
+    assert files(out) == archive[1]  # the interrupted prepare's store, put in place
     assert (f"warning: {aside / 'store'} is the store that was at {out} before a prepare was killed while "
             f"replacing it; left there") in again.stderr
     assert (aside / "store").is_dir()  # the only copy of the previous store is never removed
 
 
-def test_a_disk_that_refuses_the_writes_gives_one_line_and_leaves_nothing(tmp_path):
+def test_a_disk_that_refuses_the_writes_gives_one_line_and_leaves_nothing(tmp_path, archive):
     out = tmp_path / "cubes.zarr"
     # a 5000-byte file size limit: the first cube chunk over it fails as a full disk does
-    refused = prepare(LONG, out, prefix=(str(FSIZE), "5000"))
+    refused = prepare([*archive[0][:-2], "--workers", "1"], out, prefix=(str(FSIZE), "5000"))
     assert refused.returncode == 1, refused.stderr
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {out}: cannot write the cube store (") \
