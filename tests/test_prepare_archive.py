@@ -7,6 +7,7 @@ with one line; a bad input or a dying worker is named. Kills: reliability/test_s
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,6 +103,10 @@ def test_finalize_refuses_a_missing_or_unfinished_shard_then_commits_once_all_fi
     capsys.readouterr()
     assert run(["--finalize", "--out", str(out)]) == 1
     assert one_error_line(capsys) == f"error: {out}: shard 1/2 never ran: run it first"
+    assert run([str(inputs), *CUBES, "--out", str(out)]) == 1  # one process, over a 2-shard prepare's work
+    assert one_error_line(capsys) == (f"error: {out}: an unfinished prepare of it in 2 shards is in "
+                                      f"{tmp_path / '.cubes.zarr.preparing'}; run it to the end, or pass --restart "
+                                      f"to discard it")
     assert run([str(inputs), *CUBES, "--out", str(out), "--shard", "1/2"]) == 1  # inputs 1 and 3: 3 is bad
     line = one_error_line(capsys)
     assert str(bad) in line and "(the 1 input(s) done before it are kept in" in line
@@ -198,6 +203,19 @@ def test_a_shard_held_by_a_live_process_is_refused_and_a_dead_ones_is_taken_over
     assert run([str(archive), *CUBES, "--out", str(out)]) == 0  # its process is gone: taken over
 
 
+def test_a_shard_last_seen_on_another_host_is_taken_over_once_it_has_gone_quiet(archive, tmp_path, capsys):
+    import time
+    from genesis_jax.data.parts import STALE_SECONDS
+    out = tmp_path / "cubes.zarr"
+    Site(out).journal(Shard()).write("owner.json", {"host": "node17", "pid": 4242, "started": 1,
+                                                    "beat": time.time() - STALE_SECONDS + 2.0})
+    start = time.perf_counter()
+    assert run([str(archive), *CUBES, "--out", str(out)]) == 0
+    assert 2.0 < time.perf_counter() - start
+    assert re.search(r"shard 0/1: process 4242 on node17 was preparing it 11\d s ago; waiting \d s, until it has not "
+                     r"been seen for 120 s \(then it is taken to have died\)", capsys.readouterr().err)
+
+
 def test_the_default_worker_count_is_bounded_by_memory(monkeypatch):
     import genesis_jax.data.workers as workers
     monkeypatch.setattr(workers, "cores", lambda: 16)
@@ -217,3 +235,77 @@ def test_shard_and_finalize_arguments_are_checked(capsys):
         with pytest.raises(SystemExit) as exit_:
             run(argv)
         assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+# Stand-ins for the cluster tools, so the launch scripts run here as they would there.
+FAKE_SBATCH = r'''#!/usr/bin/env bash
+# sbatch: runs the job now (an --array=A-B: one task per index, as SLURM_ARRAY_TASK_ID),
+# its output to $FAKE_LOG as SLURM's to slurm-JOB.out; prints a job id (--parsable).
+array=""
+while [[ "$1" == --* ]]; do
+  case "$1" in --array=*) array="${1#--array=}" ;; --dependency=*) echo "dependency ${1#--dependency=}" >> "$FAKE_LOG" ;; esac
+  shift
+done
+script="$1"; shift
+if [[ -n "$array" ]]; then
+  for ((i = ${array%-*}; i <= ${array#*-}; i++)); do
+    SLURM_ARRAY_TASK_ID=$i SLURM_CPUS_PER_TASK=1 bash "$script" "$@" >> "$FAKE_LOG" 2>&1 || exit 1
+  done
+else
+  bash "$script" "$@" >> "$FAKE_LOG" 2>&1 || exit 1
+fi
+echo "$((4242 + RANDOM % 100))"
+'''
+FAKE_GCLOUD = r'''#!/usr/bin/env bash
+# gcloud compute tpus tpu-vm ssh TPU --zone=Z --worker=all|K --command CMD: CMD on each of
+# 2 hosts (FAKE_WORKER tells curl which), in a home whose ~/genesis-jax is the repository.
+for arg in "$@"; do
+  case "$arg" in --worker=*) worker="${arg#--worker=}" ;; esac
+  [[ "$previous" == --command ]] && command="$arg"
+  previous="$arg"
+done
+[[ "$worker" == all ]] && workers="0 1" || workers="$worker"
+for w in $workers; do FAKE_WORKER=$w bash -c "$command" >> "$FAKE_LOG" 2>&1 || exit 1; done
+'''
+FAKE_CURL = r'''#!/usr/bin/env bash
+# curl for the TPU VM metadata server: this host's worker number, 2 hosts' endpoints.
+case "${@: -1}" in
+  */agent-worker-number) echo -n "$FAKE_WORKER" ;;
+  */worker-network-endpoints) echo -n "unknown:unknown:10.0.0.1,unknown:unknown:10.0.0.2" ;;
+  *) exit 22 ;;
+esac
+'''
+
+
+@pytest.fixture()
+def cluster(tmp_path):
+    """An environment where sbatch, gcloud and curl are the stand-ins above."""
+    from pathlib import Path
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("gcloud", FAKE_GCLOUD), ("curl", FAKE_CURL)):
+        (bin_ / name).write_text(text)
+        (bin_ / name).chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    repo = Path(__file__).resolve().parents[1]
+    (home / "genesis-jax").symlink_to(repo)
+    env = dict(os.environ, PATH=f"{bin_}:{Path(sys.executable).parent}:{os.environ['PATH']}", HOME=str(home),
+               FAKE_LOG=str(tmp_path / "jobs.log"), PYTHON=sys.executable)
+    return repo, env
+
+
+@pytest.mark.parametrize("script", ["slurm", "tpu_pod"])
+def test_the_launch_scripts_prepare_shards_then_finalize(archive, single, tmp_path, cluster, script):
+    repo, env = cluster
+    out = tmp_path / "cubes.zarr"
+    command = (["launch/slurm_prepare.sh", "2", str(out)] if script == "slurm" else
+               ["launch/tpu_pod_prepare.sh", "my-tpu", "us-central2-b", str(out)])
+    done = subprocess.run(["bash", *command, str(archive), *CUBES], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=300)
+    log = (tmp_path / "jobs.log").read_text()
+    assert done.returncode == 0, done.stderr + log
+    assert "shard 0/2 of" in log and "shard 1/2 of" in log and "5 volume(s) read" in log, log
+    if script == "slurm":
+        assert re.search(r"dependency afterok:\d+", log) and "prepare: job array" in done.stdout
+    assert keys(out) == single

@@ -103,9 +103,9 @@ def prepare(args, recipe, plan: dict, items: list) -> int:
     shard = args.shard or Shard()
     with write_errors(site):
         finished = site.finish_interrupted_commit()
-        if finished is not None and not plan_changes(finished, plan) and shard.count == 1:
-            print(f"{args.out}: an interrupted prepare of it had written every cube; its commit is now done",
-                  file=sys.stderr)
+        if finished is not None and not plan_changes(finished, plan):
+            print(f"{args.out}: an interrupted prepare (or finalize) of it had written every cube; its commit is now "
+                  f"done", file=sys.stderr)
             return report(args.out, read_metadata(site.target), time.perf_counter() - start)
         check_other_journals(site, shard, plan, args.restart)
         workers, why = (args.workers, "--workers") if args.workers else default_workers()
@@ -124,7 +124,7 @@ def prepare(args, recipe, plan: dict, items: list) -> int:
                   f"when every shard has finished: python -m genesis_jax.prepare --finalize --out {args.out}")
             return 0
         if writer.count == 0:
-            site.remove()
+            site.discard(shard)
             raise UserError(f"no cubes from {len(items)} input(s); nothing written to {args.out}"
                             + "".join(f"\n  {line}" for line in plan["skipped"] + _empty_lines(entries, args.filter)))
         commit(site, plan, entries, writer.count, writer.hash.hexdigest())

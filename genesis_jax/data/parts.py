@@ -24,9 +24,10 @@ the work is removed. A kill between these steps is finished by the next prepare 
 finalize of the store, which recognises the digest.
 
 One process writes a shard at a time: owner.json names it (host, pid, start time) and is
-refreshed every BEAT_SECONDS; a second process is refused while the owner lives (same
-host) or has been seen in the last STALE_SECONDS (another host, whose processes this one
-cannot see).
+refreshed every BEAT_SECONDS; a second process is refused while the owner lives on the
+same host, and waits while an owner on another host (whose processes it cannot see) has
+been seen in the last STALE_SECONDS: a task requeued on another node takes over once
+its killed predecessor has gone quiet.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -102,7 +104,8 @@ class Journal:
     def entries(self) -> list[dict]:
         """The inputs done (prepared or skipped), in input order."""
         keys = sorted(k.decode() for k in self.kv.list(ts.KvStore.KeyRange("done/", "done0")).result())
-        return [self.read(k) for k in keys]
+        reads = [self.kv.read(k) for k in keys]  # all at once: one round trip's wait on an object store, not one each
+        return [json.loads(r.result().value) for r in reads]
 
     def add(self, entry: dict) -> None:
         self.write(f"done/{entry['index']:08d}.json", entry)
@@ -110,20 +113,20 @@ class Journal:
     def clear(self) -> None:
         self.kv.delete_range(ts.KvStore.KeyRange()).result()
 
-    def owner_problem(self) -> str | None:
-        """Why this process may not take the shard (another writer holds it), or None."""
+    def owner_problem(self) -> tuple[str | None, float | None]:
+        """(why this process may not take the shard now, or None; the seconds until it may:
+        None while its writer runs on this machine)."""
         owner = self.read("owner.json")
         if owner is None or owner["pid"] == os.getpid() and owner["host"] == host_name():
-            return None
+            return None, None
         if owner["host"] == host_name():
             if not process_alive(owner["pid"]) or process_start(owner["pid"]) != owner.get("started"):
-                return None
-            return f"process {owner['pid']} on this machine is preparing it"
+                return None, None
+            return f"process {owner['pid']} on this machine is preparing it", None
         seen = time.time() - owner["beat"]
         if seen > STALE_SECONDS:
-            return None
-        return (f"process {owner['pid']} on {owner['host']} is preparing it (seen {seen:.0f} s ago; a writer not seen "
-                f"for {STALE_SECONDS} s is taken to have died)")
+            return None, None
+        return f"process {owner['pid']} on {owner['host']} was preparing it {seen:.0f} s ago", STALE_SECONDS - seen
 
     def _beat_until(self, stop: threading.Event) -> None:
         while not stop.wait(BEAT_SECONDS):
@@ -137,9 +140,14 @@ class Journal:
     def owned(self, out):
         """Hold the shard while the block runs: refuse if another process does, refresh the
         claim every BEAT_SECONDS, let it go at the end (a kill leaves it to expire)."""
-        problem = self.owner_problem()
-        if problem:
-            raise UserError(f"{out}: {self.shard.label} is taken: {problem}")
+        problem, wait = self.owner_problem()
+        while problem:
+            if wait is None:
+                raise UserError(f"{out}: {self.shard.label} is taken: {problem}")
+            print(f"{out}: {self.shard.label}: {problem}; waiting {wait:.0f} s, until it has not been seen for "
+                  f"{STALE_SECONDS} s (then it is taken to have died)", file=sys.stderr, flush=True)
+            time.sleep(wait + 0.5)
+            problem, wait = self.owner_problem()
         self.beat()
         stop = threading.Event()
         beating = threading.Thread(target=self._beat_until, args=(stop,), daemon=True)
@@ -250,9 +258,9 @@ def check_other_journals(site: Site, shard: Shard, plan: dict, restart: bool) ->
         other = journal.shard
         if other.count != shard.count:
             if not restart:
-                raise UserError(f"{site.out}: an unfinished prepare of it in {other.count} part(s) is in "
-                                f"{site.work} ({other.label} and others); run it to the end, or pass --restart "
-                                f"to discard it")
+                how = "in one process" if other.count == 1 else f"in {other.count} shards"
+                raise UserError(f"{site.out}: an unfinished prepare of it {how} is in {site.work}; run it to the "
+                                f"end, or pass --restart to discard it")
             site.discard(other)
         elif other == shard and restart:
             site.discard(shard)
@@ -352,18 +360,28 @@ def finalize_problems(site: Site) -> tuple[list[Journal], str | None]:
 
 def assemble(site: Site, journals: list[Journal], progress) -> tuple[dict, list[dict], int, str]:
     """The shards' cubes copied into the store being built, in input order: (plan,
-    entries in input order, cube count, sha256 of the cubes)."""
+    entries in input order, cube count, sha256 of the cubes). The array is sized once;
+    a few writes stay in flight while the next cubes are read."""
     plan = journals[0].read("plan.json")
     entries = sorted((dict(e, shard=j.shard.index) for j in journals for e in j.entries()), key=lambda e: e["index"])
+    if [e["index"] for e in entries] != list(range(len(plan["inputs"]))):
+        raise UserError(f"{site.out}: the shards' journals in {site.work} do not cover the inputs once each; rerun "
+                        f"every shard with --restart")
     parts = {j.shard.index: open_cube_array(site.part(j.shard)) for j in journals}
+    total = sum(e.get("cubes", 0) for e in entries)
     array = create_cube_array(site.build, plan_cube_shape(plan), {} if site.local else {"complete": False})
-    hasher, count = hashlib.sha256(), 0
+    array = write_cubes(array, total, np.zeros((0,)))
+    hasher, count, writing = hashlib.sha256(), 0, []
     for entry in entries:
         for low in range(0, entry.get("cubes", 0), READ_CUBES):
-            start = entry["offset"] + low
-            cubes = np.asarray(parts[entry["shard"]][start:start + min(READ_CUBES, entry["cubes"] - low)].read().result())
-            array = write_cubes(array, count, cubes)
-            hasher.update(np.ascontiguousarray(cubes).tobytes())
-            count += len(cubes)
+            start, rows = entry["offset"] + low, min(READ_CUBES, entry["cubes"] - low)
+            cubes = np.ascontiguousarray(parts[entry["shard"]][start:start + rows].read().result())
+            writing.append(array[count:count + rows].write(cubes))
+            hasher.update(cubes.tobytes())
+            count += rows
+            if len(writing) > 8:
+                writing.pop(0).result()
         progress(entry)
+    for future in writing:
+        future.result()
     return plan, [{k: v for k, v in e.items() if k != "shard"} for e in entries], count, hasher.hexdigest()
