@@ -13,10 +13,11 @@ optionally resampled, windowed to [0, 1] (CT: HU [-1000, 1000]; MR: 0.5-99.5 per
 sampler and filter. Filters: `lung` (the official one, for chest CT) keeps crops that
 are mostly lung, and so rejects every crop of a scan without lungs (abdomen, head, MR);
 `foreground` keeps crops that are not mostly air, for any body part; `none` keeps all. The store is
-written to a temporary directory and renamed to STORE at the end: a failed run leaves
-no store behind. STORE may be a TensorStore kvstore URL (gs://, s3://, file://): pod
-workers then read it from the bucket (there it is written in place and marked complete
-at the end; a failed run deletes what it wrote).
+built in a work directory beside STORE (.STORE.preparing) and renamed into place at the
+end: a failed or killed run publishes nothing and keeps what it finished for the same
+command to go on from. STORE may be a TensorStore kvstore URL (gs://, s3://, file://):
+pod workers then read it from the bucket (there it is written in place and marked
+complete at the end).
 
 Models Genesis 2D (--dims 2): a store of 2D images (N, H, W, C) of --image-shape (default
 128 128). Radiographs and other images (PNG, JPEG, TIFF, 8- or 16-bit; single-frame
@@ -112,7 +113,7 @@ def parse_args(argv):
     parser.add_argument("--shard", metavar="I/N", help="prepare inputs I, I+N, I+2N, ... into the store's work area "
                         "(I from 0; a SLURM array task, a pod host); then --finalize commits the store")
     parser.add_argument("--finalize", action="store_true", help="commit a store whose N shards have all finished "
-                        "(takes only --out and --workers)")
+                        "(takes only --out)")
     parser.add_argument("--restart", action="store_true", help="discard an unfinished prepare of this store (this "
                         "shard's) and start over")
     return check_args(parser, parser.parse_args(argv))

@@ -5,15 +5,17 @@ A store is a zarr v3 array (N, X, Y, Z, C) float32 (the paper's cubes: (N, 64, 6
 and where the cubes came from (`genesis` key: sources, spacing, window, filter, seed,
 package version). Stores written before channels existed are (N, X, Y, Z): they open
 as one channel, "image" (store_channels, StoreBatches). A 2D store (Models Genesis 2D)
-is (N, H, W, C) with the attribute `dims: 2` (store_dims; absent: 3). Writers build it in a temporary
-directory beside the target and rename it into place at the end, so a failed run leaves
-nothing behind.
+is (N, H, W, C) with the attribute `dims: 2` (store_dims; absent: 3). Writers build it beside
+the target and rename it into place at the end: CubeStoreWriter in a temporary directory
+(a failed run leaves nothing behind), prepare in its work directory (data/parts.py: a
+failed or killed run keeps what it finished, to resume).
 
 A store's location is a path or a TensorStore kvstore URL (`gs://bucket/cubes.zarr/`,
 `s3://...`, `file:///data/cubes.zarr`, `memory://...`): pod workers read one store
 from a bucket. `file://` URLs are paths. Object stores have no rename: there the cubes
 are written in place and the attributes carry `complete: false` until the commit, so
-a store whose writer died is refused on open; a failed writer deletes what it wrote.
+a store whose writer died is refused on open (CubeStoreWriter deletes what it wrote when
+it fails; prepare keeps it to resume).
 
 The batch sources that read stores during training live in data/batches.py.
 """
