@@ -26,23 +26,41 @@ from genesis_jax.data.store import store_digest
 from genesis_jax.errors import UserError
 
 # 6 inputs (the bundled sample under 6 names: each its own draws), 4800 small cubes, 2 workers:
-# about 4.5 s on this machine: 2 s to start the workers, then an input every 0.4 s.
+# about 4.5 s on this machine: 2 s to start the workers, then an input every 0.4 s (the
+# default suite's archive has 300 cubes per input, 1800 in all).
 CUBES = ["--filter", "none", "--cube-shape", "16", "16", "16", "--cubes-per-volume", "800", "--tries-per-cube", "1",
          "--workers", "2"]
 SHORT = ["@sample", "--filter", "none", "--cube-shape", "16", "16", "16", "--cubes-per-volume", "20", "--seed", "7"]
 FSIZE = Path(__file__).with_name("with_file_size_limit.py")
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    """(a long prepare's arguments, the files of the store it writes uninterrupted)."""
-    folder = tmp_path_factory.mktemp("archive")
-    for i in range(6):
+def inputs_and_reference(folder: Path, count: int, args: list) -> tuple[list, dict]:
+    """(a prepare's arguments over `count` inputs, the files of the store it writes uninterrupted)."""
+    for i in range(count):
         (folder / f"volume{i}.nii.gz").symlink_to(sample_path())
-    args = [str(folder), *CUBES]
+    args = [str(folder), *args]
     reference = folder.parent / f"{folder.name}-reference.zarr"
     assert prepare(args, reference).returncode == 0
     return args, files(reference)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A prepare of 6 inputs, killed after its third (the default suite)."""
+    return inputs_and_reference(tmp_path_factory.mktemp("archive"), 6, [*CUBES[:7], "300", *CUBES[8:]])
+
+
+@pytest.fixture(scope="module")
+def long_archive(tmp_path_factory):
+    """A prepare long enough for kills at random moments to land in the middle of its inputs."""
+    return inputs_and_reference(tmp_path_factory.mktemp("long"), 6, CUBES)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A short prepare (2 inputs, one process), for the kills at exact points of publishing."""
+    args = ["--filter", "none", "--cube-shape", "16", "16", "16", "--cubes-per-volume", "100", "--workers", "1"]
+    return inputs_and_reference(tmp_path_factory.mktemp("small"), 2, args)
 
 
 def prepare(args, out: Path, *, prefix=(), **kwargs) -> subprocess.CompletedProcess:
@@ -90,7 +108,7 @@ def check_after_a_kill(out: Path, previous_digest: str, previous_contents: str, 
         state = "previous"
     else:
         array, attributes = open_store(out)  # complete: opens, with every cube and its record
-        assert array.shape[0] == attributes["cubes"] == 4800
+        assert array.shape[0] == attributes["cubes"] and f"c/{array.shape[0] - 1}/0/0/0/0" in reference
         state = "new"
     again = prepare(args, out)
     assert again.returncode == 0, again.stderr
@@ -100,24 +118,31 @@ def check_after_a_kill(out: Path, previous_digest: str, previous_contents: str, 
     return state + (f", the rerun resumed after {resumed[1]} of 6 inputs" if resumed else "")
 
 
-def test_a_kill_at_a_random_moment_then_the_same_command_ends_with_the_uninterrupted_store(previous, archive):
+def test_a_kill_after_three_inputs_then_the_same_command_resumes_to_the_uninterrupted_store(previous, archive):
     out, digest, data = previous
-    kill_after(archive[0], out, random.Random(0).uniform(2.0, 3.5))  # in the middle of the inputs, here
-    check_after_a_kill(out, digest, data, archive)
+    done = out.parent / f".{out.name}.preparing" / "journal" / "0-of-1" / "done"
+    proc = subprocess.Popen([sys.executable, "-m", "genesis_jax.prepare", *archive[0], "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    while len(list(done.glob("*.json"))) < 3 and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # prepare and its workers
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL, "it finished before the kill: the test did not reach its point"
+    assert check_after_a_kill(out, digest, data, archive) == "previous, the rerun resumed after 3 of 6 inputs"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trial", range(10))
-def test_kills_at_seeded_moments_of_prepare(previous, archive, trial):
+def test_kills_at_seeded_moments_of_prepare(previous, long_archive, trial):
     out, digest, data = previous
-    kill_after(archive[0], out, random.Random(trial).uniform(0.5, 5.0))
-    print(f"trial {trial}: {check_after_a_kill(out, digest, data, archive)}")
+    kill_after(long_archive[0], out, random.Random(trial).uniform(0.5, 5.0))
+    print(f"trial {trial}: {check_after_a_kill(out, digest, data, long_archive)}")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trial", range(4))
-def test_kills_of_a_shard_and_of_finalize_then_the_same_commands(tmp_path, archive, trial):
-    args, reference = archive
+def test_kills_of_a_shard_and_of_finalize_then_the_same_commands(tmp_path, long_archive, trial):
+    args, reference = long_archive
     out, moment = tmp_path / "cubes.zarr", random.Random(100 + trial)
     kill_after([*args, "--shard", "1/2"], out, moment.uniform(0.2, 2.5))
     for shard in ("0/2", "1/2"):
@@ -156,35 +181,35 @@ sys.exit(run(args))
 
 
 @pytest.mark.parametrize("point,state", [("before the exchange", "previous"), ("after the exchange", "new")])
-def test_a_kill_while_publishing_leaves_one_complete_store(previous, archive, point, state):
+def test_a_kill_while_publishing_leaves_one_complete_store(previous, small, point, state):
     out, digest, data = previous
-    killed = subprocess.run([sys.executable, "-c", KILL_AT, point, *archive[0], "--out", str(out)],
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, point, *small[0], "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert leftovers(out), "the kill left no temporary directory: the test did not reach its point"
-    assert check_after_a_kill(out, digest, data, archive).startswith(state)
+    assert check_after_a_kill(out, digest, data, small).startswith(state)
 
 
-def test_a_kill_between_the_fallback_renames_keeps_the_previous_store_and_says_where(previous, archive):
+def test_a_kill_between_the_fallback_renames_keeps_the_previous_store_and_says_where(previous, small):
     out, digest, data = previous
-    killed = subprocess.run([sys.executable, "-c", KILL_AT, "between the two renames", *archive[0], "--out",
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, "between the two renames", *small[0], "--out",
                              str(out)], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not out.exists()
     [aside] = [p for p in leftovers(out) if ".previous-" in p.name]
     assert store_digest(aside / "store") == digest and contents(aside / "store") == data
-    again = prepare(archive[0], out)
+    again = prepare(small[0], out)
     assert again.returncode == 0, again.stderr
-    assert files(out) == archive[1]  # the interrupted prepare's store, put in place
+    assert files(out) == small[1]  # the interrupted prepare's store, put in place
     assert (f"warning: {aside / 'store'} is the store that was at {out} before a prepare was killed while "
             f"replacing it; left there") in again.stderr
     assert (aside / "store").is_dir()  # the only copy of the previous store is never removed
 
 
-def test_a_disk_that_refuses_the_writes_gives_one_line_and_leaves_nothing(tmp_path, archive):
+def test_a_disk_that_refuses_the_writes_gives_one_line_and_leaves_nothing(tmp_path, small):
     out = tmp_path / "cubes.zarr"
     # a 5000-byte file size limit: the first cube chunk over it fails as a full disk does
-    refused = prepare([*archive[0][:-2], "--workers", "1"], out, prefix=(str(FSIZE), "5000"))
+    refused = prepare(small[0], out, prefix=(str(FSIZE), "5000"))
     assert refused.returncode == 1, refused.stderr
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {out}: cannot write the cube store (") \
