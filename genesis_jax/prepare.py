@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 
 import genesis_jax
 from genesis_jax.data import archive
