@@ -40,17 +40,33 @@ from genesis_jax.step import init_train_state, make_train_step
 from genesis_jax.tasks import task_for
 from genesis_jax.tasks.base import mesh_space
 
-# HBM per chip (GiB) and peak dense bf16 TFLOP/s by device_kind, from the vendors' data
-# sheets: used when the device cannot report its own memory (ahead-of-time topologies).
+# HBM per chip (GiB), peak dense bf16 TFLOP/s and HBM bandwidth (GB/s) by device_kind, from
+# the vendors' data sheets (Cloud TPU system architecture pages; NVIDIA's H100 SXM, H200
+# SXM and A100 SXM sheets): memory where the device cannot report its own (ahead-of-time
+# topologies), and the roofline's two ceilings.
 DEVICE_SPECS = {
-    "TPU v4": (32, 275), "TPU v5 lite": (16, 197), "TPU v5e": (16, 197), "TPU v5p": (95, 459),
-    "TPU v5": (95, 459), "TPU v6 lite": (32, 918), "TPU v6e": (32, 918),
-    "NVIDIA H100 80GB HBM3": (80, 989), "NVIDIA H100": (80, 989), "NVIDIA H200": (141, 989),
-    "NVIDIA A100-SXM4-80GB": (80, 312), "NVIDIA A100-SXM4-40GB": (40, 312),
+    "TPU v4": (32, 275, 1200), "TPU v5 lite": (16, 197, 819), "TPU v5e": (16, 197, 819),
+    "TPU v5p": (95, 459, 2765), "TPU v5": (95, 459, 2765), "TPU v6 lite": (32, 918, 1640),
+    "TPU v6e": (32, 918, 1640), "NVIDIA H100 80GB HBM3": (80, 989, 3350), "NVIDIA H100": (80, 989, 3350),
+    "NVIDIA H200": (141, 989, 4800), "NVIDIA A100-SXM4-80GB": (80, 312, 2039),
+    "NVIDIA A100-SXM4-40GB": (40, 312, 1555),
 }
 # Where XLA's count is far below the model's: GPU convolutions are cuDNN calls it does not cost.
 LIBRARY_CALLS_NOTE = "; leaves out library calls such as cuDNN convolutions"
-PAPER_MFU = 0.4  # the utilisation at which the report converts FLOPs into steps/s "on paper"
+
+
+def roofline(flops: float, bytes_accessed: float, model_flops: float, peak_flops: float,
+             bandwidth: float) -> dict:
+    """A step's least time on one device: max(FLOPs / peak, bytes / HBM bandwidth), from
+    the compiled program's own counts (the FLOPs: XLA's or the model's, whichever is
+    larger, since XLA does not cost library calls), which bound holds, and the MFU that
+    time allows (model FLOPs over peak x time)."""
+    compute_s = max(flops, model_flops) / peak_flops
+    memory_s = bytes_accessed / bandwidth
+    step_s = max(compute_s, memory_s)
+    return {"peak_flops": peak_flops, "hbm_bytes_per_s": bandwidth, "compute_s": compute_s, "memory_s": memory_s,
+            "bound": "compute" if compute_s >= memory_s else "memory (HBM)", "step_s": step_s,
+            "steps_per_s": 1.0 / step_s, "mfu_ceiling": model_flops / (peak_flops * step_s)}
 
 
 class DryRunError(UserError):
@@ -85,19 +101,21 @@ def topology_devices(topology: str):
 
 
 def device_spec(device, device_memory_gb: float | None):
-    """(memory bytes or None, where that figure comes from, peak bf16 FLOP/s or None)."""
+    """(memory bytes or None, where that figure comes from, (peak bf16 FLOP/s, HBM bytes/s)
+    from the data sheet or None)."""
     kind = getattr(device, "device_kind", "")
-    memory_gib, peak_tflops = DEVICE_SPECS.get(kind, (None, None))
+    memory_gib, peak_tflops, hbm_gbs = DEVICE_SPECS.get(kind, (None, None, None))
+    ceilings = (peak_tflops * 1e12, hbm_gbs * 1e9) if peak_tflops else None
     if device_memory_gb:
-        return device_memory_gb * 2**30, "--device_memory_gb", peak_tflops and peak_tflops * 1e12
+        return device_memory_gb * 2**30, "--device_memory_gb", ceilings
     try:
         stats = device.memory_stats() or {}
     except Exception:  # ahead-of-time topology devices and some backends have none
         stats = {}
     if stats.get("bytes_limit"):
-        return float(stats["bytes_limit"]), "the device's own memory_stats()", peak_tflops and peak_tflops * 1e12
+        return float(stats["bytes_limit"]), "the device's own memory_stats()", ceilings
     if memory_gib:
-        return memory_gib * 2**30, f"the {kind} data sheet", peak_tflops * 1e12
+        return memory_gib * 2**30, f"the {kind} data sheet", ceilings
     return None, "unknown (pass --device_memory_gb)", None
 
 
@@ -182,7 +200,7 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
     report, jaxpr, seconds = compile_step(cfg, mesh, target, cfg.batch_size)
     step_flops = program.model_flops(jaxpr)
     per_device = cfg.batch_size // sharding.data_size(mesh)  # examples per device (a split one counts whole)
-    memory, memory_source, peak_flops = device_spec(devices[0], device_memory_gb)
+    memory, memory_source, ceilings = device_spec(devices[0], device_memory_gb)
     model_flops = step_flops / mesh.size  # per device
     result = {
         "target": topology or (platform if devices[0].device_kind == platform
@@ -201,10 +219,9 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
         "halo": halo_report(report, jaxpr, mesh),
         "space_spans_hosts": sharding.spans_hosts(mesh),
     }
-    if peak_flops:
-        result["paper"] = {"mfu": PAPER_MFU, "peak_flops": peak_flops,
-                           "steps_per_s": PAPER_MFU * peak_flops / model_flops,
-                           "samples_per_s_per_device": PAPER_MFU * peak_flops / model_flops * per_device / space}
+    if ceilings:
+        bound = roofline(report.flops, report.bytes_accessed, model_flops, *ceilings)
+        result["roofline"] = {**bound, "samples_per_s_per_device": bound["steps_per_s"] * per_device / space}
     if fit and memory:
         result["fit"] = fit_batch(cfg, mesh, target, per_device, report, memory, fit_compiles)
     return result
@@ -328,13 +345,19 @@ def format_report(result: dict) -> str:
                  f"{program.format_bytes(fit['fixed_bytes'])} fixed" if math.isfinite(fit["bytes_per_example"])
                  else "no first fit") + f" from compiles at {fit['from_batches'][0]} and {fit['from_batches'][1]}"
         rows.append(("largest batch that fits", f"{found}; {first}" + (f"; checked {tried}" if tried else "")))
-    if "paper" in result:
-        paper = result["paper"]
-        rows.append((f"on paper at {paper['mfu']:.0%} MFU", f"{paper['steps_per_s']:.2f} steps/s, "
-                     f"{paper['samples_per_s_per_device']:.1f} samples/s per device "
-                     f"(peak {paper['peak_flops'] / 1e12:.0f} TFLOP/s bf16)"))
+    if "roofline" in result:
+        gpu = "; on a GPU XLA's bytes leave out cuDNN's convolutions: the HBM time is low" \
+            if result.get("platform") == "gpu" else ""
+        rows.append(("roofline (data sheet)", roofline_line(result["roofline"]) + gpu))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def roofline_line(bound: dict) -> str:
+    return (f"at most {bound['steps_per_s']:.2f} steps/s, {bound['samples_per_s_per_device']:.1f} samples/s per "
+            f"device: {bound['bound']} bound ({bound['compute_s'] * 1e3:.1f} ms of FLOPs at "
+            f"{bound['peak_flops'] / 1e12:.0f} TFLOP/s bf16, {bound['memory_s'] * 1e3:.1f} ms of HBM traffic at "
+            f"{bound['hbm_bytes_per_s'] / 1e9:.0f} GB/s); MFU at most {bound['mfu_ceiling']:.0%}")
 
 
 def group_unit(result: dict) -> str:

@@ -57,13 +57,40 @@ def test_dry_run_prints_the_table_and_writes_json_without_touching_a_workdir(tmp
     assert not (tmp_path / "run").exists()
 
 
-def test_dry_run_flops_are_per_device_and_split():
-    """The same global batch on 1 and 8 devices: each of 8 does an eighth of the work."""
+def test_dry_run_flops_are_per_device_and_split(monkeypatch):
+    """The same global batch on 1 and 8 devices: each of 8 does an eighth of the work.
+    With a data sheet for this CPU (1 TFLOP/s, 10 GB/s), the roofline is read from the
+    compiled program's own counts."""
+    import genesis_jax.dryrun as dryrun
+    monkeypatch.setitem(dryrun.DEVICE_SPECS, "cpu", (2, 1, 10))
     one = dry_run(tiny(num_devices=1), fit=False)
     eight = dry_run(tiny(num_devices=8), fit=False)
     assert eight["per_device"]["flops"] <= 1.1 * one["per_device"]["flops"] / 8
     assert one["per_device"]["collectives"] == {}
     assert eight["per_device"]["peak_bytes"] < one["per_device"]["peak_bytes"]
+    bound = one["roofline"]
+    flops = max(one["per_device"]["flops"], one["model_flops_per_device"])
+    assert bound["compute_s"] == pytest.approx(flops / 1e12) and bound["memory_s"] == pytest.approx(
+        one["per_device"]["bytes_accessed"] / 1e10)
+    assert bound["step_s"] == max(bound["compute_s"], bound["memory_s"])
+    assert bound["samples_per_s_per_device"] == pytest.approx(16 / bound["step_s"])
+    assert eight["roofline"]["step_s"] < bound["step_s"] / 4  # each of 8 devices: an eighth of the counts
+    assert "roofline (data sheet)  at most" in dryrun.format_report(one)
+
+
+def test_the_roofline_takes_the_slower_of_compute_and_hbm():
+    """v5e's recorded pre-training step (benchmarks/results/dry_run_v5e_2x2_compute.json):
+    5.47 TFLOP (XLA) / 5.86 (the model) and 32.83 GiB per chip: HBM-bound on v5e's 819 GB/s,
+    compute-bound with 4x the bandwidth."""
+    from genesis_jax.dryrun import roofline
+    v5e = roofline(5.47e12, 32.83 * 2**30, 5.859e12, 197e12, 819e9)
+    assert v5e["bound"] == "memory (HBM)"
+    assert v5e["compute_s"] == pytest.approx(5.859e12 / 197e12) and v5e["memory_s"] == pytest.approx(0.04304, 1e-3)
+    assert v5e["mfu_ceiling"] == pytest.approx(0.691, abs=1e-3)
+    fast = roofline(5.47e12, 32.83 * 2**30, 5.859e12, 197e12, 4 * 819e9)
+    assert fast["bound"] == "compute" and fast["mfu_ceiling"] == pytest.approx(1.0)
+    gpu = roofline(0.79e12, 1e9, 5.86e12, 989e12, 3350e9)  # XLA's count leaves out cuDNN: the model's counts
+    assert gpu["compute_s"] == pytest.approx(5.86e12 / 989e12)
 
 
 def test_a_memory_too_small_for_one_example_says_so():

@@ -1,0 +1,49 @@
+"""The roofline of recorded dry runs: each step's least time per device from its own
+FLOP and byte counts and the target's data sheet (genesis_jax.dryrun.roofline).
+
+    python -m benchmarks.roofline benchmarks/results/dry_run_*.json
+
+For dry runs recorded before the report had its roofline (they carry a 40% MFU "paper"
+line instead); a new dry run prints its roofline itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from genesis_jax.dryrun import DEVICE_SPECS, roofline
+
+
+def bound_of(result: dict) -> dict:
+    _, peak_tflops, hbm_gbs = DEVICE_SPECS[result["device_kind"]]
+    model = result.get("model_flops_per_device") or result["flops_per_sample"] * result["per_device_batch"]
+    bound = roofline(result["per_device"]["flops"], result["per_device"]["bytes_accessed"], model,
+                     peak_tflops * 1e12, hbm_gbs * 1e9)
+    return {**bound, "samples_per_s_per_device": bound["steps_per_s"] * result["per_device_batch"]}
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, nargs="+", help="dry-run JSON files (--json of train --dry_run)")
+    args = parser.parse_args(argv)
+    print("| dry run | device | per device: TFLOP (XLA / model) | GiB accessed | FLOPs at peak | HBM at data sheet "
+          "| bound | at most | MFU at most |\n|---|---|---:|---:|---:|---:|---|---:|---:|")
+    rows = []
+    for path in args.results:
+        result = json.loads(path.read_text())
+        bound = bound_of(result)
+        model = result.get("model_flops_per_device")
+        model_text = f"{model / 1e12:.2f}" if model else "- (not recorded: XLA's count used)"
+        print(f"| {path.name} | {result['device_kind']} | {result['per_device']['flops'] / 1e12:.2f} / "
+              f"{model_text} | {result['per_device']['bytes_accessed'] / 2**30:.1f} | "
+              f"{bound['compute_s'] * 1e3:.1f} ms | {bound['memory_s'] * 1e3:.1f} ms | {bound['bound']} | "
+              f"{bound['steps_per_s']:.1f} steps/s, {bound['samples_per_s_per_device']:.0f} samples/s | "
+              f"{bound['mfu_ceiling']:.0%} |")
+        rows.append({"file": str(path), **bound})
+    return rows
+
+
+if __name__ == "__main__":
+    main()
