@@ -32,6 +32,16 @@ def pytest_runtest_setup(item):
     jax.config.update("jax_disable_most_optimizations", not optimized)
 
 
+@pytest.fixture(autouse=True)
+def prepare_in_one_process(monkeypatch):
+    """prepare's default is a worker per core, and a pool of spawned workers takes 1.5 s to
+    start: longer than the few small inputs of a test take in one process. Tests that call
+    prepare in this process prepare in it unless they pass --workers (test_prepare_archive.py
+    does; its test of the default count calls default_workers itself)."""
+    import genesis_jax.data.archive as archive
+    monkeypatch.setattr(archive, "default_workers", lambda: (1, "tests: in this process"))
+
+
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory):
     """A tiny pre-training run (width 4, 2 steps): the init source of fine-tuning tests."""

@@ -60,11 +60,13 @@ def test_dry_run_prints_the_table_and_writes_json_without_touching_a_workdir(tmp
 def test_dry_run_flops_are_per_device_and_split(monkeypatch):
     """The same global batch on 1 and 8 devices: each of 8 does an eighth of the work.
     With a data sheet for this CPU (1 TFLOP/s, 10 GB/s), the roofline is read from the
-    compiled program's own counts."""
+    compiled program's own counts. A memory too small for one example says so."""
     import genesis_jax.dryrun as dryrun
     monkeypatch.setitem(dryrun.DEVICE_SPECS, "cpu", (2, 1, 10))
     one = dry_run(tiny(num_devices=1), fit=False)
-    eight = dry_run(tiny(num_devices=8), fit=False)
+    eight = dry_run(tiny(num_devices=8), device_memory_gb=0.001)
+    assert eight["fit"]["largest_per_device_batch"] is None
+    assert "even one example per device does not fit" in dryrun.format_report(eight)
     assert eight["per_device"]["flops"] <= 1.1 * one["per_device"]["flops"] / 8
     assert one["per_device"]["collectives"] == {}
     assert eight["per_device"]["peak_bytes"] < one["per_device"]["peak_bytes"]
@@ -91,13 +93,6 @@ def test_the_roofline_takes_the_slower_of_compute_and_hbm():
     assert fast["bound"] == "compute" and fast["mfu_ceiling"] == pytest.approx(1.0)
     gpu = roofline(0.79e12, 1e9, 5.86e12, 989e12, 3350e9)  # XLA's count leaves out cuDNN: the model's counts
     assert gpu["compute_s"] == pytest.approx(5.86e12 / 989e12)
-
-
-def test_a_memory_too_small_for_one_example_says_so():
-    result = dry_run(tiny(num_devices=8), device_memory_gb=0.001)
-    assert result["fit"]["largest_per_device_batch"] is None
-    from genesis_jax.dryrun import format_report
-    assert "even one example per device does not fit" in format_report(result)
 
 
 def test_largest_batch_is_the_linear_fit():
