@@ -25,6 +25,8 @@ first. On C = 2 the cores bind at once.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import pickle
 import re
 import subprocess
 import sys
@@ -68,8 +70,6 @@ def stage_times(paths: list[Path], folder: Path) -> dict:
     from genesis_jax.data.cases import Case, read_case, unit_channels
     from genesis_jax.data.sampler import SamplerConfig, sample_cubes
     from genesis_jax.data.store import create_cube_array, write_cubes
-    import hashlib
-    import pickle
     # write and transfer: the main process's share (transfer: the cubes' pickle round trip from a worker)
     stages = {"read": [], "window": [], "sample": [], "write": [], "transfer": []}
     array = create_cube_array(folder / "stages.zarr", (64, 64, 32, 1), {})
@@ -142,7 +142,6 @@ def sharded_run(folder: Path, shards: int) -> dict:
 
 
 def files_digest(store: Path) -> dict:
-    import hashlib
     return {str(f.relative_to(store)): hashlib.sha256(f.read_bytes()).hexdigest()
             for f in sorted(store.rglob("*")) if f.is_file()}
 

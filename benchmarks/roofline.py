@@ -13,14 +13,13 @@ import argparse
 import json
 from pathlib import Path
 
-from genesis_jax.dryrun import DEVICE_SPECS, roofline
+from genesis_jax.dryrun import data_sheet_ceilings, roofline
 
 
 def bound_of(result: dict) -> dict:
-    _, peak_tflops, hbm_gbs = DEVICE_SPECS[result["device_kind"]]
     model = result.get("model_flops_per_device") or result["flops_per_sample"] * result["per_device_batch"]
     bound = roofline(result["per_device"]["flops"], result["per_device"]["bytes_accessed"], model,
-                     peak_tflops * 1e12, hbm_gbs * 1e9)
+                     *data_sheet_ceilings(result["device_kind"]))
     return {**bound, "samples_per_s_per_device": bound["steps_per_s"] * result["per_device_batch"]}
 
 

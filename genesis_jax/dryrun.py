@@ -100,12 +100,20 @@ def topology_devices(topology: str):
                           f"(pip install 'genesis-jax[tpu]') and a name like v5e:2x2, v5p:2x2x1, v4:2x2x1") from None
 
 
+def data_sheet_ceilings(kind: str) -> tuple[float, float] | None:
+    """(peak bf16 FLOP/s, HBM bytes/s) of a device kind from its data sheet, None if unknown."""
+    if kind not in DEVICE_SPECS:
+        return None
+    _, peak_tflops, hbm_gbs = DEVICE_SPECS[kind]
+    return peak_tflops * 1e12, hbm_gbs * 1e9
+
+
 def device_spec(device, device_memory_gb: float | None):
     """(memory bytes or None, where that figure comes from, (peak bf16 FLOP/s, HBM bytes/s)
     from the data sheet or None)."""
     kind = getattr(device, "device_kind", "")
-    memory_gib, peak_tflops, hbm_gbs = DEVICE_SPECS.get(kind, (None, None, None))
-    ceilings = (peak_tflops * 1e12, hbm_gbs * 1e9) if peak_tflops else None
+    memory_gib = DEVICE_SPECS.get(kind, (None,))[0]
+    ceilings = data_sheet_ceilings(kind)
     if device_memory_gb:
         return device_memory_gb * 2**30, "--device_memory_gb", ceilings
     try:

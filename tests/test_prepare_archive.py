@@ -99,6 +99,7 @@ def test_finalize_refuses_a_missing_or_unfinished_shard_then_commits_once_all_fi
     out = tmp_path / "cubes.zarr"
     assert run(["--finalize", "--out", str(out)]) == 1
     assert "no shards to finalize" in one_error_line(capsys)
+    assert not (tmp_path / ".cubes.zarr.preparing").exists()  # a refused finalize makes no work directory
     assert run([str(inputs), *CUBES, "--out", str(out), "--shard", "0/2"]) == 0
     capsys.readouterr()
     assert run(["--finalize", "--out", str(out)]) == 1

@@ -24,15 +24,17 @@ from genesis_jax.errors import UserError, write_failure
 LOG_SECONDS = 30.0
 
 
-def open_site(out) -> Site:
-    """The store's site, its location checked; the leftovers of killed writers named."""
+def open_site(out, create: bool = True) -> Site:
+    """The store's site, its location checked (and, to prepare, its work directory made);
+    the leftovers of killed writers named."""
     site = Site(out)
     try:
         if site.local:
             site.target.parent.mkdir(parents=True, exist_ok=True)
             for line in clean_leftovers(site.target):
                 print(line, file=sys.stderr)
-            site.work.mkdir(exist_ok=True)
+            if create:
+                site.work.mkdir(exist_ok=True)
         else:
             open_kvstore(site.work).list().result()
     except OSError as e:
@@ -114,19 +116,20 @@ def prepare(args, recipe, plan: dict, items: list) -> int:
             with journal.owned(args.out):
                 claimed = True
                 writer, progress = prepare_shard(args, recipe, plan, items, site, journal, workers, why)
-                entries = journal.entries()
         except BaseException:
             if claimed and not journal.entries():  # nothing done to keep: nothing left behind
                 site.discard(shard)
             raise
+        entries = writer.entries
         if shard.count > 1:
             print(f"{shard.label} of {args.out}: {len(entries)} input(s) done, {writer.count} cubes ({progress.rates()}); "
                   f"when every shard has finished: python -m genesis_jax.prepare --finalize --out {args.out}")
             return 0
         if writer.count == 0:
             site.discard(shard)
+            sources = [e["record"] for e in entries if "record" in e]
             raise UserError(f"no cubes from {len(items)} input(s); nothing written to {args.out}"
-                            + "".join(f"\n  {line}" for line in plan["skipped"] + _empty_lines(entries, args.filter)))
+                            + "".join(f"\n  {line}" for line in plan["skipped"] + _empty_lines(sources, args.filter)))
         commit(site, plan, entries, writer.count, writer.hash.hexdigest())
     return report(args.out, read_metadata(site.target), time.perf_counter() - start, progress)
 
@@ -165,10 +168,11 @@ def prepare_shard(args, recipe, plan, items, site: Site, journal, workers: int, 
     return writer, progress
 
 
-def _empty_lines(entries: list[dict], filter_name: str) -> list[str]:
-    return [f"{e['name']}: the {filter_name} filter rejected all {e['record']['tries']} crops"
+def _empty_lines(sources: list[dict], filter_name: str) -> list[str]:
+    """A line for each source record whose crops the filter all rejected."""
+    return [f"{s['path']}: the {filter_name} filter rejected all {s['tries']} crops"
             + (" (it keeps chest-CT crops that are mostly lung; for other scans use --filter foreground)"
-               if filter_name == "lung" else "") for e in entries if e.get("cubes") == 0]
+               if filter_name == "lung" else "") for s in sources if s["cubes"] == 0]
 
 
 def report(out, meta: dict, seconds: float, progress: Progress | None = None) -> int:
@@ -180,8 +184,7 @@ def report(out, meta: dict, seconds: float, progress: Progress | None = None) ->
     what = "images" if images else "cubes"
     print(f"{len(sources)} {'input' if images else 'volume'}(s) read, {len(skipped)} skipped, {count} {what} "
           f"written to {out} in {seconds:.1f} s" + (f" ({progress.rates()})" if progress else ""))
-    entries = [{"name": s["path"], "record": s, "cubes": s["cubes"]} for s in sources]
-    for line in _empty_lines(entries, attributes["filter"]):
+    for line in _empty_lines(sources, attributes["filter"]):
         print(f"  no cubes: {line}")
     if not attributes.get("spacing") and (warning := spacing_warning(sources)):
         print(warning, file=sys.stderr)
@@ -195,18 +198,18 @@ def report(out, meta: dict, seconds: float, progress: Progress | None = None) ->
 def finalize(args) -> int:
     """Commit a store whose shards have all finished. Exit code."""
     start = time.perf_counter()
-    site = open_site(args.out)
+    site = open_site(args.out, create=False)  # finalize needs the shards' work; it makes none
     with write_errors(site):
         if site.finish_interrupted_commit() is not None:
             print(f"{args.out}: its finalize had been interrupted after writing every cube; now done", file=sys.stderr)
             return report(args.out, read_metadata(site.target), time.perf_counter() - start)
-        journals, problem = finalize_problems(site)
+        journals, plan, problem = finalize_problems(site)
         if problem:
             raise UserError(problem)
-        total = len(journals[0].read("plan.json")["inputs"])
+        total = len(plan["inputs"])
         progress = Progress("finalize", total, 0, "inputs")
         try:
-            plan, entries, count, digest = assemble(site, journals, lambda entry: progress.add(entry.get("cubes", 0)))
+            entries, count, digest = assemble(site, journals, plan, lambda entry: progress.add(entry.get("cubes", 0)))
         finally:
             progress.close()
         if count == 0:

@@ -47,8 +47,8 @@ import tensorstore as ts
 
 from genesis_jax.data.publish import host_name, process_alive, process_start, publish, remove_tree
 from genesis_jax.data.store import (ATTRIBUTES_KEY, child_location, create_cube_array, metadata_digest, open_cube_array,
-                                    open_kvstore, read_metadata, reset_array, store_attributes, store_location, work_location,
-                                    write_attributes, write_cubes)
+                                    open_kvstore, read_metadata, reset_array, resize_cubes, store_attributes, store_location,
+                                    work_location, write_attributes, write_cubes)
 from genesis_jax.errors import UserError
 
 BEAT_SECONDS = 30
@@ -279,10 +279,11 @@ class PartWriter:
 
     def __init__(self, site: Site, journal: Journal, plan: dict, entries: list[dict], hashed: bool):
         self.journal, self.location = journal, site.part(journal.shard)
+        self.entries = list(entries)  # the journal's, in input order, kept as they are added
         self.count = sum(e.get("cubes", 0) for e in entries)
         self.hash = hashlib.sha256() if hashed else None
         if entries:
-            self.array = write_cubes(open_cube_array(self.location), self.count, np.zeros((0,)))  # cut back
+            self.array = resize_cubes(open_cube_array(self.location), self.count)  # cut back to the journaled
             if self.hash is not None:
                 _hash_rows(self.hash, self.array, 0, self.count)
         else:
@@ -302,6 +303,7 @@ class PartWriter:
             entry.update(offset=self.count, cubes=len(prepared.cubes), record=prepared.record)
             self.count += len(prepared.cubes)
         self.journal.add(entry)
+        self.entries.append(entry)
 
 
 def plan_cube_shape(plan: dict) -> tuple[int, ...]:
@@ -330,39 +332,38 @@ def commit(site: Site, plan: dict, entries: list[dict], count: int, cubes_sha256
     site.remove()
 
 
-def finalize_problems(site: Site) -> tuple[list[Journal], str | None]:
-    """(the shards' journals in order, or why the shards cannot be finalized yet)."""
+def finalize_problems(site: Site) -> tuple[list[Journal], dict | None, str | None]:
+    """(the shards' journals in order and their plan, or why the shards cannot be finalized yet)."""
     journals = site.journals()
     if not journals:
-        return [], (f"{site.out}: no shards to finalize (no prepare --shard I/N has written to it; its work would "
+        return [], None, (f"{site.out}: no shards to finalize (no prepare --shard I/N has written to it; its work would "
                     f"be in {site.work})")
     counts = sorted({j.shard.count for j in journals.values()})
     if len(counts) > 1:
-        return [], (f"{site.out}: shards of {' and '.join(map(str, counts))}-way prepares are mixed in {site.work}; "
+        return [], None, (f"{site.out}: shards of {' and '.join(map(str, counts))}-way prepares are mixed in {site.work}; "
                     f"rerun every shard of one with --restart")
     count = counts[0]
     ordered = [journals.get(Shard(i, count).name) for i in range(count)]
     missing = [Shard(i, count).label for i, j in enumerate(ordered) if j is None]
     if missing:
-        return [], f"{site.out}: {', '.join(missing)} never ran: run {'them' if len(missing) > 1 else 'it'} first"
+        return [], None, f"{site.out}: {', '.join(missing)} never ran: run {'them' if len(missing) > 1 else 'it'} first"
     plans = [j.read("plan.json") for j in ordered]
     for journal, plan in zip(ordered[1:], plans[1:]):
         changes = plan_changes(plans[0], plan) if plan and plans[0] else []
         if changes:
-            return [], f"{site.out}: {journal.shard.label} ran with other inputs or options than shard 0: " \
+            return [], None, f"{site.out}: {journal.shard.label} ran with other inputs or options than shard 0: " \
                        f"{'; '.join(changes)}; rerun it with --restart and the same command as the others"
     unfinished = [f"{j.shard.label} ({len(j.entries())} of {len(j.shard.indices(len(plans[0]['inputs'])))} "
                   f"inputs done)" for j in ordered if j.read("complete.json") is None]
     if unfinished:
-        return [], f"{site.out}: not every shard has finished: {', '.join(unfinished)}; run the same command again"
-    return ordered, None
+        return [], None, f"{site.out}: not every shard has finished: {', '.join(unfinished)}; run the same command again"
+    return ordered, plans[0], None
 
 
-def assemble(site: Site, journals: list[Journal], progress) -> tuple[dict, list[dict], int, str]:
-    """The shards' cubes copied into the store being built, in input order: (plan,
-    entries in input order, cube count, sha256 of the cubes). The array is sized once;
-    a few writes stay in flight while the next cubes are read."""
-    plan = journals[0].read("plan.json")
+def assemble(site: Site, journals: list[Journal], plan: dict, progress) -> tuple[list[dict], int, str]:
+    """The shards' cubes copied into the store being built, in input order: (entries in
+    input order, cube count, sha256 of the cubes). The array is sized once; a few writes
+    stay in flight while the next cubes are read."""
     entries = sorted((dict(e, shard=j.shard.index) for j in journals for e in j.entries()), key=lambda e: e["index"])
     if [e["index"] for e in entries] != list(range(len(plan["inputs"]))):
         raise UserError(f"{site.out}: the shards' journals in {site.work} do not cover the inputs once each; rerun "
@@ -370,7 +371,7 @@ def assemble(site: Site, journals: list[Journal], progress) -> tuple[dict, list[
     parts = {j.shard.index: open_cube_array(site.part(j.shard)) for j in journals}
     total = sum(e.get("cubes", 0) for e in entries)
     array = create_cube_array(site.build, plan_cube_shape(plan), {} if site.local else {"complete": False})
-    array = write_cubes(array, total, np.zeros((0,)))
+    array = resize_cubes(array, total)
     hasher, count, writing = hashlib.sha256(), 0, []
     for entry in entries:
         for low in range(0, entry.get("cubes", 0), READ_CUBES):
@@ -384,4 +385,4 @@ def assemble(site: Site, journals: list[Journal], progress) -> tuple[dict, list[
         progress(entry)
     for future in writing:
         future.result()
-    return plan, [{k: v for k, v in e.items() if k != "shard"} for e in entries], count, hasher.hexdigest()
+    return [{k: v for k, v in e.items() if k != "shard"} for e in entries], count, hasher.hexdigest()

@@ -103,7 +103,6 @@ def open_kvstore(location) -> ts.KvStore:
     return ts.KvStore.open(location, context=_CONTEXT).result()
 
 
-
 def child_location(location, name: str):
     """A location inside `location`: a sub-directory of a path, a key prefix of a URL."""
     return location / name if isinstance(location, Path) else f"{location}{name}/"
@@ -127,12 +126,16 @@ def open_cube_array(location) -> ts.TensorStore:
     return ts.open(_spec(location, None), context=_CONTEXT).result()
 
 
+def resize_cubes(array: ts.TensorStore, count: int) -> ts.TensorStore:
+    """The array grown or cut to `count` cubes (chunks past the end are deleted)."""
+    return array.resize(exclusive_max=[count, *array.shape[1:]]).result()
+
+
 def write_cubes(array: ts.TensorStore, start: int, cubes: np.ndarray) -> ts.TensorStore:
     """The array grown (or cut) to start + len(cubes) cubes, these written at [start, ...)."""
-    stop = start + len(cubes)
-    array = array.resize(exclusive_max=[stop, *array.shape[1:]]).result()
+    array = resize_cubes(array, start + len(cubes))
     if len(cubes):
-        array[start:stop].write(cubes).result()
+        array[start:start + len(cubes)].write(cubes).result()
     return array
 
 

@@ -110,13 +110,14 @@ def _alone(index: int, item, recipe) -> Prepared:
     send.close()
     try:
         result = receive.recv()
-    except EOFError:  # the process ended without sending
-        process.join()
-        return Prepared(index, input_name(item), problem=f"{input_name(item)}: the worker preparing it died "
-                                                         f"({_how_it_ended(process.exitcode)})")
+    except EOFError:  # the process ended without sending (its exit code is read after the join below)
+        result = None
     finally:
         process.join()
         receive.close()
+    if result is None:
+        return Prepared(index, input_name(item), problem=f"{input_name(item)}: the worker preparing it died "
+                                                         f"({_how_it_ended(process.exitcode)})")
     if isinstance(result, BaseException):
         result.add_note(f"while preparing {input_name(item)} in a worker process")
         raise result
