@@ -323,8 +323,9 @@ def format_report(result: dict) -> str:
         ("bytes accessed", program.format_bytes(d["bytes_accessed"])),
     ]
     for kind, c in sorted(d["collectives"].items()):
+        dtypes = ", ".join(f"{dtype} {program.format_bytes(n)}" for dtype, n in sorted(c.get("dtypes", {}).items()))
         rows.append((f"collective: {kind}", f"{c['count']} ops, {program.format_bytes(c['bytes'])} "
-                                            f"(largest {program.format_bytes(c['largest'])})"))
+                                            f"(largest {program.format_bytes(c['largest'])}; {dtypes})"))
     if not d["collectives"]:
         rows.append(("collectives", "none"))
     if result.get("space_spans_hosts"):

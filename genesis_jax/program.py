@@ -11,7 +11,10 @@ collective with the shapes it moves. Used by the data-parallel tests, the dry ru
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import tempfile
+from pathlib import Path
 
 COLLECTIVE_KINDS = ("all-reduce", "all-gather", "all-to-all", "reduce-scatter", "collective-permute",
                     "ragged-all-to-all")
@@ -88,13 +91,16 @@ class ProgramReport:
         return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
 
     def collective_summary(self) -> dict:
-        """{kind: {"count": n, "bytes": total, "largest": bytes of the largest one}}."""
+        """{kind: {"count": n, "bytes": total, "largest": bytes of the largest one,
+        "dtypes": {dtype: bytes}}}."""
         out = {}
         for c in self.collectives:
             entry = out.setdefault(c.kind, {"count": 0, "bytes": 0, "largest": 0})
             entry["count"] += 1
             entry["bytes"] += c.bytes
             entry["largest"] = max(entry["largest"], c.bytes)
+        for kind, entry in out.items():
+            entry["dtypes"] = bytes_by_dtype(self.collectives, kind)
         return out
 
     def largest(self, *kinds: str) -> int:
@@ -137,6 +143,45 @@ def analyse(compiled) -> ProgramReport:
         code_bytes=int(getattr(memory, "generated_code_size_in_bytes", 0)),
         collectives=collectives_in_hlo(compiled.as_text()),
     )
+
+
+def partitioned_collectives(lowered) -> list[Collective]:
+    """The collectives of a lowered program as the SPMD partitioner placed them, each with
+    the dtype it sums in.
+
+    A backend may retype a collective after partitioning: XLA:CPU widens a bf16 all-reduce
+    to f32 around the same bf16 operand and result (its all-reduce-promotion pass), so the
+    optimised HLO shows an f32 sum of numbers already rounded to bf16. The module right
+    after partitioning shows what the program asks for, on every backend. This compiles
+    the program once more with that module dumped, bypassing the persistent cache (a cache
+    hit would dump nothing)."""
+    import jax  # the reader above works on text alone
+    from jax.experimental.compilation_cache import compilation_cache
+
+    cache_was = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # JAX decides once whether the cache is used
+    try:
+        with tempfile.TemporaryDirectory() as where:
+            lowered.compile(compiler_options={"xla_dump_to": where, "xla_dump_hlo_pass_re": "spmd-partitioning"})
+            dumps = sorted(Path(where).glob("*after_spmd-partitioning*.txt"))
+            if not dumps:
+                raise RuntimeError(f"XLA wrote no module after spmd-partitioning (found: {os.listdir(where)})")
+            return collectives_in_hlo(dumps[-1].read_text())
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_was)
+        compilation_cache.reset_cache()
+
+
+def bytes_by_dtype(collectives, kind: str = "all-reduce") -> dict[str, int]:
+    """{dtype: bytes} that the collectives of one kind produce per device."""
+    out: dict[str, int] = {}
+    for c in collectives:
+        if c.kind == kind:
+            for shape in c.shapes:
+                dtype = shape.split("[")[0]
+                out[dtype] = out.get(dtype, 0) + _nbytes(_arrays(shape))
+    return out
 
 
 def halo_bytes(closed_jaxpr, data: int = 1) -> float:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from genesis_jax.models import mixed
 from genesis_jax.models.init import lecun_normal
 
 CONV_MODES = ("auto", "native", "stacked2d")
@@ -59,19 +60,32 @@ def formulation(mode: str, x_shape, out_ch: int) -> str:
 
 def conv3x3x3(x: jax.Array, kernel: jax.Array, mode: str = "auto") -> jax.Array:
     """'SAME' 3x3x3 convolution of x (N, X, Y, Z, C) with kernel (3, 3, 3, C, O), no bias;
-    or 3x3 of an image batch x (N, H, W, C) with kernel (3, 3, C, O)."""
-    if x.ndim == 4:
-        return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1),) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if formulation(mode, x.shape, kernel.shape[-1]) == "native":
-        return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), ((1, 1),) * 3,
-                                            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    or 3x3 of an image batch x (N, H, W, C) with kernel (3, 3, C, O). Computed in x's
+    dtype; an fp32 kernel with bf16 x gets its gradient in fp32 (models/mixed.py)."""
+    if x.ndim == 4 or formulation(mode, x.shape, kernel.shape[-1]) == "native":
+        return mixed.conv(x, kernel)
+    return mixed.linear(_stacked_conv, _stacked_kernel_grad, x, kernel)
+
+
+def _stack(x):
+    """(N * X, Y, Z, 3C): each voxel's three X taps side by side as channels."""
     n, dx, dy, dz, c = x.shape
     padded = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
-    stacked = jnp.concatenate([padded[:, a:a + dx] for a in range(3)], axis=-1)
+    return jnp.concatenate([padded[:, a:a + dx] for a in range(3)], axis=-1).reshape(n * dx, dy, dz, 3 * c)
+
+
+def _stacked_conv(x, kernel):
+    n, dx, dy, dz, c = x.shape
     kernel2d = kernel.transpose(1, 2, 0, 3, 4).reshape(3, 3, 3 * c, kernel.shape[-1])
-    y = jax.lax.conv_general_dilated(stacked.reshape(n * dx, dy, dz, 3 * c), kernel2d, (1, 1), ((1, 1), (1, 1)),
+    y = jax.lax.conv_general_dilated(_stack(x), kernel2d, (1, 1), ((1, 1), (1, 1)),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y.reshape(n, dx, dy, dz, kernel.shape[-1])
+
+
+def _stacked_kernel_grad(x, g):
+    n, dx, dy, dz, c = x.shape
+    grad2d = mixed.conv_kernel_grad(_stack(x), g.reshape(n * dx, dy, dz, g.shape[-1]), (3, 3))
+    return grad2d.reshape(3, 3, 3, c, g.shape[-1]).transpose(2, 0, 1, 3, 4)  # (b, c, a, i, o) -> (a, b, c, i, o)
 
 
 class Conv3(nnx.Module):
@@ -86,5 +100,4 @@ class Conv3(nnx.Module):
         self.dtype, self.mode = dtype, mode
 
     def __call__(self, x):
-        x = x.astype(self.dtype)
-        return conv3x3x3(x, self.kernel[...].astype(self.dtype), self.mode) + self.bias[...].astype(self.dtype)
+        return mixed.add_bias(conv3x3x3(x.astype(self.dtype), self.kernel[...], self.mode), self.bias[...])

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from genesis_jax.models import mixed
 from genesis_jax.models.unet import BN_MODES, BatchNorm
 
 # Initialisers of the PyTorch model: torchvision's ResNet (kaiming normal, fan out), smp's
@@ -42,10 +43,8 @@ class Conv2d(nnx.Module):
         self.stride, self.padding, self.dtype = stride, size // 2, dtype
 
     def __call__(self, x):
-        y = jax.lax.conv_general_dilated(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                                         (self.stride,) * 2, ((self.padding, self.padding),) * 2,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+        y = mixed.conv(x.astype(self.dtype), self.kernel[...], self.stride, self.padding)
+        return y if self.bias is None else mixed.add_bias(y, self.bias[...])
 
 
 class Shortcut(nnx.Module):

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from genesis_jax.models import mixed
 from genesis_jax.models.conv import Conv3
 from genesis_jax.models.init import lecun_normal, uniform
 
@@ -96,24 +97,25 @@ class ConvTranspose2x(nnx.Module):
 
     def __call__(self, x):
         upsample = conv_transpose_2x if self.fast else conv_transpose_reference
-        return upsample(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.bias[...].astype(self.dtype))
+        return upsample(x.astype(self.dtype), self.kernel[...], self.bias[...])
 
 
 def conv_transpose_2x(x, kernel, bias):
     """The fast form: one matmul to (2, 2, 2, C_out) per voxel (2D: (2, 2, C_out) per
-    pixel), then depth-to-space."""
+    pixel), then depth-to-space. In x's dtype, weight gradients in fp32 (models/mixed.py)."""
     if x.ndim == 4:
         n, dx, dy, _ = x.shape
-        y = jnp.einsum("nxyi,abio->nxaybo", x, kernel)
-        return y.reshape(n, 2 * dx, 2 * dy, kernel.shape[-1]) + bias
+        y = mixed.einsum("nxyi,abio->nxaybo", x, kernel)
+        return mixed.add_bias(y.reshape(n, 2 * dx, 2 * dy, kernel.shape[-1]), bias)
     n, dx, dy, dz, _ = x.shape
-    y = jnp.einsum("nxyzi,abcio->nxaybzco", x, kernel)
-    return y.reshape(n, 2 * dx, 2 * dy, 2 * dz, kernel.shape[-1]) + bias
+    y = mixed.einsum("nxyzi,abcio->nxaybzco", x, kernel)
+    return mixed.add_bias(y.reshape(n, 2 * dx, 2 * dy, 2 * dz, kernel.shape[-1]), bias)
 
 
 def conv_transpose_reference(x, kernel, bias):
     """The same layer through lax.conv_transpose (XLA's lhs-dilated path), for tests
     and the benchmark."""
+    kernel, bias = kernel.astype(x.dtype), bias.astype(x.dtype)
     dims = x.ndim - 2
     numbers = ("NDHWC", "DHWIO", "NDHWC") if dims == 3 else ("NHWC", "HWIO", "NHWC")
     # lax.conv_transpose correlates the dilated input; torch's transposed conv needs the flipped kernel.
@@ -150,7 +152,15 @@ class OutputTransition(nnx.Module):
                                    kernel_init=lecun_normal, rngs=rngs)
 
     def __call__(self, x):
-        return jax.nn.sigmoid(self.final_conv(x).astype(jnp.float32))
+        return jax.nn.sigmoid(pointwise(self.final_conv, x.astype(self.final_conv.dtype)).astype(jnp.float32))
+
+
+def pointwise(layer: nnx.Conv | nnx.Linear, x):
+    """A 1x1x1 nnx.Conv or an nnx.Linear applied over x's last axis in x's dtype, weight
+    gradients in fp32 (models/mixed.py)."""
+    kernel = layer.kernel[...]
+    y = mixed.einsum("...i,io->...o", x, kernel.reshape(kernel.shape[-2:]))
+    return mixed.add_bias(y, layer.bias[...])
 
 
 def _encode(net, x):
@@ -271,7 +281,8 @@ class GenesisClassifier(nnx.Module):
     def __call__(self, x):
         bottleneck, _ = _encode(self, x)
         features = jnp.mean(bottleneck.astype(jnp.float32), axis=tuple(range(1, bottleneck.ndim - 1)))
-        return self.dense_2(jax.nn.relu(self.dense_1(features.astype(self.dtype)))).astype(jnp.float32)
+        hidden = jax.nn.relu(pointwise(self.dense_1, features.astype(self.dtype)))
+        return pointwise(self.dense_2, hidden).astype(jnp.float32)
 
 
 class UNet2D(UNet3D):
