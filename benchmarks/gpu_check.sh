@@ -4,9 +4,12 @@
 # It needs only what the device image has (jax, numpy); the package is used from the
 # source tree, not installed (the device machine has no network for pip).
 # On a CPU-only machine it runs the same checks, smaller, so the script itself is tested.
-# The device image lacks ml_collections (step 3 and 4 import it): carry its wheel
-# (pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml_collections==1.1.0)
-# and start the device command with
+# The device image lacks ml_collections, nibabel and tensorboardX (parts 3, 4 and 7 import
+# them; part 4 reads the bundled sample and writes TensorBoard logs): carry their wheels
+#   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
+#     --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 -d .whl \
+#     ml_collections==1.1.0 nibabel==5.4.2 tensorboardX==2.6.5 importlib-resources
+# name .whl in the run's carry, and start the device command with
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +33,9 @@ if "$PY" -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 
   # and its compile took 192 s of the run (batch 32: 105 s, mostly cuDNN autotuning).
   STEP_ARGS="--batch 32 --width 32 --dtype bfloat16 --steps 10 --warmup 3"
   E2E_ARGS="--batch 32 --width 32 --dtype bfloat16 --steps 5 --warmup 2"
+  CLI_ARGS="--batch 32 --width 32 --dtype bfloat16 --steps 10 --windows 2"
+  OFFICIAL_ARGS="--batch 6 --width 32 --dtype bfloat16 --steps 3 --warmup 1"
+  PROFILE_ARGS="--batch 32 --width 32 --dtype bfloat16 --steps 5 --warmup 2"
   # Autotuning results persist between the steps' processes: later compiles of the same
   # convolutions reuse them instead of tuning again.
   export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_per_fusion_autotune_cache_dir=$(mktemp -d)"
@@ -40,6 +46,9 @@ else
   BATCHES="6 64"; REF=5
   STEP_ARGS="--batch 2 --width 4 --shape 32 32 16 --dtype float32 --steps 2 --warmup 1"
   E2E_ARGS="--batch 2 --width 4 --shape 32 32 16 --steps 3 --warmup 1"
+  CLI_ARGS="--batch 2 --width 4 --shape 32 32 16 --steps 3 --windows 2"
+  OFFICIAL_ARGS="--batch 6 --width 4 --shape 32 32 16 --steps 2 --warmup 1"
+  PROFILE_ARGS="--batch 2 --width 4 --shape 32 32 16 --dtype float32 --steps 2 --warmup 1"
   DRY_XLA_FLAGS="${XLA_FLAGS:-}"
 fi
 # Seconds since the start, printed with each part: where a lent GPU's minutes go.
@@ -59,7 +68,25 @@ XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 "$PY" -m benchmarks.train_step $STEP_ARGS $T
 section "3. End to end: host data + transfer + on-device deformation + step vs the step alone (issue 5; goal: deformation + data overhead < 5% of the step on GPU)"
 "$PY" -m benchmarks.end_to_end $E2E_ARGS --json "$OUT/end_to_end_$BACKEND.json"
 
-section "4. Dry run of the full-width bf16 pre-training step: per-GPU memory, FLOPs, collectives, largest batch that fits (issue 8)"
+# The parts below were added after the first H100 run (issue 26): each failure is reported
+# and the script goes on, so one part's problem does not cost the others' minutes.
+section "4. The train CLI end to end from a cube store (prepare @sample, then python -m genesis_jax.train), against the step alone of part 3"
+"$PY" -m benchmarks.train_cli $CLI_ARGS --compare "$OUT/end_to_end_$BACKEND.json" --json "$OUT/train_cli_$BACKEND.json" \
+  || echo "(train CLI part failed: exit $?)"
+
+section "5. The official-style loop: NumPy reference deformations in the main process feeding the PyTorch step, batch 6"
+if [ -n "$TORCH_FLAG" ]; then
+  "$PY" -m benchmarks.official_pipeline $OFFICIAL_ARGS --json "$OUT/official_pipeline_$BACKEND.json" \
+    || echo "(official-style part failed: exit $?)"
+else
+  echo "(torch not importable: skipped)"
+fi
+
+section "6. Profile of the bf16 train step (jax.profiler): time per kind of operation"
+"$PY" -m benchmarks.profile_step $PROFILE_ARGS --trace-dir "$OUT/profile_trace" --json "$OUT/profile_step_$BACKEND.json" \
+  || echo "(profile part failed: exit $?)"
+
+section "7. Dry run of the full-width bf16 pre-training step: per-GPU memory, FLOPs, collectives, largest batch that fits (issue 8)"
 if "$PY" -c "import ml_collections" 2>/dev/null; then
   if [ "$BACKEND" = "gpu" ]; then
     DRY_ARGS="--config=genesis_chest_ct --config.batch_size=32 --fit_compiles=1"

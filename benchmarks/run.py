@@ -11,6 +11,10 @@ child processes that share one fresh cache folder):
   also bf16 autocast with channels_last_3d);
 - end to end: the step alone, deformation + step, and host data + transfer +
   deformation + step;
+- end to end also: `python -m genesis_jax.train` itself from a cube store (wall time of
+  its extra steps) and, where PyTorch is importable, the official-style loop (NumPy
+  reference deformations in the main process feeding the PyTorch step, batch 6);
+- profile: a jax.profiler trace of a few restoration steps, time per kind of operation;
 - compile: the first compile of the pre-training step, cold and through the train CLI's
   persistent compilation cache, with XLA's peak memory per device for that step.
 
@@ -35,10 +39,10 @@ from pathlib import Path
 
 import jax
 
-from benchmarks import deform_throughput, end_to_end, train_step
+from benchmarks import deform_throughput, end_to_end, official_pipeline, profile_step, train_cli, train_step
 from benchmarks.common import write_json, write_markdown
 
-SECTIONS = ("deformations", "train step", "end to end", "compile")
+SECTIONS = ("deformations", "train step", "end to end", "profile", "compile")
 COLUMNS = ("section", "what", "setting", "value", "unit", "compared")
 
 
@@ -143,6 +147,36 @@ def end_to_end_rows(p: dict) -> list[dict]:
                 f"{100 * r['overhead_vs_step']:+.1f}% time vs step alone") for name, r in result["rows"].items()]
 
 
+def size_args(s: dict) -> list[str]:
+    return ["--batch", str(s["batch"]), "--width", str(s["width"]), "--shape", *map(str, s["shape"]),
+            "--dtype", s["dtype"]]
+
+
+def train_cli_rows(p: dict) -> list[dict]:
+    e = p["e2e"]
+    result = train_cli.main(size_args(e) + ["--steps", str(e["steps"]), "--warmup", str(e["warmup"])])
+    setting = f"width {e['width']}, batch {e['batch']}, {shape_text(e['shape'])}, {e['dtype']}, from a cube store"
+    return [row("end to end", "python -m genesis_jax.train", setting, result["samples_per_s"], "samples/s",
+                f"wall time of {e['steps']} extra steps")]
+
+
+def official_rows(p: dict) -> list[dict]:
+    e = dict(p["e2e"], batch=6)
+    result = official_pipeline.main(size_args(e) + ["--steps", str(e["steps"]), "--warmup", str(e["warmup"])])
+    setting = f"width {e['width']}, batch 6, {shape_text(e['shape'])}, {e['dtype']}"
+    return [row("end to end", "official-style loop (NumPy reference deformations + PyTorch step)", setting,
+                result["samples_per_s"], "samples/s",
+                f"deformations {100 * result['deform_share']:.0f}% of its time")]
+
+
+def profile_rows(p: dict) -> list[dict]:
+    s = p["step"][-1]
+    result = profile_step.main(size_args(s) + ["--steps", str(p["steps"]), "--warmup", str(p["warmup"])])
+    setting = f"width {s['width']}, batch {s['batch']}, {shape_text(s['shape'])}, {s['dtype']}"
+    return [row("profile", kind, setting, k["ms_per_step"], "ms/step", f"{100 * k['share']:.1f}% of profiled time")
+            for kind, k in result["kinds"].items() if k["ms_per_step"] > 0]
+
+
 def compile_rows(p: dict) -> list[dict]:
     """Two child processes, one cache folder: a cold compile, then one that loads it."""
     c = p["compile"]
@@ -204,12 +238,15 @@ def problems(result: dict) -> list[str]:
     expected = ["NumPy reference pipeline", "genesis_batch pipeline", "local_pixel_shuffle alone",
                 "nonlinear_intensity alone", "inpaint alone", "outpaint alone", "flip alone",
                 "JAX step time", "JAX peak memory per device (XLA)", "deformation + step",
-                "host data + transfer + deformation + step", "first compile, empty cache",
+                "host data + transfer + deformation + step", "python -m genesis_jax.train",
+                "convolution forward", "convolution backward", "first compile, empty cache",
                 "first compile, persistent cache"]
     whats = {r.get("what") for r in rows}
     found += [f"no row {w!r}" for w in expected if w not in whats]
     if result.get("torch") and not any(str(r.get("what", "")).startswith("PyTorch") for r in rows):
         found.append("torch importable but no PyTorch row")
+    if result.get("torch") and not any(str(r.get("what", "")).startswith("official-style") for r in rows):
+        found.append("torch importable but no official-style loop row")
     return found
 
 
@@ -227,7 +264,9 @@ def main(argv=None) -> dict:
               "torch": with_torch, "plan": p, "rows": []}
     for name, make in (("deformations", lambda: deformation_rows(p)),
                        ("train step", lambda: train_step_rows(p, peak, with_torch)),
-                       ("end to end", lambda: end_to_end_rows(p)), ("compile", lambda: compile_rows(p))):
+                       ("end to end", lambda: end_to_end_rows(p) + train_cli_rows(p)
+                        + (official_rows(p) if with_torch else [])),
+                       ("profile", lambda: profile_rows(p)), ("compile", lambda: compile_rows(p))):
         print(f"== {name}", flush=True)
         # Each JSON row names its device and versions, so rows pasted elsewhere keep them.
         result["rows"] += [dict(r, device=env["device"], versions=env["versions"]) for r in make()]
