@@ -7,8 +7,9 @@ The restoration step of benchmarks.train_step (U-Net, MSE, SGD momentum), compil
 up, then traced for --steps steps. Every profiled event that names an HLO instruction
 of the step (the `hlo_op` stat: kernels on a GPU's device plane, thunks on the CPU) is
 put in one kind, read from the optimised HLO: convolutions forward / backward (XLA's
-convolution ops, cuDNN's custom calls, fusions around either; backward where the op's
-metadata says it comes from a transpose, i.e. autodiff's backward pass), BatchNorm and
+convolution ops, cuDNN's custom calls, fusions around either; the direction from cuDNN's
+call target, else from the metadata: autodiff's backward pass names its ops transpose(...);
+XLA:CPU drops the metadata of some convolutions it rewrites, counted apart), BatchNorm and
 other fusions, transposes and copies, collectives, other. Times are summed per step; the
 trace is kept in --trace-dir for TensorBoard's profile plugin or Perfetto.
 """
@@ -32,8 +33,8 @@ from genesis_jax.program import COLLECTIVE_KINDS
 from genesis_jax.step import init_train_state, make_model_step
 from genesis_jax.tasks import restoration_loss
 
-KINDS = ("convolution forward", "convolution backward", "BatchNorm and other fusions", "transposes and copies",
-         "collectives", "other")
+KINDS = ("convolution forward", "convolution backward", "convolution, direction not recorded",
+         "BatchNorm and other fusions", "transposes and copies", "collectives", "other")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?:\(.*?\)|\S+)\s+(?P<op>[\w\-]+)\((?P<rest>.*)$")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _TARGET = re.compile(r'custom_call_target="([^"]+)"')
@@ -68,20 +69,34 @@ def instruction_kinds(hlo_text: str) -> dict[str, str]:
             if m:
                 parsed[m["name"]] = (m["op"], m["rest"])
 
-    def calls_convolution(name, seen=()):
-        for line in comps.get(name, []):
-            m = _INSTRUCTION.match(line)
-            if m and (_is_convolution(m["op"], m["rest"]) or any(
-                    c not in seen and calls_convolution(c, seen + (c,)) for c in _CALLS.findall(m["rest"]))):
-                return True
-        return False
+    def convolution_in(name, seen=()):
+        """The direction of the first convolution `name` computes or calls ("" if none):
+        cuDNN's call target says it; else autodiff's backward pass names its ops
+        transpose(...) in the metadata, which XLA:CPU drops from some convolutions it
+        rewrites."""
+        op, rest = parsed.get(name, ("", ""))
+        if _is_convolution(op, rest):
+            target, found = _TARGET.search(rest), _OP_NAME.search(rest)
+            if target and ("Backward" in target.group(1) or "Forward" in target.group(1)):
+                return "convolution backward" if "Backward" in target.group(1) else "convolution forward"
+            if not found:
+                return "convolution, direction not recorded"
+            return "convolution backward" if "transpose(" in found.group(1) else "convolution forward"
+        for callee in _CALLS.findall(rest):
+            for line in comps.get(callee, []):
+                m = _INSTRUCTION.match(line)
+                if m and m["name"] not in seen:
+                    inner = convolution_in(m["name"], seen + (m["name"],))
+                    if inner:
+                        return inner
+        return ""
 
     kinds = {}
     for name, (op, rest) in parsed.items():
-        backward = "transpose(" in (_OP_NAME.search(rest).group(1) if _OP_NAME.search(rest) else "")
         base = op.removesuffix("-start").removesuffix("-done")
-        if _is_convolution(op, rest) or any(calls_convolution(c) for c in _CALLS.findall(rest)):
-            kinds[name] = "convolution backward" if backward else "convolution forward"
+        convolution = convolution_in(name)
+        if convolution:
+            kinds[name] = convolution
         elif base in COLLECTIVE_KINDS:
             kinds[name] = "collectives"
         elif op in ("transpose", "copy", "copy-start", "copy-done") or name.startswith(("transpose", "copy")):

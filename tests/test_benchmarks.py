@@ -77,3 +77,51 @@ def test_the_2d_benchmarks_run_and_compare_like_with_like(tmp_path):
     frameworks = [(row["arch"], row["framework"].split()[0]) for row in step["rows"]]
     assert frameworks == [("unet", "JAX"), ("unet", "PyTorch"), ("resnet18_unet", "JAX"), ("resnet18_unet", "PyTorch")]
     assert all(row["jax_over_torch"] > 0 for row in step["rows"] if "jax_over_torch" in row)
+
+
+GPU_LIKE_HLO = """HloModule jit_step
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(%a, %b)
+}
+
+%fused_bwd (p: bf16[2,8]) -> f32[8] {
+  %p = bf16[2,8]{1,0} parameter(0)
+  ROOT %c = f32[8]{0} convolution(%p, %p), dim_labels=bf_io->bf, metadata={op_name="jit(step)/transpose(jvp())/conv_general_dilated"}
+}
+
+%fused_bn (q: f32[8]) -> f32[8] {
+  %q = f32[8]{0} parameter(0)
+  ROOT %m = f32[8]{0} multiply(%q, %q)
+}
+
+ENTRY %main (x: bf16[2,8]) -> f32[8] {
+  %x = bf16[2,8]{1,0} parameter(0)
+  %cudnn-conv = (bf16[2,8]{1,0}, u8[0]{0}) custom-call(%x, %x), custom_call_target="__cudnn$convForward", metadata={op_name="jit(step)/jvp()/conv_general_dilated"}
+  %cudnn-conv.1 = (bf16[2,8]{1,0}, u8[0]{0}) custom-call(%x, %x), custom_call_target="__cudnn$convBackwardFilter"
+  %fusion = f32[8]{0} fusion(%x), kind=kOutput, calls=%fused_bwd
+  %fusion.1 = f32[8]{0} fusion(%fusion), kind=kLoop, calls=%fused_bn
+  %transpose.2 = f32[8]{0} transpose(%fusion.1), dimensions={0}
+  %all-reduce-start = f32[8]{0} all-reduce-start(%transpose.2), to_apply=%add
+  ROOT %all-reduce-done = f32[8]{0} all-reduce-done(%all-reduce-start)
+}
+"""
+
+
+def test_the_profile_sorts_gpu_kernels_by_kind():
+    """The GPU path, which CI cannot run: cuDNN's call targets and fusions around a
+    convolution give the direction; events are summed per kind and per step."""
+    from benchmarks.profile_step import instruction_kinds, summarise
+    kinds = instruction_kinds(GPU_LIKE_HLO)
+    assert kinds["cudnn-conv"] == "convolution forward"
+    assert kinds["cudnn-conv.1"] == kinds["fusion"] == "convolution backward"
+    assert kinds["fusion.1"] == "BatchNorm and other fusions" and kinds["transpose.2"] == "transposes and copies"
+    assert kinds["all-reduce-start"] == kinds["all-reduce-done"] == "collectives"
+    times = {"cudnn-conv": 4e6, "cudnn-conv.1": 6e6, "fusion": 2e6, "fusion.1": 1e6, "all-reduce-done": 1e6,
+             "some_other_program_op": 9e9}
+    summary = summarise(times, kinds, steps=2)
+    assert summary["convolution forward"]["ms_per_step"] == 2.0
+    assert summary["convolution backward"]["ms_per_step"] == 4.0
+    assert summary["collectives"]["share"] == 1 / 14
