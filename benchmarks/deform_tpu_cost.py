@@ -2,7 +2,7 @@
 from ahead-of-time compiles for one chip of a TPU slice on a machine without TPUs (needs libtpu:
 `pip install 'jax[tpu]'`; one such process per machine at a time).
 
-    python -m benchmarks.deform_tpu_cost [--topology v5e:2x2] [--batch 8] [--json PATH]
+    python -m benchmarks.deform_tpu_cost [--topology v5e:2x2] [--batch 8] [--movements] [--json PATH]
 
 Each stage is vmapped over `batch` cubes of 64x64x32, as genesis_batch runs on
 accelerators, with each DeformConfig.lookups where it matters ("table": per-voxel
@@ -47,11 +47,52 @@ def stages(cfg: DeformConfig) -> dict:
     return fns
 
 
+def shifted_selects(x, code, shifts):
+    """out[v] = x[v + shifts[code[v]]]: one select per candidate offset (dx, dy, dz), the
+    gather-free way to read a bounded neighbourhood."""
+    pads = [(0, 0)] + [(max(-min(s[a] for s in shifts), 0), max(max(s[a] for s in shifts), 0)) for a in range(3)]
+    padded = jnp.pad(x, pads)
+    dims = x.shape[1:]
+    out = jnp.zeros_like(x)
+    for k, shift in enumerate(shifts):
+        start = [lo + d for (lo, _), d in zip(pads[1:], shift)]
+        window = padded[:, start[0]:start[0] + dims[0], start[1]:start[1] + dims[1], start[2]:start[2] + dims[2]]
+        out = jnp.where(code == k, window, out)
+    return out
+
+
+def movements(batch: int, shape) -> dict:
+    """Ways to move each voxel of `batch` cubes to another place, as the shuffle must:
+    name -> (fn, argument dtypes). Gathers of one element per voxel (f32, bf16, int8
+    operands), a one-hot select over each z-row, and selects over 11, 121 and 605
+    shifted copies (x; x and y; x, y and z: the shuffle's whole +-5, +-5, +-2
+    neighbourhood)."""
+    x_dim, y_dim, z_dim = shape
+
+    def gather(dtype):
+        return lambda x, i: jax.vmap(lambda c, j: c.reshape(-1).astype(dtype)[j])(x, i.reshape(batch, -1))
+
+    def z_one_hot(x, i):
+        rows = x.reshape(batch, x_dim * y_dim, 1, z_dim)
+        return jnp.sum(jnp.where(i.reshape(batch, x_dim * y_dim, z_dim, 1) % z_dim == jnp.arange(z_dim), rows, 0), -1)
+
+    xs = [(dx, 0, 0) for dx in range(-5, 6)]
+    xys = [(dx, dy, 0) for dx in range(-5, 6) for dy in range(-5, 6)]
+    xyzs = [(dx, dy, dz) for dx in range(-5, 6) for dy in range(-5, 6) for dz in range(-2, 3)]
+    return {"gather, f32 cube": gather(jnp.float32), "gather, bf16 cube": gather(jnp.bfloat16),
+            "gather, int8 cube": gather(jnp.int8), "one-hot select within each z-row (32)": z_one_hot,
+            "11 shifted selects (x)": lambda x, c: shifted_selects(x, c, xs),
+            "121 shifted selects (x, y)": lambda x, c: shifted_selects(x, c, xys),
+            "605 shifted selects (x, y, z)": lambda x, c: shifted_selects(x, c, xyzs)}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topology", default="v5e:2x2", help="a slice; its first chip is compiled for")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
+    parser.add_argument("--movements", action="store_true",
+                        help="also cost the ways of moving voxels the shuffle could use (movements())")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     device = topology_devices(args.topology)[0]
@@ -75,6 +116,14 @@ def main(argv=None) -> dict:
         result["stages"][name] = row
         print(f"| {name} | {row['bytes_per_cube'] / 1e9:.3f} | {row['flops_per_cube'] / 1e6:.1f} | {seconds:.0f} |",
               flush=True)
+    if args.movements:
+        codes = jax.ShapeDtypeStruct((args.batch, *args.shape), jnp.int32, sharding=on_chip)
+        result["movements"] = {}
+        for name, fn in movements(args.batch, tuple(args.shape)).items():
+            report = analyse(jax.jit(fn).lower(cubes, codes).compile())
+            row = {"bytes_per_cube": report.bytes_accessed / args.batch, "flops_per_cube": report.flops / args.batch}
+            result["movements"][name] = row
+            print(f"| {name} | {row['bytes_per_cube'] / 1e9:.4f} | {row['flops_per_cube'] / 1e6:.1f} | - |", flush=True)
     write_json(args.json, result)
     return result
 

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from genesis_jax.models import UNet3D
-from genesis_jax.models.conv import STACKED_MAX_WORK, Conv3, conv3x3x3, formulation, resolve_conv_mode
+from genesis_jax.models.conv import Conv3, conv3x3x3, formulation, resolve_conv_mode
 from genesis_jax.models.init import flat_draw
 
 
@@ -58,10 +58,12 @@ def test_the_unet_output_does_not_depend_on_the_formulation():
 def test_auto_is_native_on_accelerators_and_decided_per_shape_on_cpu():
     assert resolve_conv_mode("auto", "gpu") == "native" and resolve_conv_mode("auto", "tpu") == "native"
     assert resolve_conv_mode("auto", "cpu") == "auto" and resolve_conv_mode("native", "cpu") == "native"
-    # This machine is a CPU: the width-8 U-Net's largest conv stacks, the width-32 one's does not.
+    # This machine is a CPU: up to the width-32 U-Net's 64->64 at 64x64x32 (1.15-1.19x faster
+    # stacked), not its 192->64 there (1.01-1.08x) nor 384->128 at 32x32x16 (0.97-1.02x).
     assert formulation("auto", (2, 64, 64, 32, 48), 16) == "stacked2d"
+    assert formulation("auto", (2, 64, 64, 32, 64), 64) == "stacked2d"
     assert formulation("auto", (2, 64, 64, 32, 192), 64) == "native"
-    assert 48 * 16 * 64 * 64 * 32 <= STACKED_MAX_WORK < 192 * 64 * 64 * 64 * 32
+    assert formulation("auto", (2, 32, 32, 16, 384), 128) == "native"
     assert formulation("stacked2d", (2, 64, 64, 32, 192), 64) == "stacked2d"
     with pytest.raises(ValueError, match="conv mode must be one of"):
         resolve_conv_mode("winograd")

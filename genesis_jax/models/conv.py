@@ -13,11 +13,12 @@ XLA:CPU's 3D convolution is several times slower than the same arithmetic writte
   compiled ahead of time for another platform must name its platform (the dry run does).
 
 On CPU (benchmarks/conv_formulations.py, 2 cores, jax 0.10.2, forward + both gradients,
-batch 2): stacked2d was 2.0-6.4x faster than native for every convolution of the
-width-8 U-Net on 64x64x32 cubes, and 1.3-4.5x for the width-32 U-Net's convolutions
-with in x out x voxels per example up to 2.7e8; above that (64->64 and 192->64 at
-64x64x32, 384->128 at 32x32x16) native was as fast or up to 7% faster, so "auto"
-keeps native there.
+batch 2, three runs on a quiet machine, 2026-12-07): stacked2d was 2.4-6.0x faster than
+native for every convolution of the width-8 U-Net on 64x64x32 cubes and 1.1-4.7x for
+the width-32 U-Net's up to 5.4e8 in x out x voxels per example (64->64 at 64x64x32:
+1.15-1.19x; 768->256 at 16x16x8: 1.08-1.17x); above that 192->64 at 64x64x32 was
+1.01-1.08x and 384->128 at 32x32x16 0.97-1.02x, a tie not worth stacking's 3x input copy,
+so "auto" keeps native there.
 
 The parameters are those of nnx.Conv (kernel (3, 3, 3, I, O), bias (O,)), initialised
 with the same keys and numbers (models/init.py draws them flat), so weights, PyTorch
@@ -34,7 +35,7 @@ from genesis_jax.models import mixed
 from genesis_jax.models.init import lecun_normal
 
 CONV_MODES = ("auto", "native", "stacked2d")
-STACKED_MAX_WORK = 2.7e8  # in_ch x out_ch x voxels per example up to which "auto" stacks on CPU
+STACKED_MAX_WORK = 5.4e8  # in_ch x out_ch x voxels per example up to which "auto" stacks on CPU
 
 
 def resolve_conv_mode(mode: str, platform: str | None = None) -> str:
