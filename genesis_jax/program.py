@@ -164,7 +164,9 @@ def partitioned_collectives(lowered) -> list[Collective]:
     try:
         with tempfile.TemporaryDirectory() as where:
             lowered.compile(compiler_options={"xla_dump_to": where, "xla_dump_hlo_pass_re": "spmd-partitioning"})
-            dumps = sorted(Path(where).glob("*after_spmd-partitioning*.txt"))
+            # A one-device program is not partitioned: its module as given is the answer.
+            dumps = (sorted(Path(where).glob("*after_spmd-partitioning*.txt"))
+                     or sorted(Path(where).glob("*before_optimizations.txt")))
             if not dumps:
                 raise RuntimeError(f"XLA wrote no module after spmd-partitioning (found: {os.listdir(where)})")
             return collectives_in_hlo(dumps[-1].read_text())

@@ -86,7 +86,7 @@ def replicated_specs(mesh, tree):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)), tree)
 
 
-def pretrain_step_all_reduces(monkeypatch=None):
+def pretrain_step_all_reduces():
     """{dtype: bytes} of the all-reduces of the bf16 width-4 pre-training step on 8
     devices, as partitioned; and the parameters' bytes."""
     tx = recipe_sgd()
@@ -107,15 +107,9 @@ def test_the_bf16_pretraining_step_sums_every_gradient_in_fp32():
     assert param_bytes <= reduced["f32"] <= 1.05 * param_bytes, (reduced, param_bytes)
 
 
-def test_the_check_sees_plain_autodiffs_bf16_gradient_sums(monkeypatch):
-    monkeypatch.setattr(mixed, "linear", lambda forward, weight_grad, x, w, input_grad=None: forward(x, w.astype(x.dtype)))
-    reduced, param_bytes = pretrain_step_all_reduces()
-    # The conv, transposed-conv and output kernels and biases (all but BatchNorm's): bf16, 2 bytes each.
-    assert reduced.get("bf16", 0) > 0.45 * param_bytes, reduced
-
-
-@pytest.mark.parametrize("which", ["classifier", "resnet18_unet"])
-def test_the_other_models_sum_their_gradients_in_fp32(which):
+def model_all_reduces(which):
+    """({dtype: bytes} of the all-reduces of a bf16 model's gradient on 8 devices, as
+    partitioned; the parameters' bytes)."""
     mesh = mesh8()
     if which == "classifier":
         model = GenesisClassifier(UNet3D(width=4, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), n_class=3, rngs=nnx.Rngs(1))
@@ -131,6 +125,18 @@ def test_the_other_models_sum_their_gradients_in_fp32(which):
 
     grad = jax.jit(grad, out_shardings=sharding.replicated(mesh))
     lowered = grad.lower(replicated_specs(mesh, params), replicated_specs(mesh, rest), inputs)
-    reduced = program.bytes_by_dtype(program.partitioned_collectives(lowered))
-    assert set(reduced) == {"f32"} and reduced["f32"] >= program.tree_bytes(params), reduced
+    return program.bytes_by_dtype(program.partitioned_collectives(lowered)), program.tree_bytes(params)
+
+
+@pytest.mark.parametrize("which", ["classifier", "resnet18_unet"])
+def test_the_other_models_sum_their_gradients_in_fp32(which):
+    reduced, param_bytes = model_all_reduces(which)
+    assert set(reduced) == {"f32"} and reduced["f32"] >= param_bytes, reduced
+
+
+def test_the_check_sees_plain_autodiffs_bf16_gradient_sums(monkeypatch):
+    monkeypatch.setattr(mixed, "linear", lambda forward, weight_grad, x, w, input_grad=None: forward(x, w.astype(x.dtype)))
+    reduced, param_bytes = model_all_reduces("classifier")
+    # Every kernel and bias but BatchNorm's (conv, dense): bf16, 2 bytes each.
+    assert reduced.get("bf16", 0) > 0.45 * param_bytes, reduced
 
