@@ -42,13 +42,22 @@ def write_markdown(path: Path | None, table: str) -> None:
     path.write_text(table + "\n")
 
 
-def run_cli(argv: list[str], env: dict | None = None) -> tuple[float, str]:
+def add_size_arguments(parser, batch: int) -> None:
+    """--batch, --width, --shape, --dtype: the U-Net step a benchmark runs."""
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--width", type=int, default=4)
+    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+
+
+def run_cli(argv: list[str], env: dict | None = None, with_stderr: bool = False) -> tuple[float, str]:
     """(seconds, stdout) of one `python ARGV` run from the repository root (env: its whole
     environment, default this one's); its stderr (the progress bar) streams to this
-    terminal. A failed run exits with its last output."""
+    terminal, or with_stderr is read with stdout. A failed run exits with its last output."""
     print("$ python " + " ".join(argv), file=sys.stderr, flush=True)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+                          stderr=subprocess.STDOUT if with_stderr else None)
     if proc.returncode:
         sys.exit(f"error: {' '.join(argv[:2])} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
     return time.perf_counter() - start, proc.stdout

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks.common import timed, write_json  # noqa: E402
+from benchmarks.common import add_size_arguments, timed, write_json  # noqa: E402
 
 from genesis_jax import sharding
 from genesis_jax.data import SamplerConfig, VolumeBatches
@@ -44,10 +44,7 @@ def synthetic_volume(shape=(256, 256, 160), seed=0) -> np.ndarray:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--width", type=int, default=4)
-    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_size_arguments(parser, batch=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path)

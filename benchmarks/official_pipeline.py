@@ -22,31 +22,24 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import write_json
+from benchmarks.common import add_size_arguments, write_json
 from benchmarks.end_to_end import synthetic_volume
+from benchmarks.train_step import torch_restoration_step
 from genesis_jax.data import SamplerConfig, VolumeBatches
 from genesis_jax.reference.numpy_genesis import ReferencePipeline
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=6)
-    parser.add_argument("--width", type=int, default=4)
-    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_size_arguments(parser, batch=6)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     import torch
 
-    from genesis_jax.reference.torch_unet import TorchUNet3D
-
     shape = tuple(args.shape)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = TorchUNet3D(width=args.width).to(device).to(memory_format=torch.channels_last_3d)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    use_bf16 = args.dtype == "bfloat16"
+    device, torch_step = torch_restoration_step(args.width, args.dtype, learning_rate=0.1)
     source = VolumeBatches([synthetic_volume()], SamplerConfig(crop=shape, filter="foreground", min_foreground=0.3))
     reference = ReferencePipeline(seed=0)
 
@@ -58,14 +51,7 @@ def main(argv=None) -> dict:
         start = time.perf_counter()
         corrupted, clean = reference.batch(list(source.batch(i, args.batch)))
         deformed = time.perf_counter()
-        x, y = to_device(corrupted), to_device(clean)
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = torch.mean((model(x).float() - y) ** 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        torch_step(to_device(corrupted), to_device(clean))
         end = time.perf_counter()
         return end - start, deformed - start
 
@@ -80,7 +66,7 @@ def main(argv=None) -> dict:
               "deform_s_per_step": deform, "transfer_and_step_s": total - deform,
               "deform_share": deform / total}
     print(f"official-style loop (NumPy reference deformations in the main process + PyTorch {torch.__version__} "
-          f"step{', bf16 autocast' if use_bf16 else ''}) on {result['device']}, batch {args.batch}, width "
+          f"step{', bf16 autocast' if args.dtype == 'bfloat16' else ''}) on {result['device']}, batch {args.batch}, width "
           f"{args.width}, cubes {shape}")
     print("| samples/s | ms/step | deformations ms/step (share) | transfer + step ms |")
     print("|---:|---:|---:|---:|")

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from benchmarks.common import write_json
+from benchmarks.common import add_size_arguments, write_json
 from genesis_jax.models import UNet3D
 from genesis_jax.models.init import flat_draw
 from genesis_jax.optim import recipe_sgd
@@ -41,15 +41,15 @@ _TARGET = re.compile(r'custom_call_target="([^"]+)"')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
-def computations(hlo_text: str) -> dict[str, list[str]]:
-    """Computation name -> its instruction lines."""
+def computations(hlo_text: str) -> dict[str, list[tuple[str, str, str]]]:
+    """Computation name -> its instructions, each (name, opcode, the rest of its line)."""
     out, current = {}, None
     for line in hlo_text.splitlines():
         header = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
         if header and not line.startswith(" "):
             current = out.setdefault(header.group(1), [])
-        elif current is not None and line.strip() and line.strip() != "}":
-            current.append(line)
+        elif current is not None and (m := _INSTRUCTION.match(line)):
+            current.append((m["name"], m["op"], m["rest"]))
     return out
 
 
@@ -62,19 +62,14 @@ def instruction_kinds(hlo_text: str) -> dict[str, str]:
     """Each instruction's name -> its kind (KINDS); a fusion or call takes its kind from
     what it calls (a convolution inside makes it a convolution)."""
     comps = computations(hlo_text)
-    parsed = {}
-    for lines in comps.values():
-        for line in lines:
-            m = _INSTRUCTION.match(line)
-            if m:
-                parsed[m["name"]] = (m["op"], m["rest"])
+    parsed = {name: (op, rest) for instructions in comps.values() for name, op, rest in instructions}
 
-    def convolution_in(name, seen=()):
+    def convolution_in(name):
         """The direction of the first convolution `name` computes or calls ("" if none):
         cuDNN's call target says it; else autodiff's backward pass names its ops
         transpose(...) in the metadata, which XLA:CPU drops from some convolutions it
-        rewrites."""
-        op, rest = parsed.get(name, ("", ""))
+        rewrites. (HLO calls form no cycles.)"""
+        op, rest = parsed[name]
         if _is_convolution(op, rest):
             target, found = _TARGET.search(rest), _OP_NAME.search(rest)
             if target and ("Backward" in target.group(1) or "Forward" in target.group(1)):
@@ -83,12 +78,10 @@ def instruction_kinds(hlo_text: str) -> dict[str, str]:
                 return "convolution, direction not recorded"
             return "convolution backward" if "transpose(" in found.group(1) else "convolution forward"
         for callee in _CALLS.findall(rest):
-            for line in comps.get(callee, []):
-                m = _INSTRUCTION.match(line)
-                if m and m["name"] not in seen:
-                    inner = convolution_in(m["name"], seen + (m["name"],))
-                    if inner:
-                        return inner
+            for member, _, _ in comps.get(callee, []):
+                inner = convolution_in(member)
+                if inner:
+                    return inner
         return ""
 
     kinds = {}
@@ -148,10 +141,7 @@ def summarise(times: dict[str, float], kinds: dict[str, str], steps: int) -> dic
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--width", type=int, default=4)
-    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_size_arguments(parser, batch=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--trace-dir", type=Path, help="keep the trace here (default: a temporary folder)")

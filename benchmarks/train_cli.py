@@ -21,30 +21,15 @@ import json
 import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import ROOT, write_json
-
-
-def run(command: list[str], env: dict) -> str:
-    """The command's stdout and stderr; exits with their tail if it fails."""
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        tail = "\n".join(output.strip().splitlines()[-15:])
-        raise SystemExit(f"error: {' '.join(command[2:5])} ... exited {proc.returncode}:\n{tail}")
-    return output
+from benchmarks.common import add_size_arguments, run_cli, write_json
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--width", type=int, default=4)
-    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_size_arguments(parser, batch=4)
     parser.add_argument("--steps", type=int, default=5, help="steps per logged window")
     parser.add_argument("--windows", type=int, default=2, help="windows timed after the first")
     parser.add_argument("--compare", type=Path, help="benchmarks.end_to_end's JSON (same batch and width)")
@@ -54,16 +39,16 @@ def main(argv=None) -> dict:
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", str(work / "jax"))}
     store = work / "cubes.zarr"
     shape = [str(s) for s in args.shape]
-    run([sys.executable, "-m", "genesis_jax.prepare", "@sample", "--out", str(store), "--cube-shape", *shape,
-         "--cubes-per-volume", str(max(4 * args.batch, 16)), "--workers", "1"], env)
-    common = [sys.executable, "-m", "genesis_jax.train", "--config=genesis_chest_ct",
+    run_cli(["-m", "genesis_jax.prepare", "@sample", "--out", str(store), "--cube-shape", *shape,
+             "--cubes-per-volume", str(max(4 * args.batch, 16)), "--workers", "1"], env)
+    common = ["-m", "genesis_jax.train", "--config=genesis_chest_ct",
               "--config.data.source=store", f"--config.data.store={store}", f"--config.data.cube_shape=({','.join(shape)})",
               f"--config.batch_size={args.batch}", f"--config.model.width={args.width}",
               f"--config.model.dtype={args.dtype}", "--config.eval_every=100000", "--config.checkpoint_every=100000",
               "--config.export_pytorch=False"]
     windows = 1 + args.windows
-    output = run([*common, f"--config.total_steps={windows * args.steps}", f"--config.log_every={args.steps}",
-                  f"--workdir={work / 'run'}"], env)
+    _, output = run_cli([*common, f"--config.total_steps={windows * args.steps}", f"--config.log_every={args.steps}",
+                         f"--workdir={work / 'run'}"], env, with_stderr=True)
     logged = [float(v) for v in re.findall(r"samples_s=([0-9.]+)", output)]
     # The bar redraws on every log and once more when it closes: one distinct value per window.
     per_window = [v for i, v in enumerate(logged) if i == 0 or v != logged[i - 1]]

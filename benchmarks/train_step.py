@@ -92,19 +92,21 @@ def bench_upconv(batch, width, shape, dtype, steps, warmup) -> list[dict]:
     return rows
 
 
-def bench_torch_step(batch, width, shape, dtype, steps, warmup) -> dict:
+def torch_restoration_step(width, dtype, learning_rate: float = 1.0):
+    """(device, step(x, target) -> loss): one SGD-momentum step of the reference
+    TorchUNet3D on MSE(model(x), target), channels_last_3d, bf16 autocast when dtype is
+    bfloat16, synchronous (it waits for the GPU)."""
     import torch
     from genesis_jax.reference.torch_unet import TorchUNet3D
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = TorchUNet3D(width=width).to(device).to(memory_format=torch.channels_last_3d)
-    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
-    x = torch.rand(batch, 1, *shape, device=device).to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9)
     use_bf16 = jnp.dtype(dtype) == jnp.bfloat16
 
-    def run():
+    def step(x, target):
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = torch.mean((model(x).float() - x) ** 2)
+            loss = torch.mean((model(x).float() - target) ** 2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -112,9 +114,17 @@ def bench_torch_step(batch, width, shape, dtype, steps, warmup) -> dict:
             torch.cuda.synchronize()
         return loss
 
-    median = statistics.median(timed(lambda i: run(), steps, warmup))  # the torch step is synchronous on CPU
+    return device, step
+
+
+def bench_torch_step(batch, width, shape, dtype, steps, warmup) -> dict:
+    import torch
+
+    device, step = torch_restoration_step(width, dtype)
+    x = torch.rand(batch, 1, *shape, device=device).to(memory_format=torch.channels_last_3d)
+    median = statistics.median(timed(lambda i: step(x, x), steps, warmup))  # the torch step is synchronous
     return {"batch": batch, "width": width, "device": device, "torch": torch.__version__,
-            "autocast_bf16": use_bf16, "median_step_s": median, "samples_per_s": batch / median}
+            "autocast_bf16": jnp.dtype(dtype) == jnp.bfloat16, "median_step_s": median, "samples_per_s": batch / median}
 
 
 def main(argv=None) -> dict:

@@ -160,8 +160,7 @@ def target_step(cfg, mesh, platform: str):
     task.check_config()
     tx = task_optimizer(cfg, task, steps_per_epoch=1)  # the optimizer a run of this config builds
     graphdef, abstract_state = abstract_train_state(cfg, task, tx)
-    replicated = sharding.replicated(mesh)
-    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
+    state = sharding.replicated_specs(abstract_state, mesh)
     return make_train_step(graphdef, tx, task, jax.random.key(cfg.seed), mesh), state
 
 

@@ -77,6 +77,12 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, replicated(mesh))
 
 
+def replicated_specs(tree, mesh: Mesh):
+    """ShapeDtypeStructs of the tree's leaves, replicated over the mesh: the state a step
+    compiled ahead of time takes, without the arrays."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), tree)
+
+
 def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
     """This process's rows of the global batch -> one global array split over the mesh."""
     return jax.make_array_from_process_local_data(batch_sharded(mesh), local)

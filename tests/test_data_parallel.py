@@ -59,15 +59,11 @@ def pretrain_task(mode):
     return task
 
 
-def state_on(mesh, state):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)), state)
-
-
 def compile_pretrain(model_state, n, mode):
     graphdef, state = model_state
     mesh = mesh_of(n)
     step = make_train_step(graphdef, TX, pretrain_task(mode), jax.random.key(0), mesh)
-    compiled = step.lower(state_on(mesh, state), cubes_spec(mesh), 0).compile()
+    compiled = step.lower(sharding.replicated_specs(state, mesh), cubes_spec(mesh), 0).compile()
     return program.analyse(compiled), compiled.as_text()
 
 
@@ -164,7 +160,7 @@ def test_eval_step_splits_the_batch(model_state, mode):
     for n in (1, 8):
         mesh = mesh_of(n)
         compiled = make_eval_step(graphdef, pretrain_task(mode), jax.random.key(0), mesh).lower(
-            state_on(mesh, state), cubes_spec(mesh), 0).compile()
+            sharding.replicated_specs(state, mesh), cubes_spec(mesh), 0).compile()
         reports[n] = program.analyse(compiled)
     assert_split(reports[1], reports[8])
     assert_no_batch_gather(reports[8])
@@ -192,7 +188,7 @@ def test_the_2d_pretrain_step_splits_the_batch_over_8_devices():
         mesh = mesh_of(n)
         step = make_train_step(graphdef, TX, task, jax.random.key(0), mesh)
         spec = jax.ShapeDtypeStruct(images, jnp.float32, sharding=sharding.batch_sharded(mesh))
-        reports.append(program.analyse(step.lower(state_on(mesh, state), spec, 0).compile()))
+        reports.append(program.analyse(step.lower(sharding.replicated_specs(state, mesh), spec, 0).compile()))
     assert_split(*reports)
     assert reports[1].largest("all-gather", "all-to-all", "ragged-all-to-all") < BATCH // 8 * 16 * 16 * 4, \
         reports[1].collective_summary()

@@ -82,10 +82,6 @@ def mesh8():
     return sharding.make_mesh(jax.devices()[:8])
 
 
-def replicated_specs(mesh, tree):
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)), tree)
-
-
 def pretrain_step_all_reduces():
     """{dtype: bytes} of the all-reduces of the bf16 width-4 pre-training step on 8
     devices, as partitioned; and the parameters' bytes."""
@@ -96,7 +92,7 @@ def pretrain_step_all_reduces():
     mesh = mesh8()
     step = make_train_step(graphdef, tx, task, jax.random.key(0), mesh)
     cubes = jax.ShapeDtypeStruct((16, 16, 16, 16), jnp.float32, sharding=sharding.batch_sharded(mesh))
-    lowered = step.lower(replicated_specs(mesh, state), cubes, 0)
+    lowered = step.lower(sharding.replicated_specs(state, mesh), cubes, 0)
     return program.bytes_by_dtype(program.partitioned_collectives(lowered)), program.tree_bytes(state.params)
 
 
@@ -124,7 +120,7 @@ def model_all_reduces(which):
         return nnx.state(nnx.grad(loss)(nnx.merge(graphdef, params, rest)), nnx.Param)
 
     grad = jax.jit(grad, out_shardings=sharding.replicated(mesh))
-    lowered = grad.lower(replicated_specs(mesh, params), replicated_specs(mesh, rest), inputs)
+    lowered = grad.lower(sharding.replicated_specs(params, mesh), sharding.replicated_specs(rest, mesh), inputs)
     return program.bytes_by_dtype(program.partitioned_collectives(lowered)), program.tree_bytes(params)
 
 
