@@ -49,9 +49,10 @@ def main(argv=None) -> dict:
     windows = 1 + args.windows
     _, output = run_cli([*common, f"--config.total_steps={windows * args.steps}", f"--config.log_every={args.steps}",
                          f"--workdir={work / 'run'}"], env, with_stderr=True)
-    logged = [float(v) for v in re.findall(r"samples_s=([0-9.]+)", output)]
-    # The bar redraws on every log and once more when it closes: one distinct value per window.
-    per_window = [v for i, v in enumerate(logged) if i == 0 or v != logged[i - 1]]
+    # The bar shows "n/total [..., samples_s=X]"; each log sets X at a multiple of --steps
+    # (a redraw just before it may show the old X at that n: the last one drawn counts).
+    shown = {int(n): float(v) for n, v in re.findall(r"(\d+)/\d+ \[[^\]]*?samples_s=([0-9.]+)\]", output)}
+    per_window = [shown[n] for n in range(args.steps, windows * args.steps + 1, args.steps) if n in shown]
     if len(per_window) < windows:
         raise SystemExit(f"error: the train CLI logged {len(per_window)} windows, expected {windows}:\n{output[-2000:]}")
     samples_per_s = statistics.median(per_window[1:])
