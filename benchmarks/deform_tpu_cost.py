@@ -63,7 +63,7 @@ def shifted_selects(x, code, shifts):
 
 def movements(batch: int, shape) -> dict:
     """Ways to move each voxel of `batch` cubes to another place, as the shuffle must:
-    name -> (fn, argument dtypes). Gathers of one element per voxel (f32, bf16, int8
+    name -> fn(cubes, int32 codes of the cubes' shape). Gathers of one element per voxel (f32, bf16, int8
     operands), a one-hot select over each z-row, and selects over 11, 121 and 605
     shifted copies (x; x and y; x, y and z: the shuffle's whole +-5, +-5, +-2
     neighbourhood)."""

@@ -11,8 +11,8 @@ child processes that share one fresh cache folder):
   also bf16 autocast with channels_last_3d);
 - end to end: the step alone, deformation + step, and host data + transfer +
   deformation + step;
-- end to end also: `python -m genesis_jax.train` itself from a cube store (wall time of
-  its extra steps) and, where PyTorch is importable, the official-style loop (NumPy
+- end to end also: `python -m genesis_jax.train` itself from a cube store (samples/s from
+  its own log) and, where PyTorch is importable, the official-style loop (NumPy
   reference deformations in the main process feeding the PyTorch step, batch 6);
 - profile: a jax.profiler trace of a few restoration steps, time per kind of operation;
 - compile: the first compile of the pre-training step, cold and through the train CLI's
@@ -135,21 +135,19 @@ def train_step_rows(p: dict, peak_tflops: float | None, with_torch: bool) -> lis
     return rows
 
 
+def size_args(s: dict) -> list[str]:
+    return ["--batch", str(s["batch"]), "--width", str(s["width"]), "--shape", *map(str, s["shape"]),
+            "--dtype", s["dtype"]]
+
+
 def end_to_end_rows(p: dict) -> list[dict]:
     e = p["e2e"]
-    result = end_to_end.main(["--batch", str(e["batch"]), "--width", str(e["width"]), "--dtype", e["dtype"],
-                              "--shape", *map(str, e["shape"]), "--steps", str(e["steps"]),
-                              "--warmup", str(e["warmup"])])
+    result = end_to_end.main(size_args(e) + ["--steps", str(e["steps"]), "--warmup", str(e["warmup"])])
     setting = f"width {e['width']}, batch {e['batch']}, {shape_text(e['shape'])}, {e['dtype']}"
     names = {"step alone": "step alone (corrupted batch given)", "deform + step": "deformation + step",
              "full loop": "host data + transfer + deformation + step"}
     return [row("end to end", names[name], setting, r["samples_per_s"], "samples/s",
                 f"{100 * r['overhead_vs_step']:+.1f}% time vs step alone") for name, r in result["rows"].items()]
-
-
-def size_args(s: dict) -> list[str]:
-    return ["--batch", str(s["batch"]), "--width", str(s["width"]), "--shape", *map(str, s["shape"]),
-            "--dtype", s["dtype"]]
 
 
 def train_cli_rows(p: dict) -> list[dict]:
@@ -180,8 +178,7 @@ def profile_rows(p: dict) -> list[dict]:
 def compile_rows(p: dict) -> list[dict]:
     """Two child processes, one cache folder: a cold compile, then one that loads it."""
     c = p["compile"]
-    args = ["--width", str(c["width"]), "--batch", str(c["batch"]), "--shape", *map(str, c["shape"]),
-            "--dtype", c["dtype"]]
+    args = size_args(c)
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="genesis_jax_cache_") as cache:
         runs = []
