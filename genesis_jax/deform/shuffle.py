@@ -116,23 +116,40 @@ def block_permutation(block_key: jax.Array, slot: jax.Array, n: jax.Array, round
     return swap_or_not(round_words(block_key, rounds), slot, n)
 
 
-def last_writer(corner: jax.Array, size: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
-    """int (X, Y, Z): index of the last block covering each voxel, -1 if none."""
+def last_writer(corner: jax.Array, size: jax.Array, shape: tuple[int, int, int], points: bool = False) -> jax.Array:
+    """int (X, Y, Z): index of the last block covering each voxel, -1 if none.
+
+    points=True scatters each block's y/z extent as max_y * max_z single cells of a flat
+    grid instead of one (max_y, max_z) window: the same grid, bit for bit. The TPU
+    compiler expands a windowed scatter into a loop over every update (80,000 serial
+    iterations for 8 cubes of 10,000 blocks), while a scatter of single elements runs as
+    one sort and one native scatter.
+    """
     dim_x, dim_y, dim_z = shape
     max_x, max_y, max_z = max_block_size(shape)
     n_blocks = corner.shape[0]
     dtype = jnp.int16 if n_blocks < 2**15 else jnp.int32  # halves the grid the scatter walks
     # grid[(s - 1) * X + cx, cy', cz'] = max index of the blocks with x-size s and corner x cx
-    # that cover (cy', cz'): each block writes its y/z extent as one masked window.
-    jy = jnp.arange(max_y)[None, None, :, None]
-    jz = jnp.arange(max_z)[None, None, None, :]
-    inside = (jy < size[:, 1, None, None, None]) & (jz < size[:, 2, None, None, None])
-    window = jnp.where(inside, jnp.arange(n_blocks, dtype=dtype)[:, None, None, None], -1).astype(dtype)
+    # that cover (cy', cz'): each block writes its y/z extent, masked to its size.
     where = jnp.stack([(size[:, 0] - 1) * dim_x + corner[:, 0], corner[:, 1], corner[:, 2]], axis=1)
-    grid = jnp.full((max_x * dim_x, dim_y + max_y - 1, dim_z + max_z - 1), -1, dtype)
-    numbers = lax.ScatterDimensionNumbers(
-        update_window_dims=(1, 2, 3), inserted_window_dims=(), scatter_dims_to_operand_dims=(0, 1, 2))
-    grid = lax.scatter_max(grid, where, window, numbers, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    grid_shape = (max_x * dim_x, dim_y + max_y - 1, dim_z + max_z - 1)
+    number = jnp.arange(n_blocks, dtype=dtype)
+    if points:
+        # (max_y, max_z, n_blocks): blocks along the minor axis, lane-dense on TPU.
+        jy, jz = jnp.arange(max_y)[:, None, None], jnp.arange(max_z)[None, :, None]
+        values = jnp.where((jy < size[:, 1]) & (jz < size[:, 2]), number, -1).astype(dtype)
+        cells = ((where[:, 0] * grid_shape[1] + where[:, 1] + jy) * grid_shape[2] + where[:, 2] + jz)
+        grid = jnp.full(math.prod(grid_shape), -1, dtype).at[cells.reshape(-1)].max(
+            values.reshape(-1), mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS).reshape(grid_shape)
+    else:
+        jy = jnp.arange(max_y)[None, None, :, None]
+        jz = jnp.arange(max_z)[None, None, None, :]
+        inside = (jy < size[:, 1, None, None, None]) & (jz < size[:, 2, None, None, None])
+        window = jnp.where(inside, number[:, None, None, None], -1).astype(dtype)
+        numbers = lax.ScatterDimensionNumbers(
+            update_window_dims=(1, 2, 3), inserted_window_dims=(), scatter_dims_to_operand_dims=(0, 1, 2))
+        grid = lax.scatter_max(jnp.full(grid_shape, -1, dtype), where, window, numbers,
+                               mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
     grid = grid.reshape(max_x, dim_x, dim_y + max_y - 1, dim_z + max_z - 1)[:, :, :dim_y, :dim_z]
     # A block with corner x cx covers x iff x - cx < size_x. longer = max index over the
     # blocks with x-size > d (a suffix max over size classes), read at corner x = x - d.
@@ -161,12 +178,13 @@ def _unpack3(p: jax.Array):
 def shuffle_sources(corner, size, block_key, shape, rounds: int = 12, seed=None) -> jax.Array:
     """int32 (X*Y*Z,): flat index of the voxel each output voxel is read from.
 
-    With `seed` (the block_plan's seed), each voxel's block geometry is recomputed from
-    its block number (block_fields) instead of read from the tables: the same integers,
-    no per-voxel gather (what the TPU wants; see local_pixel_shuffle).
+    With `seed` (the block_plan's seed), the TPU form: each voxel's block geometry is
+    recomputed from its block number (block_fields) instead of read from the tables, and
+    the last writers are scattered as single cells (last_writer's points): the same
+    integers, no per-voxel gather and no windowed scatter (see local_pixel_shuffle).
     """
     dim_x, dim_y, dim_z = shape
-    last = materialize(last_writer(corner, size, shape).reshape(-1))  # read by several gathers
+    last = materialize(last_writer(corner, size, shape, points=seed is not None).reshape(-1))  # read by several gathers
     covered = last >= 0
     block = jnp.maximum(last, 0)
     if seed is None:
