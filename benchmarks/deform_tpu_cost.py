@@ -8,9 +8,12 @@ Each stage is vmapped over `batch` cubes of 64x64x32, as genesis_batch runs on
 accelerators, with each DeformConfig.lookups where it matters ("table": per-voxel
 gathers from per-cube tables, the Bezier map's 4096 points and the shuffle blocks'
 geometry; "compute": recomputed per voxel, no such gathers; the TPU default); the
-pipeline rows are genesis_batch itself. The TPU compiler costs a per-element gather as
-reading its whole operand per element, which is what this makes visible. For scale,
-the dry run of the width-32 bf16 train step reports its own bytes per chip.
+pipeline rows are genesis_batch itself. Per cube: the compiler's "bytes accessed" (all
+memories; a per-element gather is charged a tile of its operand per element), the bytes
+of the buffers each instruction reads and writes in device memory (HBM) and in on-chip
+memory (VMEM) from the compiled module's layouts, the TPU compiler's cycle estimate
+with loops multiplied out, and the iterations of any while loop (genesis_jax/hlo_cost.py).
+For scale, the dry run of the width-32 bf16 train step reports the same per chip.
 """
 
 from __future__ import annotations
@@ -86,6 +89,20 @@ def movements(batch: int, shape) -> dict:
             "605 shifted selects (x, y, z)": lambda x, c: shifted_selects(x, c, xyzs)}
 
 
+def per_cube_costs(report, batch: int) -> dict:
+    hlo = report.hlo
+    return {"bytes_per_cube": report.bytes_accessed / batch, "flops_per_cube": report.flops / batch,
+            "hbm_bytes_per_cube": hlo.bytes_in(0) / batch, "on_chip_bytes_per_cube": hlo.bytes_in(1) / batch,
+            "estimated_cycles_per_cube": (hlo.estimated_cycles or 0) / batch,
+            "loop_iterations": hlo.loop_iterations()}
+
+
+def cost_cells(row: dict) -> str:
+    return (f"{row['bytes_per_cube'] / 1e9:.3f} | {row['hbm_bytes_per_cube'] / 1e6:.1f} | "
+            f"{row['on_chip_bytes_per_cube'] / 1e6:.1f} | {row['estimated_cycles_per_cube'] / 1e3:,.0f} | "
+            f"{row['loop_iterations']:,} | {row['flops_per_cube'] / 1e6:.1f}")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topology", default="v5e:2x2", help="a slice; its first chip is compiled for")
@@ -105,25 +122,22 @@ def main(argv=None) -> dict:
               "jax": jax.__version__, "batch": args.batch, "shape": args.shape, "stages": {}}
     print(f"TPU compiler's cost per cube, {device.device_kind} ({args.topology}), {args.batch} cubes of "
           f"{tuple(args.shape)}, jax {jax.__version__}")
-    print("| stage | GB accessed per cube | MFLOP per cube | compile s |")
-    print("|---|---:|---:|---:|")
+    print("| stage | GB accessed per cube (compiler) | MB in HBM per cube | MB on chip per cube | "
+          "k cycles per cube (estimate) | loop iterations, all cubes | MFLOP per cube | compile s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, (fn, per_key) in stages(DeformConfig()).items():
         start = time.perf_counter()
         report = analyse(jax.jit(fn).lower(keys if per_key else one_key, cubes).compile())
-        seconds = time.perf_counter() - start
-        row = {"bytes_per_cube": report.bytes_accessed / args.batch, "flops_per_cube": report.flops / args.batch,
-               "compile_s": seconds}
+        row = {**per_cube_costs(report, args.batch), "compile_s": time.perf_counter() - start}
         result["stages"][name] = row
-        print(f"| {name} | {row['bytes_per_cube'] / 1e9:.3f} | {row['flops_per_cube'] / 1e6:.1f} | {seconds:.0f} |",
-              flush=True)
+        print(f"| {name} | {cost_cells(row)} | {row['compile_s']:.0f} |", flush=True)
     if args.movements:
         codes = jax.ShapeDtypeStruct((args.batch, *args.shape), jnp.int32, sharding=on_chip)
         result["movements"] = {}
         for name, fn in movements(args.batch, tuple(args.shape)).items():
-            report = analyse(jax.jit(fn).lower(cubes, codes).compile())
-            row = {"bytes_per_cube": report.bytes_accessed / args.batch, "flops_per_cube": report.flops / args.batch}
+            row = per_cube_costs(analyse(jax.jit(fn).lower(cubes, codes).compile()), args.batch)
             result["movements"][name] = row
-            print(f"| {name} | {row['bytes_per_cube'] / 1e9:.4f} | {row['flops_per_cube'] / 1e6:.1f} | - |", flush=True)
+            print(f"| {name} | {cost_cells(row)} | - |", flush=True)
     write_json(args.json, result)
     return result
 

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from genesis_jax import program, sharding
+from genesis_jax import hlo_cost, program, sharding
 from genesis_jax.errors import UserError
 from genesis_jax.rundir import task_optimizer
 from genesis_jax.step import init_train_state, make_train_step
@@ -227,8 +227,10 @@ def dry_run(cfg, topology: str | None = None, device_memory_gb: float | None = N
         "space_spans_hosts": sharding.spans_hosts(mesh),
     }
     if ceilings:
-        bound = roofline(report.flops, report.bytes_accessed, model_flops, *ceilings)
-        result["roofline"] = {**bound, "samples_per_s_per_device": bound["steps_per_s"] * per_device / space}
+        memory_bytes, source = hlo_cost.roofline_bytes(result["per_device"])
+        bound = roofline(report.flops, memory_bytes, model_flops, *ceilings)
+        result["roofline"] = {**bound, "samples_per_s_per_device": bound["steps_per_s"] * per_device / space,
+                              "hbm_bytes": memory_bytes, "hbm_bytes_source": source}
     if fit and memory:
         result["fit"] = fit_batch(cfg, mesh, target, per_device, report, memory, fit_compiles)
     return result
@@ -327,6 +329,7 @@ def format_report(result: dict) -> str:
                                             f"(largest {program.format_bytes(c['largest'])}; {dtypes})"))
     if not d["collectives"]:
         rows.append(("collectives", "none"))
+    rows += hlo_cost.report_rows(d.get("hlo"))
     if result.get("space_spans_hosts"):
         rows.append(("note", f"a patch's {result['mesh']['space']} devices span hosts of this target: training "
                              f"needs them within one host (each process loads whole patches)"))
@@ -365,7 +368,8 @@ def roofline_line(bound: dict) -> str:
     return (f"at most {bound['steps_per_s']:.2f} steps/s, {bound['samples_per_s_per_device']:.1f} samples/s per "
             f"device: {bound['bound']} bound ({bound['compute_s'] * 1e3:.1f} ms of FLOPs at "
             f"{bound['peak_flops'] / 1e12:.0f} TFLOP/s bf16, {bound['memory_s'] * 1e3:.1f} ms of HBM traffic at "
-            f"{bound['hbm_bytes_per_s'] / 1e9:.0f} GB/s); MFU at most {bound['mfu_ceiling']:.0%}")
+            f"{bound['hbm_bytes_per_s'] / 1e9:.0f} GB/s: {bound.get('hbm_bytes_source', 'bytes accessed')}); "
+            f"MFU at most {bound['mfu_ceiling']:.0%}")
 
 
 def group_unit(result: dict) -> str:

@@ -16,12 +16,13 @@ import re
 import tempfile
 from pathlib import Path
 
+from genesis_jax.hlo_cost import DTYPE_BYTES as _DTYPE_BYTES
+from genesis_jax.hlo_cost import HloCost, format_bytes
+from genesis_jax.hlo_cost import read as read_hlo_cost
+
 COLLECTIVE_KINDS = ("all-reduce", "all-gather", "all-to-all", "reduce-scatter", "collective-permute",
                     "ragged-all-to-all")
 
-_DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
-                "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
-                "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
 # `name = SHAPE op(` where op is a collective or its async -start half (the -done half
 # carries no new data). SHAPE is one array type or a tuple of them.
 _OPS = "|".join(sorted(map(re.escape, COLLECTIVE_KINDS), key=len, reverse=True))
@@ -84,6 +85,7 @@ class ProgramReport:
     temp_bytes: int
     code_bytes: int
     collectives: list
+    hlo: HloCost | None = None  # bytes per memory space, while loops, the TPU's cycle estimates
 
     @property
     def peak_bytes(self) -> int:
@@ -114,7 +116,7 @@ class ProgramReport:
         return {"flops": self.flops, "bytes_accessed": self.bytes_accessed, "argument_bytes": self.argument_bytes,
                 "output_bytes": self.output_bytes, "alias_bytes": self.alias_bytes, "temp_bytes": self.temp_bytes,
                 "code_bytes": self.code_bytes, "peak_bytes": self.peak_bytes,
-                "collectives": self.collective_summary()}
+                "collectives": self.collective_summary(), "hlo": self.hlo.to_dict() if self.hlo else None}
 
 
 def _cost(compiled) -> dict:
@@ -129,10 +131,11 @@ def analyse(compiled) -> ProgramReport:
 
     Caveat: XLA's cost analysis counts a while loop's body once, so a per-example
     lax.map contributes one example's FLOPs whatever the batch; its split shows in the
-    shapes and collectives instead.
+    shapes and collectives instead, and `hlo` lists the loops with their trip counts.
     """
     cost = _cost(compiled)
     memory = compiled.memory_analysis()
+    text = compiled.as_text()
     return ProgramReport(
         flops=float(cost.get("flops", 0.0)),
         bytes_accessed=float(cost.get("bytes accessed", 0.0)),
@@ -141,7 +144,8 @@ def analyse(compiled) -> ProgramReport:
         alias_bytes=int(getattr(memory, "alias_size_in_bytes", 0)),
         temp_bytes=int(getattr(memory, "temp_size_in_bytes", 0)),
         code_bytes=int(getattr(memory, "generated_code_size_in_bytes", 0)),
-        collectives=collectives_in_hlo(compiled.as_text()),
+        collectives=collectives_in_hlo(text),
+        hlo=read_hlo_cost(text),
     )
 
 
@@ -249,11 +253,6 @@ def tree_bytes(tree) -> int:
     return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
-def format_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 def model_flops(closed_jaxpr) -> float:

@@ -95,6 +95,24 @@ def test_the_roofline_takes_the_slower_of_compute_and_hbm():
     assert gpu["compute_s"] == pytest.approx(5.86e12 / 989e12)
 
 
+def test_the_roofline_charges_hbm_with_device_memory_where_the_module_keeps_buffers_on_chip():
+    """The v5e step of benchmarks/results/dry_run_v5e_2x2_shuffle_points.json: XLA counts
+    32.20 GiB accessed, 8.75 of them reads and writes of on-chip (VMEM) buffers; the
+    roofline charges HBM the 25.05 GiB of device-memory buffers. A module without
+    memory spaces (CPU, GPU, older records) keeps XLA's count."""
+    import json
+    from pathlib import Path
+    from genesis_jax.hlo_cost import roofline_bytes
+    v5e = json.loads((Path(__file__).parents[1] / "benchmarks/results/dry_run_v5e_2x2_shuffle_points.json").read_text())
+    charged, source = roofline_bytes(v5e["per_device"])
+    assert source == "device-memory buffers" and charged == v5e["per_device"]["hlo"]["bytes_by_space"]["device memory"]
+    assert 0.7 < charged / v5e["per_device"]["bytes_accessed"] < 0.85
+    assert v5e["roofline"]["hbm_bytes"] == charged
+    cpu = {"bytes_accessed": 1e9, "hlo": {"bytes_by_space": {"device memory": 3e8}}}
+    assert roofline_bytes(cpu) == (1e9, "XLA's bytes accessed")
+    assert roofline_bytes({"bytes_accessed": 2e9}) == (2e9, "XLA's bytes accessed")
+
+
 def test_largest_batch_is_the_linear_fit():
     # 100 MiB fixed + 10 MiB per example, 1 GiB device: (1024 - 100) / 10 -> 92.
     mib = 2**20
