@@ -94,6 +94,23 @@ def test_the_tpu_shuffle_compiles_without_a_loop_over_its_blocks():
     cubes = jax.ShapeDtypeStruct((8, 64, 64, 32), jnp.float32, sharding=on_chip)
     for lookups, loops in (("compute", 0), ("table", 1)):
         shuffle = jax.vmap(lambda k, x: local_pixel_shuffle(k, x, lookups=lookups))
-        cost = program.analyse(jax.jit(shuffle).lower(keys, cubes).compile()).hlo
+        text = jax.jit(shuffle).lower(keys, cubes).compile().as_text()
+        cost = hlo_cost.read(text)
         assert len(cost.loops) == loops, (lookups, cost.loops)
+        if lookups == "compute":
+            assert on_chip_gather_operands(text) == [1, 1], "the cube and the indices in VMEM"
     assert cost.loops[0].trip_count == 80000
+
+
+def on_chip_gather_operands(hlo_text):
+    """Memory space of each operand of the module's one gather of the cube."""
+    entry, bodies = hlo_cost.computations(hlo_text)
+    shapes, gathers = {}, []
+    for line in bodies[entry]:
+        parsed = hlo_cost.parse_instruction(line)
+        if parsed:
+            shapes[parsed[0]] = parsed[1]
+            if 'op_name="' in line and line.split('op_name="')[1].split('"')[0].endswith("/gather"):
+                gathers.append(parsed[3])
+    assert len(gathers) == 1, gathers
+    return [space for name in gathers[0] for space, _ in hlo_cost.buffer_bytes(shapes[name])]
