@@ -18,6 +18,7 @@ compiler's, but one that tells device memory from on-chip memory.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import re
@@ -207,9 +208,10 @@ def report_rows(summary: dict | None) -> list[tuple[str, str]]:
     if len(spaces) > 1:
         rows.append(("bytes by memory", ", ".join(f"{name} {format_bytes(n)}" for name, n in spaces.items())
                      + " (each buffer read and written once per instruction)"))
-    loops = summary["loops"]
-    rows.append(("while loops", "none" if not loops else ", ".join(
-        f"{loop['trip_count']:,} iterations" if loop["trip_count"] else "unknown trip count" for loop in loops)
+    trips = collections.Counter(loop["trip_count"] for loop in summary["loops"])
+    rows.append(("while loops", "none" if not trips else ", ".join(
+        f"{n} of {f'{trip:,} iterations' if trip else 'unknown length'}"
+        for trip, n in sorted(trips.items(), key=lambda item: -(item[0] or 0)))
         + " (the bytes and FLOPs above count a loop body once)"))
     if summary["estimated_cycles"]:
         rows.append(("compiler's cycle estimate", f"{summary['estimated_cycles'] / 1e6:,.1f} M cycles "

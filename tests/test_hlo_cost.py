@@ -68,7 +68,7 @@ def test_a_tpu_module_splits_its_bytes_by_memory_and_multiplies_loop_cycles():
     # copy's destination, the root's operand, the loop body's fusion (once) in and out
     assert cost.bytes_by_space == {0: 2 * ARRAY, 1: 2 * ARRAY + 2 * WINDOW}
     rows = dict(hlo_cost.report_rows(cost.to_dict()))
-    assert rows["while loops"].startswith("80,000 iterations")
+    assert rows["while loops"].startswith("1 of 80,000 iterations")
     assert "device memory 8.00 MiB, on-chip memory 8.03 MiB" in rows["bytes by memory"]
 
 
