@@ -27,7 +27,11 @@ import re
 DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
                 "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
                 "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
-SPACE_NAMES = {0: "device memory", 1: "on-chip memory"}
+# XLA numbers memory spaces per backend: 0 is device memory (HBM) everywhere and 5 host
+# memory; the TPU compiler puts on-chip buffers in others (VMEM is 1 on v5e and v5p; a
+# v4 module uses 3).
+SPACE_NAMES = {0: "device memory", 1: "on-chip memory", 5: "host memory"}
+DEVICE, HOST = 0, 5
 
 # Instructions that move no data of their own: views, bookkeeping, control flow (whose
 # bodies are read as computations), and the -done half of async pairs (their -start
@@ -60,7 +64,8 @@ class HloCost:
         return sum(loop.trip_count or 0 for loop in self.loops)
 
     def to_dict(self) -> dict:
-        return {"bytes_by_space": {SPACE_NAMES.get(s, f"space {s}"): n for s, n in sorted(self.bytes_by_space.items())},
+        return {"bytes_by_space": {SPACE_NAMES.get(s, f"memory space {s}"): n
+                                   for s, n in sorted(self.bytes_by_space.items())},
                 "loops": [dataclasses.asdict(loop) for loop in self.loops],
                 "estimated_cycles": self.estimated_cycles}
 
@@ -222,10 +227,11 @@ def report_rows(summary: dict | None) -> list[tuple[str, str]]:
 
 def roofline_bytes(per_device: dict) -> tuple[float, str]:
     """(bytes, what they are) that a roofline charges to HBM, from ProgramReport.to_dict():
-    where the module keeps buffers on chip (TPU), its device-memory buffers, since the
+    where the module keeps buffers in a memory other than device or host memory (on chip,
+    TPU), its device-memory buffers, since the
     compiler's "bytes accessed" also counts every read of on-chip memory (a gather from a
     cube held in VMEM is charged a tile per element); elsewhere the compiler's bytes."""
     spaces = (per_device.get("hlo") or {}).get("bytes_by_space", {})
-    if spaces.get(SPACE_NAMES[1]):
-        return spaces.get(SPACE_NAMES[0], 0), "device-memory buffers"
+    if any(n for name, n in spaces.items() if name not in (SPACE_NAMES[DEVICE], SPACE_NAMES[HOST])):
+        return spaces.get(SPACE_NAMES[DEVICE], 0), "device-memory buffers"
     return per_device["bytes_accessed"], "XLA's bytes accessed"

@@ -110,6 +110,10 @@ def test_the_roofline_charges_hbm_with_device_memory_where_the_module_keeps_buff
     assert v5e["roofline"]["hbm_bytes"] == charged
     cpu = {"bytes_accessed": 1e9, "hlo": {"bytes_by_space": {"device memory": 3e8}}}
     assert roofline_bytes(cpu) == (1e9, "XLA's bytes accessed")
+    offloaded = {"bytes_accessed": 1e9, "hlo": {"bytes_by_space": {"device memory": 3e8, "host memory": 2e8}}}
+    assert roofline_bytes(offloaded) == (1e9, "XLA's bytes accessed")
+    v4 = {"bytes_accessed": 1e9, "hlo": {"bytes_by_space": {"device memory": 3e8, "memory space 3": 2e8}}}
+    assert roofline_bytes(v4) == (3e8, "device-memory buffers")
     assert roofline_bytes({"bytes_accessed": 2e9}) == (2e9, "XLA's bytes accessed")
 
 
