@@ -30,6 +30,7 @@ from jax.sharding import SingleDeviceSharding
 from benchmarks.common import write_json
 from genesis_jax.deform import DeformConfig, flip, genesis_batch, inpaint, local_pixel_shuffle, nonlinear_intensity, outpaint
 from genesis_jax.dryrun import topology_devices
+from genesis_jax.hlo_cost import DEVICE
 from genesis_jax.program import analyse
 
 
@@ -92,7 +93,7 @@ def movements(batch: int, shape) -> dict:
 def per_cube_costs(report, batch: int) -> dict:
     hlo = report.hlo
     return {"bytes_per_cube": report.bytes_accessed / batch, "flops_per_cube": report.flops / batch,
-            "hbm_bytes_per_cube": hlo.bytes_in(0) / batch, "on_chip_bytes_per_cube": hlo.bytes_in(1) / batch,
+            "hbm_bytes_per_cube": hlo.bytes_in(DEVICE) / batch, "on_chip_bytes_per_cube": hlo.on_chip_bytes() / batch,
             "estimated_cycles_per_cube": (hlo.estimated_cycles or 0) / batch,
             "loop_iterations": hlo.loop_iterations()}
 

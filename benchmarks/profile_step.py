@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from benchmarks.common import add_size_arguments, write_json
+from genesis_jax import hlo_cost
 from genesis_jax.models import UNet3D
 from genesis_jax.models.init import flat_draw
 from genesis_jax.optim import recipe_sgd
@@ -35,22 +36,17 @@ from genesis_jax.tasks import restoration_loss
 
 KINDS = ("convolution forward", "convolution backward", "convolution, direction not recorded",
          "BatchNorm and other fusions", "transposes and copies", "collectives", "other")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?:\(.*?\)|\S+)\s+(?P<op>[\w\-]+)\((?P<rest>.*)$")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _TARGET = re.compile(r'custom_call_target="([^"]+)"')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
 def computations(hlo_text: str) -> dict[str, list[tuple[str, str, str]]]:
-    """Computation name -> its instructions, each (name, opcode, the rest of its line)."""
-    out, current = {}, None
-    for line in hlo_text.splitlines():
-        header = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
-        if header and not line.startswith(" "):
-            current = out.setdefault(header.group(1), [])
-        elif current is not None and (m := _INSTRUCTION.match(line)):
-            current.append((m["name"], m["op"], m["rest"]))
-    return out
+    """Computation name -> its instructions, each (name, opcode, the rest of its line after
+    the operands), read by genesis_jax.hlo_cost."""
+    _, bodies = hlo_cost.computations(hlo_text)
+    return {name: [(i[0], i[2], i[4]) for i in map(hlo_cost.parse_instruction, lines) if i]
+            for name, lines in bodies.items()}
 
 
 def _is_convolution(op: str, rest: str) -> bool:

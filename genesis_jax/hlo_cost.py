@@ -59,6 +59,10 @@ class HloCost:
     def bytes_in(self, space: int) -> int:
         return self.bytes_by_space.get(space, 0)
 
+    def on_chip_bytes(self) -> int:
+        """Bytes in every memory but device and host memory."""
+        return sum(n for space, n in self.bytes_by_space.items() if space not in (DEVICE, HOST))
+
     def loop_iterations(self) -> int:
         """Iterations of all loops with a known trip count."""
         return sum(loop.trip_count or 0 for loop in self.loops)
